@@ -1,0 +1,93 @@
+"""Failure types of the install and probe activities, and how a node's error text maps to them.
+
+One type per idea, the same names in code, the UI and the docs. The workflow routes on these
+types; the retryable flag says whether trying again can help at all.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
+
+WORKER_STILL_INSTALLING = "WorkerStillInstalling"
+"""The node did not reply within the install timeout; it is probably still pulling."""
+
+NODE_UNREACHABLE = "NodeUnreachable"
+"""No responders: nothing subscribes to the node's install subject (node down or offline)."""
+
+INSTALL_REJECTED = "InstallRejected"
+"""The node answered ``success:false`` with a cause no retry can fix (wrong name, integrity)."""
+
+INSTALL_FAILED = "InstallFailed"
+"""The node answered ``success:false`` with a cause that may pass (download, port, startup)."""
+
+INSTALL_CANCELLED = "InstallCancelled"
+"""The node reports the op was cancelled."""
+
+INVALID_INPUT = "InvalidInput"
+"""The workflow input is invalid; nothing was sent."""
+
+INSTALL_DEADLINE_EXCEEDED = "InstallDeadlineExceeded"
+"""The workflow's overall deadline passed before the slot was running."""
+
+ACTIVITY_ROUTED_TYPES = (
+    WORKER_STILL_INSTALLING,
+    NODE_UNREACHABLE,
+    INSTALL_REJECTED,
+    INSTALL_FAILED,
+    INSTALL_CANCELLED,
+)
+"""Types the install activity never retries on its own: the workflow probes and decides."""
+
+# Substrings of the node's error text (reference §9), lower-cased. Permanent causes: a retry of
+# the same request cannot succeed until an operator changes something.
+_PERMANENT_MARKERS = (
+    "invalid request:",
+    "decoding backend galleries:",
+    "no backend found with name",
+    "backend name is empty",
+    "no backend found with capabilities",
+    "meta backends cannot be installed directly",
+    "not a valid backend: run file not found",
+    "strict integrity",
+    "image verification failed",
+    "sha mismatch",
+    "specifying a name is required for oci images",
+    "specifying a name or alias is not supported",
+    "not found after install attempt",
+    "starting backend process:",
+    "died during startup",
+    "not supported by this agent",
+    "invalid backend name",
+)
+
+# Everything else counts as transient (the catalogue's "failed to download backend", "is
+# stopping", "did not become ready within", "was stopped during startup", "no free gRPC port",
+# ...): the same request may succeed later, bounded by the workflow's failure budget. Permanent
+# markers are checked first because an integrity failure can arrive wrapped in a download error.
+
+
+def classify_node_error(text: str) -> str:
+    """The failure type for a ``success:false`` reply's ``error`` text."""
+    lowered = text.strip().lower()
+    if lowered.startswith("cancelled"):
+        return INSTALL_CANCELLED
+    if any(marker in lowered for marker in _PERMANENT_MARKERS):
+        return INSTALL_REJECTED
+    return INSTALL_FAILED
+
+
+def node_failure(error_type: str, message: str, *details: Any) -> ApplicationError:
+    """An ApplicationError of ``error_type`` whose retryability follows the type."""
+    return ApplicationError(
+        message,
+        *details,
+        type=error_type,
+        non_retryable=error_type in (INSTALL_REJECTED, INSTALL_CANCELLED),
+        category=(
+            ApplicationErrorCategory.BENIGN
+            if error_type == WORKER_STILL_INSTALLING
+            else ApplicationErrorCategory.UNSPECIFIED
+        ),
+    )

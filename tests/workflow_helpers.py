@@ -1,0 +1,67 @@
+"""Starting installs in tests and checking that their histories replay."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client, WorkflowHandle
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Replayer
+
+from workflows.install_backend import InstallBackendWorkflow
+from workflows.models import InstallBackendInput, InstallBackendResult
+
+FAST = {
+    "install_timeout_seconds": 2.0,
+    "probe_interval_seconds": 0.5,
+    "probe_listen_seconds": 0.5,
+    "retry_backoff_seconds": 0.5,
+    "retry_backoff_max_seconds": 2.0,
+    "heartbeat_timeout_seconds": 5.0,
+    "progress_report_interval_seconds": 0.5,
+    "deadline_seconds": 120.0,
+}
+"""Short intervals for tests, set through the input fields as any caller would."""
+
+
+def install_input(node_id: str, **overrides: Any) -> InstallBackendInput:
+    fields: dict[str, Any] = {"node_id": node_id, "backend": "llama-cpp", **FAST, **overrides}
+    return InstallBackendInput(**fields)
+
+
+async def start_install(
+    client: Client, task_queue: str, input: InstallBackendInput
+) -> WorkflowHandle[InstallBackendWorkflow, InstallBackendResult]:
+    return await client.start_workflow(
+        InstallBackendWorkflow.run,
+        input,
+        id=f"install-test-{uuid.uuid4().hex[:10]}",
+        task_queue=task_queue,
+    )
+
+
+async def assert_replays(handle: WorkflowHandle[Any, Any]) -> None:
+    """The closed workflow's history replays deterministically against today's code."""
+    history = await handle.fetch_history()
+    replayer = Replayer(workflows=[InstallBackendWorkflow], data_converter=pydantic_data_converter)
+    await replayer.replay_workflow(history)
+
+
+async def wait_for(predicate: Callable[[], bool], within: float = 30.0) -> None:
+    """Poll ``predicate`` until it holds; fail the test with a clear message otherwise."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not met within {within}s")
+        await asyncio.sleep(0.05)
+
+
+async def count_events(handle: WorkflowHandle[Any, Any], event_type: EventType.ValueType) -> int:
+    return sum(
+        1 for event in (await handle.fetch_history()).events if event.event_type == event_type
+    )

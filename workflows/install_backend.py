@@ -1,0 +1,434 @@
+"""``InstallBackendWorkflow``: one slot on one node, installed durably.
+
+The loop sends an install; a timeout means "still installing", so before anything is sent
+again the probe asks the node what it has. A running or installed slot gets one more install
+(the node's fast path returns the routable address at once), an absent one a re-send with the
+same op id, and a node still busy gets a durable wait and another probe. Timeouts never use up
+the failure budget; the deadline bounds everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import timedelta
+from enum import Enum
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    TimeoutError,
+    is_cancelled_exception,
+)
+
+with workflow.unsafe.imports_passed_through():
+    import pydantic
+
+    from activities.errors import (
+        ACTIVITY_ROUTED_TYPES,
+        INSTALL_DEADLINE_EXCEEDED,
+        INSTALL_FAILED,
+        INVALID_INPUT,
+        NODE_UNREACHABLE,
+        WORKER_STILL_INSTALLING,
+    )
+    from activities.models import (
+        INSTALL_ACTIVITY,
+        PROBE_ACTIVITY,
+        PROGRESS_SIGNAL,
+        InstallActivityInput,
+        InstallActivityResult,
+        InstallProgress,
+        ProbeInput,
+        ProbeResult,
+        ProbeState,
+        progress_from_details,
+    )
+    from protocol.messages import BackendInstallRequest, encode_galleries
+    from workflows.models import (
+        BACKEND_NAME,
+        INSTALL_PHASE,
+        MODEL_ID,
+        NODE_ID,
+        InstallBackendInput,
+        InstallBackendResult,
+        InstallCarryOver,
+        InstallPhase,
+        InstallStatus,
+    )
+    from workflows.summary import describe_progress, details_markdown
+
+ACTIVITY_MARGIN = timedelta(seconds=30)
+"""Slack between the NATS request timeout and the activity's own start-to-close timeout."""
+
+INSTALL_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    maximum_interval=timedelta(seconds=10),
+    maximum_attempts=3,
+    non_retryable_error_types=list(ACTIVITY_ROUTED_TYPES),
+)
+"""Temporal retries an install attempt only when the worker running it died or hung (timeouts,
+crashes): the retry resumes the same op from its heartbeat. Everything the node said goes back
+to the workflow, which probes before anything is sent again."""
+
+PROBE_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=2)
+
+OP_ID_NAMESPACE = uuid.UUID("5f0c3d4e-6a39-4d8e-9a51-0d7e2b8c1f00")
+
+
+class _Next(Enum):
+    INSTALL = "install"
+    PROBE = "probe"
+    WAIT = "wait"
+    BACK_OFF = "back_off"
+
+
+def derive_op_id(workflow_id: str) -> str:
+    """A stable op id for a workflow: the same across retries, resets and continue-as-new."""
+    return str(uuid.uuid5(OP_ID_NAMESPACE, workflow_id))
+
+
+@workflow.defn(name="InstallBackendWorkflow", failure_exception_types=[pydantic.ValidationError])
+class InstallBackendWorkflow:
+    """Install a backend on one node and return the address of the slot's running process."""
+
+    @workflow.init
+    def __init__(self, input: InstallBackendInput) -> None:
+        now = workflow.now()
+        carry = input.resume
+        self._input = input
+        self._found_running = False
+        self._published_phase: InstallPhase | None = None
+        self._backoff_streak = carry.backoff_streak if carry else 0
+        op_id = carry.op_id if carry else (input.op_id or derive_op_id(workflow.info().workflow_id))
+        deadline = (
+            carry.deadline_at
+            if carry
+            else now + timedelta(seconds=max(input.deadline_seconds, 0.0))
+        )
+        self._status = InstallStatus(
+            node_id=input.node_id,
+            backend=input.backend,
+            model_id=input.model_id,
+            replica_index=input.replica_index,
+            slot=input.slot,
+            op_id=op_id,
+            phase=InstallPhase.INSTALLING,
+            attempts=carry.attempts if carry else 0,
+            probes=carry.probes if carry else 0,
+            failed_attempts=carry.failed_attempts if carry else 0,
+            last_probe=carry.last_probe if carry else None,
+            last_error=carry.last_error if carry else "",
+            started_at=carry.started_at if carry else now,
+            updated_at=now,
+            deadline_at=deadline,
+        )
+        if carry and carry.progress:
+            self._record_progress(carry.progress)
+
+    @workflow.run
+    async def run(self, input: InstallBackendInput) -> InstallBackendResult:
+        """Install until the slot runs, the node rejects it, or the deadline passes."""
+        problems = input.problems()
+        if problems:
+            reasons = "; ".join(f"{field}: {reason}" for field, reason in problems)
+            self._status.last_error = f"invalid input: {reasons}"
+            self._set_phase(InstallPhase.FAILED)
+            raise ApplicationError(
+                f"invalid input: {reasons}", problems, type=INVALID_INPUT, non_retryable=True
+            )
+        workflow.upsert_search_attributes(
+            [
+                NODE_ID.value_set(input.node_id),
+                BACKEND_NAME.value_set(input.backend),
+                MODEL_ID.value_set(input.model_id),
+            ]
+        )
+        self._set_phase(InstallPhase.INSTALLING)
+        try:
+            return await self._loop(_Next.PROBE if input.resume else _Next.INSTALL)
+        except (asyncio.CancelledError, ActivityError) as err:
+            if is_cancelled_exception(err):
+                self._status.last_error = "cancelled"
+                self._set_phase(InstallPhase.CANCELLED)
+            raise
+        except ApplicationError as err:
+            self._status.last_error = err.message
+            self._set_phase(InstallPhase.FAILED)
+            raise
+
+    @workflow.query(name="progress")
+    def progress(self) -> InstallStatus:
+        """Phase, attempts, probes, the newest progress event and the last probe result."""
+        return self._status
+
+    @workflow.signal(name=PROGRESS_SIGNAL)
+    def report_progress(self, report: InstallProgress) -> None:
+        """Progress forwarded by the install activity while it waits for the node."""
+        if report.op_id != self._status.op_id:
+            return
+        if report.event_count < self._status.progress_events:
+            return  # an older report overtaken by a newer one
+        self._record_progress(report)
+        self._publish_details()
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    async def _loop(self, step: _Next) -> InstallBackendResult:
+        while True:
+            self._check_deadline()
+            self._continue_as_new_if_suggested()
+            if step is _Next.INSTALL:
+                result = await self._install()
+                if isinstance(result, InstallActivityResult):
+                    return self._complete(result)
+                step = result
+            elif step is _Next.PROBE:
+                step = await self._probe()
+            elif step is _Next.WAIT:
+                await self._sleep(
+                    self._input.probe_interval_seconds,
+                    InstallPhase.WAITING,
+                    f"node {self._input.node_id} still busy with {self._status.slot}; probe again",
+                )
+                step = _Next.PROBE
+            else:
+                self._backoff_streak += 1
+                backoff = min(
+                    self._input.retry_backoff_seconds * 2 ** (self._backoff_streak - 1),
+                    self._input.retry_backoff_max_seconds,
+                )
+                await self._sleep(
+                    backoff,
+                    InstallPhase.BACKING_OFF,
+                    f"back off after: {self._status.last_error[:120]}",
+                )
+                step = _Next.PROBE
+
+    async def _install(self) -> InstallActivityResult | _Next:
+        """Send one install; the result, or what to do next given how it failed."""
+        input = self._input
+        self._status.attempts += 1
+        self._set_phase(InstallPhase.INSTALLING)
+        remaining = self._remaining()
+        request_timeout = min(input.install_timeout_seconds, remaining.total_seconds())
+        request = BackendInstallRequest(
+            backend=input.backend,
+            model_id=input.model_id,
+            backend_galleries=encode_galleries(input.backend_galleries or []),
+            uri=input.uri,
+            name=input.name,
+            alias=input.alias,
+            replica_index=input.replica_index,
+            op_id=self._status.op_id,
+        )
+        try:
+            result: InstallActivityResult = await workflow.execute_activity(
+                INSTALL_ACTIVITY,
+                InstallActivityInput(
+                    node_id=input.node_id,
+                    request=request,
+                    install_timeout_seconds=request_timeout,
+                    heartbeat_interval_seconds=min(5.0, input.heartbeat_timeout_seconds / 3),
+                    progress_report_interval_seconds=input.progress_report_interval_seconds,
+                ),
+                result_type=InstallActivityResult,
+                start_to_close_timeout=timedelta(seconds=request_timeout) + ACTIVITY_MARGIN,
+                schedule_to_close_timeout=remaining + ACTIVITY_MARGIN,
+                heartbeat_timeout=timedelta(seconds=input.heartbeat_timeout_seconds),
+                retry_policy=INSTALL_RETRY,
+                cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                summary=(
+                    f"install {input.backend} on {input.node_id} for {self._status.slot} "
+                    f"(request {self._status.attempts})"
+                ),
+            )
+        except ActivityError as err:
+            return self._after_failed_install(err)
+        return result
+
+    def _after_failed_install(self, err: ActivityError) -> _Next:
+        if is_cancelled_exception(err):
+            raise err
+        cause = err.cause
+        if isinstance(cause, TimeoutError):
+            # The worker running the activity died or hung through every retry: the node may
+            # well be installing, so find out before sending anything again.
+            self._status.last_error = f"install activity timed out ({cause.type})"
+            self._set_phase(InstallPhase.STILL_INSTALLING)
+            return _Next.PROBE
+        if not isinstance(cause, ApplicationError):
+            return self._transient_failure(str(cause or err))
+        progress = progress_from_details(cause.details)
+        if progress is not None:
+            self._record_progress(progress)
+        self._status.last_error = cause.message
+        if cause.type == WORKER_STILL_INSTALLING:
+            self._backoff_streak = 0
+            self._set_phase(InstallPhase.STILL_INSTALLING)
+            return _Next.PROBE
+        if cause.type == NODE_UNREACHABLE:
+            return _Next.BACK_OFF
+        if cause.type in ACTIVITY_ROUTED_TYPES and cause.type != INSTALL_FAILED:
+            raise ApplicationError(cause.message, type=cause.type, non_retryable=True) from err
+        return self._transient_failure(cause.message)
+
+    def _transient_failure(self, message: str) -> _Next:
+        self._status.failed_attempts += 1
+        self._status.last_error = message
+        if self._status.failed_attempts >= self._input.max_failed_attempts:
+            raise ApplicationError(
+                f"install of {self._input.backend} on node {self._input.node_id} failed "
+                f"{self._status.failed_attempts} times; last error: {message}",
+                type=INSTALL_FAILED,
+                non_retryable=True,
+            )
+        return _Next.BACK_OFF
+
+    async def _probe(self) -> _Next:
+        """Ask the node what it has for the slot and decide the next step from the answer."""
+        input = self._input
+        self._status.probes += 1
+        self._set_phase(InstallPhase.PROBING)
+        probe_input = ProbeInput(
+            node_id=input.node_id,
+            backend=input.backend,
+            model_id=input.model_id,
+            replica_index=input.replica_index,
+            op_id=self._status.op_id,
+            galleries_json=encode_galleries(input.backend_galleries or []),
+            listen_seconds=input.probe_listen_seconds,
+        )
+        budget = (
+            probe_input.status_timeout_seconds
+            + probe_input.listen_seconds
+            + max(probe_input.running_timeout_seconds, probe_input.list_timeout_seconds)
+        )
+        try:
+            probe = await workflow.execute_activity(
+                PROBE_ACTIVITY,
+                probe_input,
+                result_type=ProbeResult,
+                start_to_close_timeout=timedelta(seconds=budget) + ACTIVITY_MARGIN,
+                retry_policy=PROBE_RETRY,
+                summary=f"probe {input.node_id} for {self._status.slot} "
+                f"(probe {self._status.probes})",
+            )
+        except ActivityError as err:
+            if is_cancelled_exception(err):
+                raise
+            probe = ProbeResult(
+                state=ProbeState.UNKNOWN, source="error", notes=[str(err.cause or err)]
+            )
+        self._status.last_probe = probe
+        if probe.last_event is not None and probe.events_seen:
+            self._status.last_progress = probe.last_event
+        if probe.node_answered:
+            self._backoff_streak = 0
+        workflow.logger.info(
+            "probe of %s on %s: %s", self._status.slot, input.node_id, probe.summary()
+        )
+        if probe.state is ProbeState.RUNNING:
+            self._found_running = True
+            return _Next.INSTALL
+        if probe.state in (ProbeState.INSTALLED, ProbeState.ABSENT):
+            return _Next.INSTALL
+        if probe.state is ProbeState.UNKNOWN and probe.node_offline:
+            self._status.last_error = f"node {input.node_id} is offline (no responders)"
+            return _Next.BACK_OFF
+        self._set_phase(InstallPhase.STILL_INSTALLING)
+        return _Next.WAIT
+
+    # --- bookkeeping ---------------------------------------------------------------------------
+
+    def _complete(self, result: InstallActivityResult) -> InstallBackendResult:
+        self._record_progress(result.progress)
+        self._status.address = result.address
+        self._status.last_error = ""
+        self._set_phase(InstallPhase.COMPLETED)
+        now = workflow.now()
+        return InstallBackendResult(
+            node_id=self._input.node_id,
+            backend=self._input.backend,
+            model_id=self._input.model_id,
+            replica_index=self._input.replica_index,
+            slot=self._status.slot,
+            op_id=self._status.op_id,
+            address=result.address,
+            attempts=self._status.attempts,
+            probes=self._status.probes,
+            found_running=self._found_running,
+            progress_events=self._status.progress_events,
+            started_at=self._status.started_at,
+            completed_at=now,
+            duration_seconds=(now - self._status.started_at).total_seconds(),
+        )
+
+    def _remaining(self) -> timedelta:
+        return self._status.deadline_at - workflow.now()
+
+    def _check_deadline(self) -> None:
+        if self._remaining() > timedelta(0):
+            return
+        last = describe_progress(self._status.last_progress) or "no progress event seen"
+        raise ApplicationError(
+            f"install of {self._input.backend} on node {self._input.node_id} for "
+            f"{self._status.slot} did not finish within {self._input.deadline_seconds:g}s; "
+            f"last progress: {last}; last error: {self._status.last_error or 'none'}",
+            self._status,
+            type=INSTALL_DEADLINE_EXCEEDED,
+            non_retryable=True,
+        )
+
+    async def _sleep(self, seconds: float, phase: InstallPhase, summary: str) -> None:
+        """A durable timer that never runs past the deadline."""
+        self._set_phase(phase)
+        remaining = self._remaining().total_seconds()
+        await workflow.sleep(max(min(seconds, remaining), 0.001), summary=summary)
+
+    def _record_progress(self, progress: InstallProgress) -> None:
+        if progress.event_count < self._status.progress_events:
+            return
+        self._status.progress_events = progress.event_count
+        if progress.last_event is not None:
+            self._status.last_progress = progress.last_event
+            self._status.last_progress_at = progress.last_event_at
+        self._status.updated_at = workflow.now()
+
+    def _set_phase(self, phase: InstallPhase) -> None:
+        """Record the phase; the search attribute is upserted only when it changes."""
+        if phase is not self._published_phase:
+            workflow.upsert_search_attributes([INSTALL_PHASE.value_set(phase.value)])
+            self._published_phase = phase
+        self._status.phase = phase
+        self._status.updated_at = workflow.now()
+        self._publish_details()
+
+    def _publish_details(self) -> None:
+        workflow.set_current_details(details_markdown(self._status))
+
+    def _continue_as_new_if_suggested(self) -> None:
+        if not workflow.info().is_continue_as_new_suggested():
+            return
+        status = self._status
+        carry = InstallCarryOver(
+            op_id=status.op_id,
+            started_at=status.started_at,
+            deadline_at=status.deadline_at,
+            attempts=status.attempts,
+            probes=status.probes,
+            failed_attempts=status.failed_attempts,
+            backoff_streak=self._backoff_streak,
+            progress=InstallProgress(
+                op_id=status.op_id,
+                node_id=status.node_id,
+                event_count=status.progress_events,
+                last_event=status.last_progress,
+                last_event_at=status.last_progress_at,
+            ),
+            last_probe=status.last_probe,
+            last_error=status.last_error,
+        )
+        workflow.continue_as_new(self._input.model_copy(update={"resume": carry}))
