@@ -7,6 +7,7 @@ runs unchanged against a local ``nats-server`` or a secured NATS cluster.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import ssl
 from dataclasses import dataclass
@@ -16,6 +17,9 @@ import nats
 from nats.aio.client import Client as NATS
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+INITIAL_CONNECT_ATTEMPTS = 3
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -94,9 +98,12 @@ class NatsOptions:
             "servers": [url.strip() for url in self.url.split(",") if url.strip()],
             "name": self.name,
             "allow_reconnect": True,
-            "max_reconnect_attempts": -1,
+            "max_reconnect_attempts": INITIAL_CONNECT_ATTEMPTS,
             "reconnect_time_wait": 1,
             "connect_timeout": 5,
+            "error_cb": _log_error,
+            "disconnected_cb": _log_disconnected,
+            "reconnected_cb": _log_reconnected,
         }
         if self.creds_file:
             kwargs["user_credentials"] = self.creds_file
@@ -113,5 +120,23 @@ class NatsOptions:
         return kwargs
 
     async def connect(self) -> NATS:
-        """Connect once; the first connection must succeed, later drops reconnect on their own."""
-        return await nats.connect(**self.connect_kwargs())
+        """Connect; the first connection must succeed, later drops reconnect forever.
+
+        nats-py uses one setting for both, and with "forever" a wrong URL would hang start-up
+        instead of failing with a clear error, so the bound is lifted once connected.
+        """
+        nc = await nats.connect(**self.connect_kwargs())
+        nc.options["max_reconnect_attempts"] = -1
+        return nc
+
+
+async def _log_error(err: Exception) -> None:
+    log.warning("NATS: %s", err or type(err).__name__)
+
+
+async def _log_disconnected() -> None:
+    log.warning("NATS: disconnected; reconnecting")
+
+
+async def _log_reconnected() -> None:
+    log.info("NATS: reconnected")

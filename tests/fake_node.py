@@ -22,6 +22,7 @@ from protocol.messages import (
     BackendInstallReply,
     BackendInstallRequest,
     BackendListReply,
+    InstallStatusReply,
     ModelsRunningReply,
     NodeBackendInfo,
     RunningModelInfo,
@@ -39,6 +40,7 @@ class FakeNode:
         self.node_id = node_id
         self.advertise_host = advertise_host
         self.install_bodies: list[dict[str, Any]] = []
+        self.status_requests: list[dict[str, Any]] = []
         self.running: list[RunningModelInfo] = []
         self.backends: list[NodeBackendInfo] | None = None
         self.script: InstallScript = self.reply_running
@@ -57,6 +59,18 @@ class FakeNode:
         ]
         await self.nc.flush()
         return self
+
+    async def answer_status(self, reply: InstallStatusReply) -> None:
+        """Speak the node agent's status extension, always answering ``reply``."""
+
+        async def respond(msg: Msg) -> None:
+            self.status_requests.append(json.loads(msg.data))
+            await msg.respond(reply.to_wire())
+
+        self._subs.append(
+            await self.nc.subscribe(subjects.install_status(self.node_id), cb=respond)
+        )
+        await self.nc.flush()
 
     async def stop(self) -> None:
         for sub in self._subs:

@@ -11,13 +11,13 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 
-from activities.models import InstallProgress
 from protocol import subjects
 from protocol.messages import BackendInstallReply, BackendInstallRequest, GalleryConfig
 from tests.fake_node import FakeNode
 from tests.workflow_helpers import (
     assert_replays,
     count_events,
+    heartbeat_with_events,
     install_input,
     start_install,
     wait_for,
@@ -102,24 +102,9 @@ async def test_still_installing_probes_before_any_retry_and_sends_one_more_insta
     )
 
     # While the first request waits, the pending activity's heartbeat shows the newest event.
-    async def heartbeat_progress() -> InstallProgress | None:
-        description = await handle.describe()
-        for pending in description.raw_description.pending_activities:
-            if pending.heartbeat_details.payloads:
-                [details] = client.data_converter.payload_converter.from_payloads(
-                    pending.heartbeat_details.payloads, [InstallProgress]
-                )
-                return details  # type: ignore[no-any-return]
-        return None
-
-    seen: InstallProgress | None = None
-    for _ in range(60):
-        seen = await heartbeat_progress()
-        if seen is not None and seen.event_count > 0:
-            break
-        await asyncio.sleep(0.1)
-    assert seen is not None and seen.last_event is not None
-    assert seen.last_event.phase == "downloading" and seen.op_id == node.install_bodies[0]["op_id"]
+    seen = await heartbeat_with_events(client, handle, at_least=1)
+    assert seen.last_event is not None and seen.last_event.phase == "downloading"
+    assert seen.op_id == node.install_bodies[0]["op_id"]
 
     # The timeout leads to probes; while progress flows, nothing is sent again.
     await _wait_for_probes(handle, at_least=2)

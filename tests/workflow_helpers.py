@@ -12,6 +12,7 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
+from activities.models import InstallProgress
 from workflows.install_backend import InstallBackendWorkflow
 from workflows.models import InstallBackendInput, InstallBackendResult
 
@@ -65,3 +66,30 @@ async def count_events(handle: WorkflowHandle[Any, Any], event_type: EventType.V
     return sum(
         1 for event in (await handle.fetch_history()).events if event.event_type == event_type
     )
+
+
+async def pending_heartbeat(
+    client: Client, handle: WorkflowHandle[Any, Any]
+) -> InstallProgress | None:
+    """The install activity's latest heartbeat details as ``describe`` shows them."""
+    description = await handle.describe()
+    for pending in description.raw_description.pending_activities:
+        if pending.heartbeat_details.payloads:
+            [progress] = client.data_converter.payload_converter.from_payloads(
+                pending.heartbeat_details.payloads, [InstallProgress]
+            )
+            assert isinstance(progress, InstallProgress)
+            return progress
+    return None
+
+
+async def heartbeat_with_events(
+    client: Client, handle: WorkflowHandle[Any, Any], at_least: int
+) -> InstallProgress:
+    """Wait until the pending install's heartbeat has carried ``at_least`` progress events."""
+    for _ in range(300):
+        progress = await pending_heartbeat(client, handle)
+        if progress is not None and progress.event_count >= at_least:
+            return progress
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"no heartbeat with {at_least} progress events")
