@@ -99,7 +99,7 @@ class InstallBackendWorkflow:
         now = workflow.now()
         carry = input.resume
         self._input = input
-        self._found_running = False
+        self._found_running = carry.found_running if carry else False
         self._published_phase: InstallPhase | None = None
         self._backoff_streak = carry.backoff_streak if carry else 0
         op_id = carry.op_id if carry else (input.op_id or derive_op_id(workflow.info().workflow_id))
@@ -421,6 +421,7 @@ class InstallBackendWorkflow:
             probes=status.probes,
             failed_attempts=status.failed_attempts,
             backoff_streak=self._backoff_streak,
+            found_running=self._found_running,
             progress=InstallProgress(
                 op_id=status.op_id,
                 node_id=status.node_id,

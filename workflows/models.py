@@ -52,6 +52,7 @@ class InstallCarryOver(BaseModel):
     probes: int
     failed_attempts: int
     backoff_streak: int
+    found_running: bool = False
     progress: InstallProgress | None = None
     last_probe: ProbeResult | None = None
     last_error: str = ""
