@@ -29,11 +29,13 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.envconfig import ClientConfig
 from temporalio.worker import Worker
 
+from activities.attach import await_install
 from activities.install import InstallActivities
 from activities.nats_connection import NatsOptions
 from activities.probe import ProbeActivities
 from workflows.install_backend import InstallBackendWorkflow
 from workflows.models import SEARCH_ATTRIBUTES
+from workflows.rollout import RolloutBackendWorkflow
 
 DEFAULT_TASK_QUEUE = "backend-install"
 DEFAULT_TEMPORAL_ADDRESS = "localhost:7233"
@@ -50,8 +52,8 @@ def create_worker(
     return Worker(
         client,
         task_queue=task_queue,
-        workflows=[InstallBackendWorkflow],
-        activities=[install.install_backend, probe.probe_slot],
+        workflows=[InstallBackendWorkflow, RolloutBackendWorkflow],
+        activities=[install.install_backend, probe.probe_slot, await_install],
         **worker_options,  # type: ignore[arg-type]
     )
 

@@ -17,6 +17,9 @@ INSTALL_ACTIVITY = "install_backend"
 PROBE_ACTIVITY = "probe_slot"
 """Activity type name of the probe activity."""
 
+ATTACH_ACTIVITY = "await_install"
+"""Activity type name that waits for an install workflow someone else started."""
+
 PROGRESS_SIGNAL = "report_progress"
 """Workflow signal that receives :class:`InstallProgress` reports from the install activity."""
 

@@ -56,6 +56,23 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
 
 
 @pytest.fixture(scope="session")
+async def small_history_client() -> AsyncIterator[Client]:
+    """A second dev server that suggests continue-as-new after 40 history events."""
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=find_binary("temporal"),
+        search_attributes=SEARCH_ATTRIBUTES,
+        data_converter=pydantic_data_converter,
+        dev_server_log_level="error",
+        dev_server_extra_args=[
+            "--dynamic-config-value",
+            "limit.historyCount.suggestContinueAsNew=40",
+        ],
+    )
+    yield env.client
+    await env.shutdown()
+
+
+@pytest.fixture(scope="session")
 def client(temporal_env: WorkflowEnvironment) -> Client:
     """A client using the pydantic data converter, like the worker."""
     return temporal_env.client

@@ -4,38 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 
-import pytest
 from nats.aio.client import Client as NATS
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import WorkflowEnvironment
 
 from protocol.messages import BackendInstallReply, BackendInstallRequest
 from tests.fake_node import FakeNode
-from tests.servers import find_binary
-from tests.workflow_helpers import assert_replays, install_input, start_install
+from tests.workflow_helpers import FAST, assert_replays, install_input, start_install
 from worker_main import create_worker
 from workflows.install_backend import InstallBackendWorkflow
-from workflows.models import SEARCH_ATTRIBUTES
-
-
-@pytest.fixture(scope="module")
-async def small_history_client() -> AsyncIterator[Client]:
-    """A dev server that suggests continue-as-new after 40 history events."""
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=find_binary("temporal"),
-        search_attributes=SEARCH_ATTRIBUTES,
-        data_converter=pydantic_data_converter,
-        dev_server_log_level="error",
-        dev_server_extra_args=[
-            "--dynamic-config-value",
-            "limit.historyCount.suggestContinueAsNew=40",
-        ],
-    )
-    yield env.client
-    await env.shutdown()
+from workflows.rollout import RolloutBackendWorkflow
+from workflows.rollout_models import RolloutInput, RolloutTarget
 
 
 async def test_long_install_continues_as_new_and_keeps_its_op_and_counters(
@@ -77,4 +56,33 @@ async def test_long_install_continues_as_new_and_keeps_its_op_and_counters(
     assert result.started_at == status.started_at
     assert {body["op_id"] for body in node.install_bodies} == {result.op_id}
     await node.stop()
+    await assert_replays(client.get_workflow_handle(handle.id, run_id=first_run))
+
+
+async def test_large_rollout_continues_as_new_and_completes_every_slot(
+    small_history_client: Client, nc: NATS
+) -> None:
+    client = small_history_client
+    nodes = [await FakeNode(nc, f"node-{uuid.uuid4().hex[:8]}").start() for _ in range(2)]
+    targets = [
+        RolloutTarget(node_id=node.node_id, model_id=f"m{i}") for node in nodes for i in range(8)
+    ]
+    queue = f"can-{uuid.uuid4().hex[:8]}"
+    async with create_worker(client, nc, queue):
+        handle = await client.start_workflow(
+            RolloutBackendWorkflow.run,
+            RolloutInput(
+                backend="llama-cpp", targets=targets, max_in_flight=3, install_options=FAST
+            ),
+            id=f"rollout-{uuid.uuid4().hex[:8]}",
+            task_queue=queue,
+        )
+        first_run = (await handle.describe()).run_id
+        result = await handle.result()
+
+    assert result.runs > 1
+    assert result.counts["succeeded"] == 16 and len(result.slots) == 16
+    assert sum(len(node.install_bodies) for node in nodes) == 16
+    for node in nodes:
+        await node.stop()
     await assert_replays(client.get_workflow_handle(handle.id, run_id=first_run))

@@ -15,6 +15,7 @@ from temporalio.worker import Replayer
 from activities.models import InstallProgress
 from workflows.install_backend import InstallBackendWorkflow
 from workflows.models import InstallBackendInput, InstallBackendResult
+from workflows.rollout import RolloutBackendWorkflow
 
 FAST = {
     "install_timeout_seconds": 2.0,
@@ -48,7 +49,10 @@ async def start_install(
 async def assert_replays(handle: WorkflowHandle[Any, Any]) -> None:
     """The closed workflow's history replays deterministically against today's code."""
     history = await handle.fetch_history()
-    replayer = Replayer(workflows=[InstallBackendWorkflow], data_converter=pydantic_data_converter)
+    replayer = Replayer(
+        workflows=[InstallBackendWorkflow, RolloutBackendWorkflow],
+        data_converter=pydantic_data_converter,
+    )
     await replayer.replay_workflow(history)
 
 

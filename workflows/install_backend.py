@@ -58,6 +58,7 @@ with workflow.unsafe.imports_passed_through():
         InstallPhase,
         InstallStatus,
     )
+    from workflows.rollout_models import SLOT_STATE_SIGNAL, SlotReport, SlotState
     from workflows.summary import describe_progress, details_markdown
 
 ACTIVITY_MARGIN = timedelta(seconds=30)
@@ -85,6 +86,25 @@ class _Next(Enum):
     BACK_OFF = "back_off"
 
 
+_ROLLOUT_STATE = {
+    InstallPhase.INSTALLING: SlotState.INSTALLING,
+    InstallPhase.STILL_INSTALLING: SlotState.STILL_INSTALLING,
+    InstallPhase.PROBING: SlotState.STILL_INSTALLING,
+    InstallPhase.WAITING: SlotState.STILL_INSTALLING,
+    InstallPhase.BACKING_OFF: SlotState.STILL_INSTALLING,
+}
+
+
+async def _signal_quietly(
+    handle: workflow.ExternalWorkflowHandle[object], report: SlotReport
+) -> None:
+    """A lost report only makes the rollout's table less detailed; never fail the install."""
+    try:
+        await handle.signal(SLOT_STATE_SIGNAL, report)
+    except Exception as err:
+        workflow.logger.debug("could not report to the rollout: %s", err)
+
+
 def derive_op_id(workflow_id: str) -> str:
     """A stable op id for a workflow: the same across retries, resets and continue-as-new."""
     return str(uuid.uuid5(OP_ID_NAMESPACE, workflow_id))
@@ -101,6 +121,8 @@ class InstallBackendWorkflow:
         self._input = input
         self._found_running = carry.found_running if carry else False
         self._published_phase: InstallPhase | None = None
+        self._reported_state: SlotState | None = None
+        self._parent_reports: list[asyncio.Task[None]] = []
         self._backoff_streak = carry.backoff_streak if carry else 0
         op_id = carry.op_id if carry else (input.op_id or derive_op_id(workflow.info().workflow_id))
         deadline = (
@@ -405,6 +427,28 @@ class InstallBackendWorkflow:
         self._status.phase = phase
         self._status.updated_at = workflow.now()
         self._publish_details()
+        self._report_to_parent(phase)
+
+    def _report_to_parent(self, phase: InstallPhase) -> None:
+        """Tell a rollout parent when the slot goes from installing to still installing.
+
+        Only the coarse state is sent, and only when it changes, so a rollout's history grows
+        by a signal or two per slow slot, not per progress event.
+        """
+        parent = workflow.info().parent
+        state = _ROLLOUT_STATE.get(phase)
+        if not self._input.report_to_parent or parent is None or state is None:
+            return
+        if state is self._reported_state:
+            return
+        self._reported_state = state
+        report = SlotReport(
+            workflow_id=workflow.info().workflow_id,
+            state=state,
+            detail=describe_progress(self._status.last_progress) or self._status.last_error,
+        )
+        handle = workflow.get_external_workflow_handle(parent.workflow_id)
+        self._parent_reports.append(asyncio.create_task(_signal_quietly(handle, report)))
 
     def _publish_details(self) -> None:
         workflow.set_current_details(details_markdown(self._status))

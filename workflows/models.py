@@ -7,6 +7,7 @@ The input's field names are a public contract: other teams and ``temporal workfl
 
 from __future__ import annotations
 
+import urllib.parse
 from datetime import datetime
 from enum import StrEnum
 
@@ -25,6 +26,17 @@ SEARCH_ATTRIBUTES = (NODE_ID, BACKEND_NAME, MODEL_ID, INSTALL_PHASE)
 """Custom keyword search attributes the workflow upserts; register them on the namespace."""
 
 MAX_REPLICA_INDEX = 2**31 - 1
+
+
+def install_workflow_id(node_id: str, backend: str, model_id: str, replica_index: int) -> str:
+    """The one workflow id for a slot's install: ``install/<node>/<backend>/<model>/<replica>``.
+
+    Every requester (rollouts, other teams' workflows, the CLI) derives the same id, so Temporal
+    itself guarantees one running install per slot. Parts are percent-encoded so that
+    ``a-b`` + ``c`` and ``a`` + ``b-c`` can never collide; an admin install uses ``-``.
+    """
+    parts = (node_id, backend, model_id or "-", str(replica_index))
+    return "install/" + "/".join(urllib.parse.quote(part, safe="") for part in parts)
 
 
 class InstallPhase(StrEnum):
@@ -95,6 +107,8 @@ class InstallBackendInput(BaseModel):
     """How long a probe listens for progress events of the op."""
     progress_report_interval_seconds: float = 5.0
     """How often the install activity reports progress to the workflow; 0 turns it off."""
+    report_to_parent: bool = False
+    """Signal the parent workflow (a rollout) when the slot's state changes."""
     resume: InstallCarryOver | None = None
     """Set by continue-as-new only."""
 

@@ -1,0 +1,258 @@
+"""RolloutBackendWorkflow: many slots, bounded concurrency, one install per slot, ever."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import Counter
+from typing import Any
+
+from nats.aio.client import Client as NATS
+from temporalio.client import Client, WorkflowHandle
+
+from protocol.messages import BackendInstallReply, BackendInstallRequest
+from tests.fake_node import FakeNode, InstallScript
+from tests.workflow_helpers import FAST, assert_replays, wait_for
+from workflows.models import install_workflow_id
+from workflows.rollout import RolloutBackendWorkflow
+from workflows.rollout_models import RolloutInput, RolloutStatus, RolloutTarget, SlotState
+
+
+class Fleet:
+    """Scripted nodes sharing one view of how many installs run at once."""
+
+    def __init__(self, nc: NATS, count: int, reply_after: float = 0.2) -> None:
+        self.nodes = [FakeNode(nc, f"node-{uuid.uuid4().hex[:8]}") for _ in range(count)]
+        self.reply_after = reply_after
+        self.in_flight = 0
+        self.peak = 0
+        self.release = asyncio.Event()
+        self.release.set()
+        self.failing: set[str] = set()
+        for node in self.nodes:
+            node.script = self._script(node)
+
+    def _script(self, node: FakeNode) -> InstallScript:
+        async def install(request: BackendInstallRequest, number: int) -> BackendInstallReply:
+            self.in_flight += 1
+            self.peak = max(self.peak, self.in_flight)
+            try:
+                await asyncio.sleep(self.reply_after)
+                await self.release.wait()
+            finally:
+                self.in_flight -= 1
+            if node.node_id in self.failing:
+                return BackendInstallReply(
+                    success=False,
+                    error='installing backend from gallery: no backend found with name "vllm"',
+                )
+            return await node.reply_running(request, number)
+
+        return install
+
+    async def __aenter__(self) -> Fleet:
+        for node in self.nodes:
+            await node.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release.set()
+        for node in self.nodes:
+            await node.stop()
+
+    def targets(self, models: list[str], replicas: int = 1) -> list[RolloutTarget]:
+        return [
+            RolloutTarget(
+                node_id=node.node_id, model_id=model, replica_indexes=list(range(replicas))
+            )
+            for node in self.nodes
+            for model in models
+        ]
+
+    def requests_per_slot(self) -> Counter[str]:
+        return Counter(
+            install_workflow_id(node.node_id, r.backend, r.model_id, r.replica_index)
+            for node in self.nodes
+            for r in node.install_requests
+        )
+
+
+HELD = {**FAST, "install_timeout_seconds": 60.0}
+"""For nodes that hold their replies: long enough that no request times out."""
+
+
+def rollout(
+    targets: list[RolloutTarget], install_options: dict[str, Any] = FAST, **fields: Any
+) -> RolloutInput:
+    return RolloutInput(
+        backend="llama-cpp", targets=targets, install_options=install_options, **fields
+    )
+
+
+async def start_rollout(
+    client: Client, task_queue: str, input: RolloutInput
+) -> WorkflowHandle[RolloutBackendWorkflow, RolloutStatus]:
+    return await client.start_workflow(
+        RolloutBackendWorkflow.run,
+        input,
+        id=f"rollout-{uuid.uuid4().hex[:10]}",
+        task_queue=task_queue,
+    )
+
+
+async def test_rollout_over_30_slots_never_runs_more_than_max_in_flight(
+    client: Client, nc: NATS, task_queue: str
+) -> None:
+    async with Fleet(nc, count=3) as fleet:
+        input = rollout(fleet.targets(["qwen3", "phi"], replicas=5), max_in_flight=5)
+        handle = await start_rollout(client, task_queue, input)
+        result = await handle.result()
+
+    assert len(result.slots) == 30
+    assert result.counts["succeeded"] == 30
+    assert all(slot.address == "10.0.0.7:50051" for slot in result.slots)
+    assert 1 < fleet.peak <= 5
+    assert set(fleet.requests_per_slot().values()) == {1}
+    await assert_replays(handle)
+
+
+async def test_failed_slots_are_reported_and_the_rest_finish_with_policy_continue(
+    client: Client, nc: NATS, task_queue: str
+) -> None:
+    async with Fleet(nc, count=3, reply_after=0) as fleet:
+        fleet.failing = {fleet.nodes[0].node_id}
+        handle = await start_rollout(
+            client, task_queue, rollout(fleet.targets(["a", "b"]), max_in_flight=2)
+        )
+        result = await handle.result()
+
+    failed = [s for s in result.slots if s.state is SlotState.FAILED]
+    assert {s.node_id for s in failed} == {fleet.nodes[0].node_id} and len(failed) == 2
+    assert all('no backend found with name "vllm"' in s.error for s in failed)
+    assert result.counts["succeeded"] == 4
+    await assert_replays(handle)
+
+
+async def test_policy_stop_starts_no_slot_after_max_failures(
+    client: Client, nc: NATS, task_queue: str
+) -> None:
+    async with Fleet(nc, count=1, reply_after=0) as fleet:
+        fleet.failing = {fleet.nodes[0].node_id}
+        input = rollout(
+            fleet.targets(["a", "b", "c", "d", "e", "f"]),
+            max_in_flight=1,
+            failure_policy="stop",
+            max_failures=2,
+        )
+        handle = await start_rollout(client, task_queue, input)
+        result = await handle.result()
+
+    assert result.counts["failed"] == 2 and result.counts["skipped"] == 4
+    assert "stopped after 2 failed" in result.stopped
+    assert sum(fleet.requests_per_slot().values()) == 2
+
+
+async def test_overlapping_rollouts_send_exactly_one_install_per_slot(
+    client: Client, nc: NATS, task_queue: str
+) -> None:
+    async with Fleet(nc, count=2) as fleet:
+        fleet.release.clear()
+        models = [f"m{i}" for i in range(10)]
+        first = await start_rollout(
+            client, task_queue, rollout(fleet.targets(models[:8]), HELD, max_in_flight=20)
+        )
+        second = await start_rollout(
+            client, task_queue, rollout(fleet.targets(models[3:]), HELD, max_in_flight=20)
+        )
+
+        async def shared_slots() -> int:
+            statuses = [await h.query(RolloutBackendWorkflow.status) for h in (first, second)]
+            return sum(1 for status in statuses for slot in status.slots if slot.shared)
+
+        for _ in range(300):
+            if await shared_slots() == 10:
+                break
+            await asyncio.sleep(0.1)
+        fleet.release.set()
+        first_result, second_result = await first.result(), await second.result()
+
+    per_slot = fleet.requests_per_slot()
+    assert len(per_slot) == 20 and set(per_slot.values()) == {1}
+    assert first_result.counts["succeeded"] == 16 and second_result.counts["succeeded"] == 14
+    shared = [s for r in (first_result, second_result) for s in r.slots if s.shared]
+    assert len(shared) == 10 and all(s.address for s in shared)
+    await assert_replays(second)
+
+
+async def test_cancelling_a_rollout_cancels_in_flight_installs_and_reports_the_rest(
+    client: Client, nc: NATS, task_queue: str
+) -> None:
+    async with Fleet(nc, count=1) as fleet:
+        fleet.release.clear()
+        handle = await start_rollout(
+            client,
+            task_queue,
+            rollout(fleet.targets(["a", "b", "c", "d", "e"]), HELD, max_in_flight=2),
+        )
+        await wait_for(lambda: fleet.in_flight == 2)
+        await handle.signal(RolloutBackendWorkflow.cancel_rollout)
+        result = await handle.result()
+
+    assert result.cancelled
+    assert result.counts["cancelled"] == 2 and result.counts["skipped"] == 3
+    for slot in result.slots:
+        if slot.state is SlotState.CANCELLED:
+            child = await client.get_workflow_handle(slot.workflow_id).describe()
+            assert child.status is not None and child.status.name == "CANCELED"
+    await assert_replays(handle)
+
+
+async def test_targets_added_to_a_running_rollout_are_installed_once(
+    client: Client, nc: NATS, task_queue: str
+) -> None:
+    async with Fleet(nc, count=1) as fleet:
+        fleet.release.clear()
+        handle = await start_rollout(client, task_queue, rollout(fleet.targets(["a"]), HELD))
+        added = await handle.execute_update(
+            RolloutBackendWorkflow.add_targets, fleet.targets(["a", "b", "c"])
+        )
+        fleet.release.set()
+        result = await handle.result()
+
+    assert (added.added, added.already_known) == (2, 1)
+    assert result.counts["succeeded"] == 3
+    assert set(fleet.requests_per_slot().values()) == {1}
+
+
+async def test_slow_slots_show_still_installing_with_their_progress(
+    client: Client, nc: NATS, task_queue: str, node_id: str
+) -> None:
+    node = await FakeNode(nc, node_id).start()
+    done = asyncio.Event()
+
+    async def slow(request: BackendInstallRequest, number: int) -> BackendInstallReply | None:
+        if number == 1:
+            await node.stream_progress(request.op_id, request.backend, done)
+            return None
+        return await node.reply_running(request, number)
+
+    node.script = slow
+    handle = await start_rollout(
+        client, task_queue, rollout([RolloutTarget(node_id=node_id, model_id="qwen3")])
+    )
+
+    async def state() -> SlotState:
+        return (await handle.query(RolloutBackendWorkflow.status)).slots[0].state
+
+    for _ in range(300):
+        if await state() is SlotState.STILL_INSTALLING:
+            break
+        await asyncio.sleep(0.1)
+    assert await state() is SlotState.STILL_INSTALLING
+    metadata = await handle.query("__temporal_workflow_metadata")
+    assert "| still installing |" in str(metadata)
+    node.mark_running(node.install_requests[0])
+    done.set()
+    result = await handle.result()
+    assert result.slots[0].state is SlotState.SUCCEEDED
+    await node.stop()

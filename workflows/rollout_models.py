@@ -1,0 +1,174 @@
+"""Input, status and result of ``RolloutBackendWorkflow``: one backend across many slots."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from protocol.messages import GalleryConfig
+from workflows.models import InstallBackendInput, install_workflow_id
+
+SLOT_STATE_SIGNAL = "slot_state_changed"
+"""Signal a child install sends its rollout when the slot's state changes."""
+
+
+class RolloutTarget(BaseModel):
+    """Slots on one node: a model id and the replica indexes to install it for."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    node_id: str
+    model_id: str = ""
+    replica_indexes: list[int] = Field(default_factory=lambda: [0])
+
+
+class FailurePolicy(StrEnum):
+    """What a rollout does when slots fail."""
+
+    CONTINUE = "continue"
+    """Install every slot and report the failures at the end."""
+    STOP = "stop"
+    """Start no new slot once ``max_failures`` slots have failed; finish those in flight."""
+
+
+class SlotState(StrEnum):
+    """One slot's state within a rollout, like LocalAI's per-node statuses."""
+
+    QUEUED = "queued"
+    INSTALLING = "installing"
+    STILL_INSTALLING = "still_installing"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    SKIPPED = "skipped"
+    """Never started: the rollout stopped or was cancelled first."""
+
+
+FINISHED_STATES = frozenset(
+    {SlotState.SUCCEEDED, SlotState.FAILED, SlotState.CANCELLED, SlotState.SKIPPED}
+)
+
+
+class SlotReport(BaseModel):
+    """A child install's state change, sent to its rollout."""
+
+    workflow_id: str
+    state: SlotState
+    detail: str = ""
+
+
+class SlotStatus(BaseModel):
+    """Where one slot of a rollout stands."""
+
+    node_id: str
+    model_id: str
+    replica_index: int
+    workflow_id: str
+    state: SlotState = SlotState.QUEUED
+    address: str = ""
+    error: str = ""
+    detail: str = ""
+    """The last progress or probe the install reported."""
+    shared: bool = False
+    """Another requester was already installing this slot; this rollout waited for it."""
+
+
+class RolloutInput(BaseModel):
+    """Install ``backend`` on every slot of ``targets``, at most ``max_in_flight`` at once."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    backend: str
+    targets: list[RolloutTarget] = Field(default_factory=list)
+    backend_galleries: list[GalleryConfig] | None = None
+    uri: str = ""
+    name: str = ""
+    alias: str = ""
+    max_in_flight: int = 10
+    failure_policy: FailurePolicy = FailurePolicy.CONTINUE
+    max_failures: int = 1
+    """With the ``stop`` policy: how many failed slots stop the rollout."""
+    install_options: dict[str, Any] = Field(default_factory=dict)
+    """Extra ``InstallBackendWorkflow`` input fields for every slot (timeouts, intervals)."""
+    carried_slots: list[SlotStatus] = Field(default_factory=list)
+    """Set by continue-as-new only: every slot known so far, finished or not."""
+    carried_runs: int = 0
+    """Set by continue-as-new only: runs before this one."""
+    carried_stopped: str = ""
+    """Set by continue-as-new only: why the rollout stopped starting slots."""
+
+    def install_input(self, node_id: str, model_id: str, replica_index: int) -> InstallBackendInput:
+        """The child install's input for one slot."""
+        return InstallBackendInput.model_validate(
+            {
+                **self.install_options,
+                "node_id": node_id,
+                "backend": self.backend,
+                "model_id": model_id,
+                "replica_index": replica_index,
+                "backend_galleries": self.backend_galleries,
+                "uri": self.uri,
+                "name": self.name,
+                "alias": self.alias,
+                "report_to_parent": True,
+            }
+        )
+
+    def problems(self) -> list[tuple[str, str]]:
+        """Invalid fields with reasons, checked before anything starts."""
+        found: list[tuple[str, str]] = []
+        if self.max_in_flight < 1:
+            found.append(("max_in_flight", "must be at least 1"))
+        if self.max_failures < 1:
+            found.append(("max_failures", "must be at least 1"))
+        for position, target in enumerate(self.targets):
+            for replica in target.replica_indexes or [0]:
+                try:
+                    install = self.install_input(target.node_id, target.model_id, replica)
+                except ValueError as err:
+                    found.append(("install_options", str(err).splitlines()[0]))
+                    return found
+                for field, reason in install.problems():
+                    found.append((f"targets[{position}].{field}", reason))
+        return found
+
+
+def expand_slots(targets: list[RolloutTarget], backend: str) -> list[SlotStatus]:
+    """One queued slot per (node, model, replica), duplicates removed, order kept."""
+    slots: dict[str, SlotStatus] = {}
+    for target in targets:
+        for replica in target.replica_indexes or [0]:
+            workflow_id = install_workflow_id(target.node_id, backend, target.model_id, replica)
+            slots.setdefault(
+                workflow_id,
+                SlotStatus(
+                    node_id=target.node_id,
+                    model_id=target.model_id,
+                    replica_index=replica,
+                    workflow_id=workflow_id,
+                ),
+            )
+    return list(slots.values())
+
+
+class RolloutStatus(BaseModel):
+    """The ``status`` query and the final result: every slot's outcome, counts by state."""
+
+    backend: str
+    counts: dict[str, int]
+    slots: list[SlotStatus]
+    in_flight: int = 0
+    cancelled: bool = False
+    stopped: str = ""
+    """Why the rollout stopped starting slots, if it did."""
+    runs: int = 1
+    """Workflow runs so far (continue-as-new starts a new run)."""
+
+
+class AddTargetsResult(BaseModel):
+    """Answer of the ``add_targets`` update."""
+
+    added: int
+    already_known: int
