@@ -60,6 +60,8 @@ _PERMANENT_MARKERS = (
     "died during startup",
     "not supported by this agent",
     "invalid backend name",
+    "unsafe archive",
+    "exceeds the configured size limit",
 )
 
 # Everything else counts as transient (the catalogue's "failed to download backend", "is

@@ -57,7 +57,10 @@ class FakeNode:
             await self.nc.subscribe(subjects.models_running(self.node_id), cb=self._on_running),
             await self.nc.subscribe(subjects.backend_list(self.node_id), cb=self._on_list),
         ]
-        await self.nc.flush()
+        # A flush alone does not guarantee that requests from *other* connections already see
+        # the new interest (about 1 in 100 got "no responders"); a round trip through the
+        # server to one of our own subjects does.
+        await self.nc.request(subjects.models_running(self.node_id), b"{}", timeout=5)
         return self
 
     async def answer_status(self, reply: InstallStatusReply) -> None:

@@ -284,6 +284,12 @@ async def test_cancelling_the_activity_unsubscribes_and_asks_the_node_to_cancel_
         ("backend x#0 was stopped during startup", INSTALL_FAILED),
         ("allocating gRPC port for backend x#0: no free gRPC port in range: 1-2", INSTALL_FAILED),
         ("something nobody has seen before", INSTALL_FAILED),
+        ("installing backend from gallery: unsafe archive \"u\": member '../x'", INSTALL_REJECTED),
+        ("download of u exceeds the configured size limit of 1.0 GiB", INSTALL_REJECTED),
+        (
+            'installing backend from gallery: source "oci://x" is not supported by this agent',
+            INSTALL_REJECTED,
+        ),
         ("cancelled", INSTALL_CANCELLED),
     ],
 )

@@ -1,0 +1,11 @@
+"""A node agent: the worker side of the NATS backend-install protocol.
+
+It installs backends from galleries into a backends directory, runs one backend process per
+(model, replica) slot and answers the ``nodes.<node>.…`` subjects of the protocol reference.
+Run it with ``python -m node_agent --help``, or in-process with :class:`Agent`.
+"""
+
+from node_agent.agent import Agent
+from node_agent.config import AgentConfig, NatsOptions
+
+__all__ = ["Agent", "AgentConfig", "NatsOptions"]

@@ -1,0 +1,279 @@
+"""The NATS side of the node agent: subscriptions, decoding, replies.
+
+Every message is handled in its own task, so the NATS callback returns at once: a
+multi-minute download must never hold up ``models.running`` or another backend's install
+(reference §4.1). Decoding failures become ``invalid request: …`` replies (or are ignored on
+the publish-only stop subject) and never stop the agent.
+
+Use in tests::
+
+    from node_agent import Agent, AgentConfig, NatsOptions
+    from protocol.messages import GalleryConfig
+
+    agent = Agent(
+        AgentConfig(
+            node_id=node_id,                      # a valid subject token
+            backends_dir=tmp_path / "backends",
+            galleries=(GalleryConfig(name="local", url=gallery_file.as_uri()),),
+            advertise_host="127.0.0.1",           # host part of every reply's address
+            port_range=(52000, 52019),
+            nats=NatsOptions(url=nats_url),
+        )
+    )
+    await agent.start()   # returns once the agent's subjects are routed to it
+    ...
+    await agent.stop()    # cancels in-flight installs, stops every backend process
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import nats
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from pydantic import ValidationError
+
+from node_agent.config import AgentConfig, NatsOptions
+from node_agent.errors import AgentError
+from node_agent.service import NodeService
+from protocol import subjects
+from protocol.messages import (
+    BackendDeleteRequest,
+    BackendInstallRequest,
+    BackendStopRequest,
+    BackendUpgradeRequest,
+    InstallStatusRequest,
+    error_body,
+)
+from protocol.wire import WireModel
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=WireModel)
+Handler = Callable[[Msg], Awaitable[None]]
+
+
+def decode(model: type[M], data: bytes) -> M:
+    """Decode a request body, raising the catalogue's ``invalid request: …`` on failure."""
+    try:
+        return model.model_validate_json(data or b"{}")
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise AgentError(f"invalid request: {where}: {first['msg']}") from err
+
+
+def tls_context(options: NatsOptions) -> ssl.SSLContext | None:
+    """A client TLS context when a CA or client certificate is configured."""
+    if not (options.tls_ca or options.tls_cert):
+        return None
+    context = ssl.create_default_context(cafile=options.tls_ca)
+    if options.tls_cert:
+        context.load_cert_chain(options.tls_cert, options.tls_key)
+    return context
+
+
+async def connect(options: NatsOptions, name: str) -> NATS:
+    """Connect to NATS with whichever credentials are configured; reconnects forever."""
+    kwargs: dict[str, Any] = {
+        "servers": [options.url],
+        "name": name,
+        "max_reconnect_attempts": -1,
+    }
+    if options.creds_file:
+        kwargs["user_credentials"] = options.creds_file
+    if options.token:
+        kwargs["token"] = options.token
+    if options.user:
+        kwargs["user"] = options.user
+        kwargs["password"] = options.password or ""
+    context = tls_context(options)
+    if context is not None:
+        kwargs["tls"] = context
+    nc: NATS = await nats.connect(**kwargs)
+    return nc
+
+
+class Agent:
+    """One node agent: a :class:`NodeService` answering on ``nodes.<node_id>.…``.
+
+    ``nc`` may be an existing connection (it is then left open on :meth:`stop`); otherwise
+    :meth:`start` connects with ``config.nats``.
+    """
+
+    def __init__(self, config: AgentConfig, nc: NATS | None = None) -> None:
+        subjects.check_token("node_id", config.node_id)
+        self.config = config
+        self._nc = nc
+        self._owns_connection = nc is None
+        self._subscriptions: list[Any] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopped = asyncio.Event()
+        self._stopping = False
+        self.service = NodeService(config, self._publish)
+
+    async def __aenter__(self) -> Agent:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @property
+    def nc(self) -> NATS:
+        """The NATS connection (after :meth:`start`)."""
+        if self._nc is None:
+            raise RuntimeError("agent not started")
+        return self._nc
+
+    async def start(self) -> None:
+        """Clean leftovers, connect, subscribe; returns once the server knows the subscriptions."""
+        self.service.recover()
+        if self._nc is None:
+            self._nc = await connect(self.config.nats, f"node-agent-{self.config.node_id}")
+        node = self.config.node_id
+        routes: list[tuple[str, Handler]] = [
+            (subjects.install(node), self._on_install),
+            (subjects.upgrade(node), self._on_upgrade),
+            (subjects.backend_list(node), self._on_list),
+            (subjects.models_running(node), self._on_running),
+            (subjects.backend_stop(node), self._on_stop),
+            (subjects.backend_delete(node), self._on_delete),
+            (subjects.install_status(node), self._on_status),
+            (f"nodes.{node}.backend.install.*.cancel", self._on_cancel),
+            (subjects.node_stop(node), self._on_node_stop),
+        ]
+        for subject, handler in routes:
+            self._subscriptions.append(
+                await self.nc.subscribe(subject, cb=self._dispatcher(handler))
+            )
+        await self._confirm_subscriptions()
+        log.info("node agent %s listening", node)
+
+    async def _confirm_subscriptions(self) -> None:
+        """Round-trip a request through the server to ourselves before declaring readiness.
+
+        ``flush()`` alone proved not to be enough: right after start a request from another
+        connection occasionally got *no responders*. A reply to our own ``models.running``
+        shows the server routes our subjects.
+        """
+        probe = subjects.models_running(self.config.node_id)
+        for _ in range(250):
+            try:
+                await self.nc.request(probe, b"{}", timeout=5)
+                return
+            except nats.errors.NoRespondersError:
+                await asyncio.sleep(0.02)
+        raise RuntimeError(f"NATS does not route {probe} to this agent")
+
+    async def stop(self) -> None:
+        """Stop answering, cancel in-flight work, stop every backend process, disconnect."""
+        if self._stopping:
+            await self._stopped.wait()
+            return
+        self._stopping = True
+        for sub in self._subscriptions:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        await self.service.close()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._owns_connection and self._nc is not None:
+            with contextlib.suppress(Exception):
+                await self._nc.drain()
+        self._stopped.set()
+
+    async def wait_stopped(self) -> None:
+        """Wait until the agent has stopped (e.g. after ``nodes.<node>.stop``)."""
+        await self._stopped.wait()
+
+    # --- plumbing ----------------------------------------------------------------------------
+
+    def _dispatcher(self, handler: Handler) -> Callable[[Msg], Awaitable[None]]:
+        async def dispatch(msg: Msg) -> None:
+            task = asyncio.create_task(self._guarded(handler, msg))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        return dispatch
+
+    async def _guarded(self, handler: Handler, msg: Msg) -> None:
+        try:
+            await handler(msg)
+        except AgentError as err:
+            await self._respond(msg, error_body(err.message))
+        except Exception as err:  # one bad message must never stop the agent
+            log.exception("handling %s failed", msg.subject)
+            await self._respond(msg, error_body(f"internal error: {err}"))
+
+    async def _respond(self, msg: Msg, body: bytes) -> None:
+        if not msg.reply:
+            return
+        try:
+            await msg.respond(body)
+        except Exception as err:  # connection gone; the orchestrator will probe
+            log.warning("could not reply on %s: %s", msg.subject, err)
+
+    async def _publish(self, subject: str, body: bytes) -> None:
+        if self._nc is not None and not self._nc.is_closed:
+            await self._nc.publish(subject, body)
+
+    # --- handlers ----------------------------------------------------------------------------
+
+    async def _on_install(self, msg: Msg) -> None:
+        reply = await self.service.install(decode(BackendInstallRequest, msg.data))
+        await self._respond(msg, reply.to_wire())
+
+    async def _on_upgrade(self, msg: Msg) -> None:
+        reply = await self.service.upgrade(decode(BackendUpgradeRequest, msg.data))
+        await self._respond(msg, reply.to_wire())
+
+    async def _on_list(self, msg: Msg) -> None:
+        await self._respond(msg, self.service.list_backends().to_wire())
+
+    async def _on_running(self, msg: Msg) -> None:
+        await self._respond(msg, self.service.running().to_wire())
+
+    async def _on_delete(self, msg: Msg) -> None:
+        reply = await self.service.delete(decode(BackendDeleteRequest, msg.data))
+        await self._respond(msg, reply.to_wire())
+
+    async def _on_status(self, msg: Msg) -> None:
+        reply = self.service.status(decode(InstallStatusRequest, msg.data))
+        await self._respond(msg, reply.to_wire())
+
+    async def _on_stop(self, msg: Msg) -> None:
+        """Publish-only: empty body or ``null`` = stop all; malformed JSON is ignored."""
+        body = msg.data.strip()
+        request: BackendStopRequest | None = None
+        if body and body != b"null":
+            try:
+                request = decode(BackendStopRequest, body)
+            except AgentError as err:
+                log.warning("ignoring malformed backend.stop: %s", err)
+                return
+        stopped = await self.service.stop(request)
+        log.info("backend.stop stopped %s", stopped)
+
+    async def _on_cancel(self, msg: Msg) -> None:
+        op_id = msg.subject.split(".")[-2]
+        found = self.service.cancel(op_id)
+        ack = {"op_id": op_id, "cancelled": found}
+        if not found:
+            ack["error"] = f"no install or upgrade in flight for op {op_id}"
+        await self._respond(msg, json.dumps(ack).encode())
+
+    async def _on_node_stop(self, msg: Msg) -> None:
+        log.info("nodes.%s.stop received; shutting down", self.config.node_id)
+        current = asyncio.current_task()
+        if current is not None:
+            self._tasks.discard(current)  # stop() waits for handlers; not for this one
+        await self.stop()

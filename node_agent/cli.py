@@ -1,0 +1,192 @@
+"""``python -m node_agent``: run a node agent until SIGTERM/SIGINT or ``nodes.<node>.stop``.
+
+Secrets can come from the environment instead of the command line (where ``ps`` shows them):
+``NATS_URL``, ``NATS_TOKEN``, ``NATS_USER``, ``NATS_PASSWORD``, ``NATS_CREDS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import re
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from node_agent.agent import Agent
+from node_agent.config import AgentConfig, NatsOptions, detect_capability
+from protocol.messages import decode_galleries
+from protocol.subjects import token_problem
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtKMGT]?)(i?[bB])?\s*$")
+
+
+def parse_size(text: str) -> int:
+    """``1073741824``, ``512M``, ``10GiB``, ``2T`` → bytes (1024-based)."""
+    match = _SIZE.match(text)
+    if match is None:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 512M, 10GiB)")
+    power = " KMGT".index(match.group(2).upper() or " ")
+    return int(float(match.group(1)) * 1024**power)
+
+
+def parse_port_range(text: str) -> tuple[int, int]:
+    """``50051-50151`` → (50051, 50151)."""
+    match = re.fullmatch(r"(\d+)-(\d+)", text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"expected LOW-HIGH, got {text!r}")
+    low, high = int(match.group(1)), int(match.group(2))
+    if not 0 < low <= high <= 65535:
+        raise argparse.ArgumentTypeError(f"invalid port range {text!r}")
+    return low, high
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show defaults, except where there is none or the help already explains it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is None or action.required or "default:" in text:
+            return text
+        return super()._get_help_string(action) or text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of the node agent."""
+    parser = argparse.ArgumentParser(
+        prog="python -m node_agent",
+        description=(
+            "Node agent: installs inference backends from galleries, runs one backend "
+            "process per (model, replica) slot and answers the nodes.<node-id>.* NATS "
+            "subjects of the backend install protocol."
+        ),
+        formatter_class=_HelpFormatter,
+    )
+    node = parser.add_argument_group("node")
+    node.add_argument("--node-id", required=True, help="this node's id (one NATS subject token)")
+    node.add_argument(
+        "--backends-dir", required=True, type=Path, help="directory backends are installed into"
+    )
+    node.add_argument(
+        "--galleries",
+        default="[]",
+        help="the node's gallery list, the same JSON as backend_galleries: "
+        '[{"name":"local","url":"file:///srv/index.yaml"}]; used when a request has none',
+    )
+    node.add_argument(
+        "--advertise-host",
+        default=os.uname().nodename,
+        help="host part of the address replies give the orchestrator (must be routable)",
+    )
+    node.add_argument("--bind-host", default="0.0.0.0", help="address backend processes listen on")
+    node.add_argument(
+        "--port-range",
+        type=parse_port_range,
+        default="50051-50151",
+        help="gRPC ports for backend processes, LOW-HIGH inclusive",
+    )
+    node.add_argument(
+        "--capability",
+        default=detect_capability(),
+        help="capability used to resolve meta backends (falls back to default, then cpu)",
+    )
+    node.add_argument(
+        "--grpc-auth-token",
+        help="bearer token passed to backends and used for Health/Free "
+        "(default: env LOCALAI_GRPC_AUTH_TOKEN)",
+    )
+    node.add_argument(
+        "--max-download-size", type=parse_size, default="64GiB", help="limit per download"
+    )
+    node.add_argument(
+        "--max-unpacked-size", type=parse_size, default="128GiB", help="limit per unpacked backend"
+    )
+    node.add_argument(
+        "--readiness-timeout",
+        type=float,
+        default=30.0,
+        help="seconds a backend may take to answer Health after start",
+    )
+    conn = parser.add_argument_group("NATS")
+    conn.add_argument(
+        "--nats-url",
+        help="NATS server URL (default: env NATS_URL, else nats://127.0.0.1:4222)",
+    )
+    conn.add_argument("--nats-creds", help="credentials (.creds) file (default: env NATS_CREDS)")
+    conn.add_argument("--nats-token", help="auth token (default: env NATS_TOKEN)")
+    conn.add_argument("--nats-user", help="user name (default: env NATS_USER)")
+    conn.add_argument(
+        "--nats-password",
+        help="password (default: env NATS_PASSWORD, preferable: ps shows arguments)",
+    )
+    conn.add_argument("--nats-tls-ca", help="CA bundle to verify the NATS server")
+    conn.add_argument("--nats-tls-cert", help="client certificate for TLS client auth")
+    conn.add_argument("--nats-tls-key", help="private key of --nats-tls-cert")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> AgentConfig:
+    """Validate the parsed options into an :class:`AgentConfig`; raises ValueError."""
+    env = os.environ
+    problem = token_problem(args.node_id)
+    if problem is not None:
+        raise ValueError(f"--node-id {args.node_id!r}: {problem}")
+    try:
+        galleries = decode_galleries(args.galleries.strip())
+    except (ValidationError, ValueError) as err:
+        raise ValueError(f"--galleries is not a JSON list of galleries: {err}") from err
+    return AgentConfig(
+        node_id=args.node_id,
+        backends_dir=args.backends_dir.resolve(),
+        galleries=tuple(galleries),
+        advertise_host=args.advertise_host,
+        bind_host=args.bind_host,
+        port_range=args.port_range,
+        capability=args.capability,
+        grpc_auth_token=args.grpc_auth_token or env.get("LOCALAI_GRPC_AUTH_TOKEN", ""),
+        max_download_bytes=args.max_download_size,
+        max_unpacked_bytes=args.max_unpacked_size,
+        readiness_timeout=args.readiness_timeout,
+        nats=NatsOptions(
+            url=args.nats_url or env.get("NATS_URL", "nats://127.0.0.1:4222"),
+            creds_file=args.nats_creds or env.get("NATS_CREDS"),
+            token=args.nats_token or env.get("NATS_TOKEN"),
+            user=args.nats_user or env.get("NATS_USER"),
+            password=args.nats_password or env.get("NATS_PASSWORD"),
+            tls_ca=args.nats_tls_ca,
+            tls_cert=args.nats_tls_cert,
+            tls_key=args.nats_tls_key,
+        ),
+    )
+
+
+async def run(config: AgentConfig) -> None:
+    """Run until a signal or ``nodes.<node>.stop``; backend processes are stopped on exit."""
+    agent = Agent(config)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: asyncio.ensure_future(agent.stop()))
+    await agent.start()
+    print(f"node agent {config.node_id} ready", flush=True)
+    await agent.wait_stopped()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        config = config_from_args(args)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    asyncio.run(run(config))
+    return 0

@@ -1,0 +1,82 @@
+"""Everything a node agent is configured with, in one immutable value.
+
+Defaults are the reference's fixed values (§12): 30 s readiness budget polled every 200 ms,
+250 ms progress debounce, 15 s port quarantine, 5 min port affinity. Tests shrink the
+timings; operators normally only set the identity, NATS, directory, gallery and port options.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from protocol.messages import GalleryConfig
+
+GIB = 1024**3
+CAPABILITY_FILE = Path("/run/localai/capability")
+
+
+def detect_capability() -> str:
+    """The meta-backend capability of this host, as LocalAI decides it without a GPU probe.
+
+    ``LOCALAI_FORCE_META_BACKEND_CAPABILITY`` wins, then ``/run/localai/capability``; this
+    agent does no hardware detection, so everything else is ``default`` (which falls back to
+    ``cpu`` in a meta entry that has no ``default``).
+    """
+    forced = os.environ.get("LOCALAI_FORCE_META_BACKEND_CAPABILITY", "").strip()
+    if forced:
+        return forced
+    try:
+        text = CAPABILITY_FILE.read_text().strip()
+    except OSError:
+        text = ""
+    return text or "default"
+
+
+@dataclass(frozen=True)
+class NatsOptions:
+    """How to reach NATS. Only the fields that are set are passed to ``nats.connect``."""
+
+    url: str = field(default_factory=lambda: os.environ.get("NATS_URL", "nats://127.0.0.1:4222"))
+    creds_file: str | None = None
+    token: str | None = None
+    user: str | None = None
+    password: str | None = None
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """Configuration of one node agent.
+
+    Required: ``node_id`` (the raw id; it must be a valid subject token) and ``backends_dir``.
+    ``galleries`` is the node's own gallery list, used when a request carries no
+    ``backend_galleries``. ``advertise_host`` is the host part of the routable address the
+    agent replies with; processes listen on ``bind_host`` and are health-checked on loopback.
+    """
+
+    node_id: str
+    backends_dir: Path
+    galleries: tuple[GalleryConfig, ...] = ()
+    advertise_host: str = field(default_factory=socket.gethostname)
+    port_range: tuple[int, int] = (50051, 50151)
+    bind_host: str = "0.0.0.0"
+    capability: str = field(default_factory=detect_capability)
+    nats: NatsOptions = field(default_factory=NatsOptions)
+    grpc_auth_token: str = ""
+    max_download_bytes: int = 64 * GIB
+    max_unpacked_bytes: int = 128 * GIB
+    readiness_timeout: float = 30.0
+    readiness_poll: float = 0.2
+    health_call_timeout: float = 2.0
+    free_timeout: float = 5.0
+    stop_grace: float = 5.0
+    progress_debounce: float = 0.25
+    port_quarantine: float = 15.0
+    port_affinity: float = 300.0
+    download_stall_timeout: float = 120.0
+    index_fetch_timeout: float = 120.0

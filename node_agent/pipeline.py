@@ -1,0 +1,222 @@
+"""The install pipeline of one concrete backend (reference §10.3 step 4).
+
+staging directory → fetch (``uri``, then each mirror) → sha256 → safe unpack → require
+``run.sh`` → ``metadata.json`` → atomic swap with backup. Staging is always removed; a
+failure at any step leaves the installed version untouched. The caller holds the backend's
+lock. Blocking work runs in threads through :func:`node_agent.blocking.run_blocking`, so a
+cancel stops it before the staging directory is removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import shutil
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from node_agent import archive, fetch
+from node_agent.blocking import Abort, run_blocking
+from node_agent.config import AgentConfig
+from node_agent.errors import InstallError
+from node_agent.fetch import DownloadError, SourceKind
+from node_agent.progress import Tick
+from node_agent.store import RUN_FILE, BackendStore, Metadata
+from protocol.messages import ProgressPhase
+
+TickFn = Callable[[Tick], None]
+"""Receives progress on the event loop."""
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """What to install under ``name``: sources in order and the expected sha256."""
+
+    name: str
+    sources: tuple[str, ...]
+    sha256: str = ""
+    alias: str = ""
+    version: str = ""
+    gallery_url: str = ""
+
+
+class _Throttle:
+    """Forward thread-side progress to the loop at most every 50 ms (the debounce does the rest)."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, on_tick: TickFn, make: Callable[[int, int], Tick]
+    ) -> None:
+        self._loop, self._on_tick, self._make = loop, on_tick, make
+        self._last = 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - self._last >= 0.05 or (total and done >= total):
+            self._last = now
+            self._loop.call_soon_threadsafe(self._on_tick, self._make(done, total))
+
+
+def _percent(done: int, total: int) -> float:
+    return min(100.0, done * 100.0 / total) if total else 0.0
+
+
+def partial_path(store: BackendStore, uri: str) -> Path:
+    """Resumable download file of ``uri``; stable across attempts and agent restarts."""
+    return store.downloads() / f"{hashlib.sha256(uri.encode()).hexdigest()[:24]}.partial"
+
+
+class Pipeline:
+    """Installs artifacts into a :class:`BackendStore`."""
+
+    def __init__(self, store: BackendStore, config: AgentConfig, executor: Executor) -> None:
+        self._store = store
+        self._config = config
+        self._executor = executor
+
+    async def install(
+        self,
+        artifact: Artifact,
+        on_tick: TickFn,
+        keep_backup: bool,
+        before_swap: Callable[[], Awaitable[None]] | None = None,
+    ) -> Path | None:
+        """Install ``artifact``; returns the previous version's backup when ``keep_backup``.
+
+        ``before_swap`` runs once the new version is staged and valid, right before it
+        replaces the old one (an upgrade stops the backend's processes there, so a failed
+        download never costs a running process).
+        """
+        abort = Abort()
+        staging = self._store.prepare_staging(artifact.name)
+        try:
+            used = await self._fetch_first(artifact, staging, on_tick, abort)
+            run_file = staging / RUN_FILE
+            if not run_file.is_file():
+                raise InstallError(f'not a valid backend: run file not found "{run_file}"')
+            self._store.write_metadata(
+                staging,
+                Metadata(
+                    name=artifact.name,
+                    alias=artifact.alias,
+                    gallery_url=artifact.gallery_url,
+                    installed_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    version=artifact.version,
+                    uri=used,
+                ),
+            )
+            if before_swap is not None:
+                await before_swap()
+            backup = self._store.swap_in(artifact.name, staging)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        if backup is not None and not keep_backup:
+            shutil.rmtree(backup, ignore_errors=True)
+            return None
+        return backup
+
+    async def _fetch_first(
+        self, artifact: Artifact, staging: Path, on_tick: TickFn, abort: Abort
+    ) -> str:
+        """Materialise the first source that works into ``staging``; returns its URI."""
+        failures: list[str] = []
+        unsupported = 0
+        for uri in artifact.sources:
+            kind = fetch.classify(uri)
+            if kind in (SourceKind.OCI, SourceKind.UNSUPPORTED):
+                unsupported += 1
+                failures.append(f'"{uri}": {kind.value} sources are not supported by this agent')
+                continue
+            _empty(staging)
+            try:
+                await self._materialise(uri, kind, artifact, staging, on_tick, abort)
+                return uri
+            except DownloadError as err:
+                failures.append(f'"{uri}": {err}' if uri != artifact.sources[0] else str(err))
+            except archive.UnsafeArchive as err:
+                raise InstallError(f'unsafe archive "{uri}": {err}') from err
+        primary = artifact.sources[0] if artifact.sources else ""
+        if unsupported == len(artifact.sources):
+            raise InstallError(f'OCI image "{primary}" is not supported by this agent')
+        raise InstallError(f'failed to download backend "{primary}": ' + "; ".join(failures))
+
+    async def _materialise(
+        self,
+        uri: str,
+        kind: SourceKind,
+        artifact: Artifact,
+        staging: Path,
+        on_tick: TickFn,
+        abort: Abort,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        limit = self._config.max_unpacked_bytes
+        if kind is SourceKind.DIRECTORY:
+            on_tick(Tick(ProgressPhase.EXTRACTING, f"Copying {uri}"))
+            source = fetch.local_path(uri)
+            await run_blocking(
+                self._executor,
+                abort,
+                lambda: archive.copy_directory(source, staging, limit=limit, abort=abort),
+            )
+            return
+        partial = partial_path(self._store, uri)
+        downloading = _Throttle(
+            loop,
+            on_tick,
+            lambda d, t: Tick(ProgressPhase.DOWNLOADING, str(partial), d, t, _percent(d, t)),
+        )
+        on_tick(Tick(ProgressPhase.DOWNLOADING, str(partial)))
+        try:
+            digest = await run_blocking(
+                self._executor,
+                abort,
+                lambda: fetch.fetch(
+                    uri,
+                    partial,
+                    limit=self._config.max_download_bytes,
+                    stall_timeout=self._config.download_stall_timeout,
+                    on_progress=downloading,
+                    abort=abort,
+                ),
+            )
+            if artifact.sha256 and digest.lower() != artifact.sha256.lower():
+                raise DownloadError(
+                    f'SHA mismatch for file "{partial}" ( calculated: {digest} != '
+                    f"metadata: {artifact.sha256} )"
+                )
+            extracting = _Throttle(
+                loop,
+                on_tick,
+                lambda d, t: Tick(
+                    ProgressPhase.EXTRACTING, f"Extracting {uri}", d, t, _percent(d, t)
+                ),
+            )
+            on_tick(Tick(ProgressPhase.EXTRACTING, f"Extracting {uri}"))
+            await run_blocking(
+                self._executor,
+                abort,
+                lambda: archive.extract(
+                    partial, staging, limit=limit, on_progress=extracting, abort=abort
+                ),
+            )
+        except DownloadError as err:
+            if "SHA mismatch" in str(err):
+                partial.unlink(missing_ok=True)  # a resume would only repeat the mismatch
+            raise
+        except BaseException:
+            partial.unlink(missing_ok=True)  # cancelled, or the archive is bad: start over
+            raise
+        partial.unlink(missing_ok=True)
+
+
+def _empty(directory: Path) -> None:
+    """Remove everything inside ``directory`` (staging is wiped before each source)."""
+    for child in directory.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
