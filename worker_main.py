@@ -31,8 +31,8 @@ from temporalio.worker import Worker
 
 from activities.attach import await_install
 from activities.install import InstallActivities
-from activities.nats_connection import NatsOptions
 from activities.probe import ProbeActivities
+from protocol.connection import NatsOptions
 from workflows.install_backend import InstallBackendWorkflow
 from workflows.models import SEARCH_ATTRIBUTES
 from workflows.rollout import RolloutBackendWorkflow
@@ -173,9 +173,9 @@ async def run(args: argparse.Namespace) -> int:
     except Exception as err:
         print(f"error: cannot connect to Temporal: {err}", file=sys.stderr)
         return 2
-    nats_options = NatsOptions.from_args(args, name=f"backend-install-worker-{os.getpid()}")
+    nats_options = NatsOptions.from_args(args)
     try:
-        nc = await nats_options.connect()
+        nc = await nats_options.connect(f"backend-install-worker-{os.getpid()}")
     except Exception as err:
         print(f"error: cannot connect to NATS at {nats_options.url}: {err!r}", file=sys.stderr)
         return 2

@@ -6,6 +6,7 @@ Run it with ``python -m node_agent --help``, or in-process with :class:`Agent`.
 """
 
 from node_agent.agent import Agent
-from node_agent.config import AgentConfig, NatsOptions
+from node_agent.config import AgentConfig
+from protocol.connection import NatsOptions
 
 __all__ = ["Agent", "AgentConfig", "NatsOptions"]

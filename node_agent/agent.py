@@ -31,7 +31,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -41,7 +40,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from pydantic import ValidationError
 
-from node_agent.config import AgentConfig, NatsOptions
+from node_agent.config import AgentConfig
 from node_agent.errors import AgentError
 from node_agent.service import NodeService
 from protocol import subjects
@@ -69,37 +68,6 @@ def decode(model: type[M], data: bytes) -> M:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "body"
         raise AgentError(f"invalid request: {where}: {first['msg']}") from err
-
-
-def tls_context(options: NatsOptions) -> ssl.SSLContext | None:
-    """A client TLS context when a CA or client certificate is configured."""
-    if not (options.tls_ca or options.tls_cert):
-        return None
-    context = ssl.create_default_context(cafile=options.tls_ca)
-    if options.tls_cert:
-        context.load_cert_chain(options.tls_cert, options.tls_key)
-    return context
-
-
-async def connect(options: NatsOptions, name: str) -> NATS:
-    """Connect to NATS with whichever credentials are configured; reconnects forever."""
-    kwargs: dict[str, Any] = {
-        "servers": [options.url],
-        "name": name,
-        "max_reconnect_attempts": -1,
-    }
-    if options.creds_file:
-        kwargs["user_credentials"] = options.creds_file
-    if options.token:
-        kwargs["token"] = options.token
-    if options.user:
-        kwargs["user"] = options.user
-        kwargs["password"] = options.password or ""
-    context = tls_context(options)
-    if context is not None:
-        kwargs["tls"] = context
-    nc: NATS = await nats.connect(**kwargs)
-    return nc
 
 
 class Agent:
@@ -138,7 +106,7 @@ class Agent:
         """Clean leftovers, connect, subscribe; returns once the server knows the subscriptions."""
         self.service.recover()
         if self._nc is None:
-            self._nc = await connect(self.config.nats, f"node-agent-{self.config.node_id}")
+            self._nc = await self.config.nats.connect(f"node-agent-{self.config.node_id}")
         node = self.config.node_id
         routes: list[tuple[str, Handler]] = [
             (subjects.install(node), self._on_install),

@@ -19,7 +19,8 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from node_agent.agent import Agent
-from node_agent.config import AgentConfig, NatsOptions, detect_capability
+from node_agent.config import AgentConfig, detect_capability
+from protocol.connection import NatsOptions
 from protocol.messages import decode_galleries
 from protocol.subjects import token_problem
 
@@ -112,21 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=30.0,
         help="seconds a backend may take to answer Health after start",
     )
-    conn = parser.add_argument_group("NATS")
-    conn.add_argument(
-        "--nats-url",
-        help="NATS server URL (default: env NATS_URL, else nats://127.0.0.1:4222)",
-    )
-    conn.add_argument("--nats-creds", help="credentials (.creds) file (default: env NATS_CREDS)")
-    conn.add_argument("--nats-token", help="auth token (default: env NATS_TOKEN)")
-    conn.add_argument("--nats-user", help="user name (default: env NATS_USER)")
-    conn.add_argument(
-        "--nats-password",
-        help="password (default: env NATS_PASSWORD, preferable: ps shows arguments)",
-    )
-    conn.add_argument("--nats-tls-ca", help="CA bundle to verify the NATS server")
-    conn.add_argument("--nats-tls-cert", help="client certificate for TLS client auth")
-    conn.add_argument("--nats-tls-key", help="private key of --nats-tls-cert")
+    NatsOptions.add_arguments(parser)
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     return parser
 
@@ -153,16 +140,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         max_download_bytes=args.max_download_size,
         max_unpacked_bytes=args.max_unpacked_size,
         readiness_timeout=args.readiness_timeout,
-        nats=NatsOptions(
-            url=args.nats_url or env.get("NATS_URL", "nats://127.0.0.1:4222"),
-            creds_file=args.nats_creds or env.get("NATS_CREDS"),
-            token=args.nats_token or env.get("NATS_TOKEN"),
-            user=args.nats_user or env.get("NATS_USER"),
-            password=args.nats_password or env.get("NATS_PASSWORD"),
-            tls_ca=args.nats_tls_ca,
-            tls_cert=args.nats_tls_cert,
-            tls_key=args.nats_tls_key,
-        ),
+        nats=NatsOptions.from_args(args),
     )
 
 

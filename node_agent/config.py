@@ -12,6 +12,7 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from protocol.connection import NatsOptions
 from protocol.messages import GalleryConfig
 
 GIB = 1024**3
@@ -33,20 +34,6 @@ def detect_capability() -> str:
     except OSError:
         text = ""
     return text or "default"
-
-
-@dataclass(frozen=True)
-class NatsOptions:
-    """How to reach NATS. Only the fields that are set are passed to ``nats.connect``."""
-
-    url: str = field(default_factory=lambda: os.environ.get("NATS_URL", "nats://127.0.0.1:4222"))
-    creds_file: str | None = None
-    token: str | None = None
-    user: str | None = None
-    password: str | None = None
-    tls_ca: str | None = None
-    tls_cert: str | None = None
-    tls_key: str | None = None
 
 
 @dataclass(frozen=True)
