@@ -27,12 +27,15 @@ from temporalio.api.operatorservice.v1 import (
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.envconfig import ClientConfig
+from temporalio.runtime import Runtime
 from temporalio.worker import Worker
 
 from activities.attach import await_install
 from activities.install import InstallActivities
 from activities.probe import ProbeActivities
 from protocol.connection import NatsOptions
+from telemetry import LOG_FORMATS, Telemetry, configure_logging, telemetry_from_env
+from telemetry.temporal import client_traces, temporal_interceptors, temporal_runtime
 from workflows.install_backend import InstallBackendWorkflow
 from workflows.models import SEARCH_ATTRIBUTES
 from workflows.rollout import RolloutBackendWorkflow
@@ -44,11 +47,22 @@ log = logging.getLogger("worker_main")
 
 
 def create_worker(
-    client: Client, nc: NATS, task_queue: str = DEFAULT_TASK_QUEUE, **worker_options: object
+    client: Client,
+    nc: NATS,
+    task_queue: str = DEFAULT_TASK_QUEUE,
+    telemetry: Telemetry | None = None,
+    **worker_options: object,
 ) -> Worker:
-    """A worker with every workflow and activity of this project registered."""
-    install = InstallActivities(nc)
-    probe = ProbeActivities(nc)
+    """A worker with every workflow and activity of this project registered.
+
+    With ``telemetry`` tracing, workflows and activities are traced: by the client's tracing
+    interceptor when it has one (workers inherit it), else by one added here.
+    """
+    telemetry = telemetry or Telemetry()
+    install = InstallActivities(nc, telemetry)
+    probe = ProbeActivities(nc, telemetry)
+    if telemetry.tracing and not client_traces(client) and "interceptors" not in worker_options:
+        worker_options["interceptors"] = temporal_interceptors(telemetry)
     return Worker(
         client,
         task_queue=task_queue,
@@ -63,15 +77,26 @@ async def connect_temporal(
     namespace: str | None = None,
     profile: str | None = None,
     config_file: str | None = None,
+    telemetry: Telemetry | None = None,
+    runtime: Runtime | None = None,
 ) -> Client:
-    """Connect with Temporal's env config; explicit arguments override it."""
+    """Connect with Temporal's env config; explicit arguments override it.
+
+    ``telemetry`` adds the tracing interceptor when it traces; ``runtime`` is the one that
+    serves Temporal's metrics (see :func:`telemetry.temporal.temporal_runtime`).
+    """
     config = ClientConfig.load_client_connect_config(profile=profile, config_file=config_file)
     if address:
         config["target_host"] = address
     config.setdefault("target_host", DEFAULT_TEMPORAL_ADDRESS)
     if namespace:
         config["namespace"] = namespace
-    return await Client.connect(**config, data_converter=pydantic_data_converter)
+    return await Client.connect(
+        **config,
+        data_converter=pydantic_data_converter,
+        interceptors=temporal_interceptors(telemetry or Telemetry()),
+        runtime=runtime,
+    )
 
 
 async def ensure_search_attributes(client: Client) -> None:
@@ -157,6 +182,31 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=env("LOG_LEVEL", "INFO"),
         help="log level (env LOG_LEVEL; default %(default)s)",
     )
+    observability = parser.add_argument_group(
+        "observability",
+        "Tracing follows the OTEL_* environment (OTEL_TRACES_EXPORTER=otlp|console, "
+        "OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME, OTEL_TRACES_SAMPLER, ...); "
+        "everything is off by default.",
+    )
+    observability.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=env("LOG_FORMAT", "logfmt"),
+        help="one event per line; install lines carry workflow_id, op_id, node and slot "
+        "(env LOG_FORMAT; default %(default)s)",
+    )
+    observability.add_argument(
+        "--metrics-address",
+        default=env("METRICS_ADDRESS", ""),
+        help="HOST:PORT where the Temporal SDK's Prometheus metrics are served at /metrics "
+        "(env METRICS_ADDRESS; default off)",
+    )
+    observability.add_argument(
+        "--install-metrics-address",
+        default=env("INSTALL_METRICS_ADDRESS", ""),
+        help="HOST:PORT where this worker's install metrics are served at /metrics "
+        "(env INSTALL_METRICS_ADDRESS; default off)",
+    )
     return parser.parse_args(argv)
 
 
@@ -167,8 +217,21 @@ async def run(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
 
     try:
+        telemetry = telemetry_from_env(
+            "backend-install-worker", metrics_address=args.install_metrics_address
+        )
+        runtime = temporal_runtime(args.metrics_address)
+    except (ValueError, RuntimeError, OSError) as err:
+        print(f"error: telemetry: {err}", file=sys.stderr)
+        return 2
+    try:
         client = await connect_temporal(
-            args.temporal_address, args.namespace, args.profile, args.config_file
+            args.temporal_address,
+            args.namespace,
+            args.profile,
+            args.config_file,
+            telemetry=telemetry,
+            runtime=runtime,
         )
     except Exception as err:
         print(f"error: cannot connect to Temporal: {err}", file=sys.stderr)
@@ -186,6 +249,7 @@ async def run(args: argparse.Namespace) -> int:
         client,
         nc,
         args.task_queue,
+        telemetry,
         graceful_shutdown_timeout=timedelta(seconds=args.graceful_shutdown_seconds),
     )
     log.info(
@@ -198,16 +262,14 @@ async def run(args: argparse.Namespace) -> int:
         await stop.wait()
         log.info("shutting down: finishing running activities")
     await nc.drain()
+    telemetry.shutdown()
     log.info("worker stopped")
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(args.log_level, args.log_format)
     return asyncio.run(run(args))
 
 

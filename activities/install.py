@@ -39,9 +39,16 @@ from activities.models import (
 )
 from protocol import subjects
 from protocol.messages import BackendInstallProgressEvent, BackendInstallReply, process_key
+from telemetry import InstallMetrics, Telemetry, bind_fields, request_span
+from telemetry.spans import outcome_of
 
 SUBSCRIBE_FLUSH_TIMEOUT = 5
 """Bound on confirming the progress subscription before the request is sent (as LocalAI)."""
+
+REPORT_SPREAD = 30
+"""Progress reports (signals, so history events) slow down as an install ages: the interval
+is at least the elapsed time divided by this, so a six-hour pull sends a few hundred reports,
+not thousands, while the first minutes stay live. Heartbeats are not throttled this way."""
 
 MIN_FORWARD_INTERVAL = 0.2
 """Coalescing window: at most one heartbeat per window however fast events arrive."""
@@ -59,6 +66,8 @@ class ProgressTracker:
         self.last_event_at = start.last_event_at
         self.malformed_events = start.malformed_events
         self.changed = asyncio.Event()
+        self.stopped = False
+        """Set when the request is over; the pump then ends even if a cancellation is lost."""
 
     async def on_message(self, msg: Msg) -> None:
         """NATS callback: parse and store, never block. Malformed events are dropped."""
@@ -110,8 +119,11 @@ def _resume_point(input: InstallActivityInput) -> InstallProgress:
 class InstallActivities:
     """Activities that send installs; holds the worker's shared NATS connection."""
 
-    def __init__(self, nc: NATS) -> None:
+    def __init__(self, nc: NATS, telemetry: Telemetry | None = None) -> None:
         self._nc = nc
+        telemetry = telemetry or Telemetry()
+        self._tracer = telemetry.tracer()
+        self._metrics = InstallMetrics(telemetry.meter())
 
     @activity.defn(name=INSTALL_ACTIVITY)
     async def install_backend(self, input: InstallActivityInput) -> InstallActivityResult:
@@ -120,11 +132,42 @@ class InstallActivities:
         A timeout raises ``WorkerStillInstalling`` (the node keeps working after we stop
         waiting), no responders raises ``NodeUnreachable``, a ``success:false`` reply is
         classified by the node's error text. The workflow decides what happens next.
+
+        The request is a span whose context travels to the node in the NATS headers, every
+        log line names the workflow, op, node and slot, and the outcome is counted.
         """
+        request = input.request
+        slot = process_key(request.backend, request.model_id, request.replica_index)
+        started = time.monotonic()
+        with (
+            bind_fields(
+                workflow_id=activity.info().workflow_id or "",
+                op_id=request.op_id,
+                node=input.node_id,
+                slot=slot,
+                backend=request.backend,
+            ),
+            request_span(self._tracer, "backend.install", subjects.install(input.node_id)) as call,
+        ):
+            try:
+                result = await self._install(input, slot, call.headers)
+                call.outcome = "succeeded"
+            except BaseException as err:
+                call.outcome = outcome_of(err)
+                raise
+            finally:
+                elapsed = time.monotonic() - started
+                self._metrics.install_finished(call.outcome, request.backend, elapsed)
+                log.info("install request %s after %.3fs", call.outcome, elapsed)
+        return result
+
+    async def _install(
+        self, input: InstallActivityInput, slot: str, headers: dict[str, str] | None
+    ) -> InstallActivityResult:
+        """The request itself; ``headers`` carry trace context and the workflow id."""
         request = input.request
         node_id = input.node_id
         op_id = request.op_id
-        slot = process_key(request.backend, request.model_id, request.replica_index)
         install_subject = subjects.install(node_id)
         tracker = ProgressTracker(_resume_point(input))
         started = time.monotonic()
@@ -133,7 +176,10 @@ class InstallActivities:
         pump = asyncio.create_task(self._pump(tracker, input), name=f"progress-pump-{op_id}")
         try:
             msg = await self._nc.request(
-                install_subject, request.to_wire(), timeout=input.install_timeout_seconds
+                install_subject,
+                request.to_wire(),
+                timeout=input.install_timeout_seconds,
+                headers=headers,
             )
         except NoRespondersError as err:
             raise node_failure(
@@ -154,6 +200,7 @@ class InstallActivities:
                 await self._ask_node_to_cancel(node_id, op_id)
             raise
         finally:
+            tracker.stopped = True
             pump.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await pump
@@ -203,23 +250,30 @@ class InstallActivities:
     async def _pump(self, tracker: ProgressTracker, input: InstallActivityInput) -> None:
         """Heartbeat the newest progress on every change and on a timer, coalescing bursts."""
         report_interval = input.progress_report_interval_seconds
+        started = time.monotonic()
         last_report = 0.0
         reported_count = tracker.event_count
+        forwarded_count = tracker.event_count
         report_task: asyncio.Task[None] | None = None
         try:
-            while True:
+            while not tracker.stopped:
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow the
+                # cancellation that ends the pump when an event lands at the same moment, and
+                # the activity then waits for the pump forever.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        tracker.changed.wait(), timeout=input.heartbeat_interval_seconds
-                    )
+                    async with asyncio.timeout(input.heartbeat_interval_seconds):
+                        await tracker.changed.wait()
                 tracker.changed.clear()
                 progress = tracker.snapshot()
                 activity.heartbeat(progress)
+                if progress.event_count > forwarded_count:
+                    self._metrics.progress_events.add(progress.event_count - forwarded_count)
+                    forwarded_count = progress.event_count
                 now = time.monotonic()
                 if (
                     report_interval > 0
                     and progress.event_count != reported_count
-                    and now - last_report >= report_interval
+                    and now - last_report >= max(report_interval, (now - started) / REPORT_SPREAD)
                     and (report_task is None or report_task.done())
                 ):
                     report_task = asyncio.create_task(self._report(progress))

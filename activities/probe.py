@@ -39,8 +39,10 @@ from protocol.messages import (
     RunningModelInfo,
     SlotState,
     decode_galleries,
+    process_key,
 )
 from protocol.wire import WireModel
+from telemetry import InstallMetrics, Telemetry, bind_fields, request_span
 
 GALLERY_FETCH_TIMEOUT = 5.0
 """The probe only needs gallery indexes to map meta/alias names; it must stay quick."""
@@ -83,16 +85,30 @@ class _Listener:
 class ProbeActivities:
     """The idempotency probe; holds the worker's shared NATS connection."""
 
-    def __init__(self, nc: NATS) -> None:
+    def __init__(self, nc: NATS, telemetry: Telemetry | None = None) -> None:
         self._nc = nc
+        telemetry = telemetry or Telemetry()
+        self._tracer = telemetry.tracer()
+        self._metrics = InstallMetrics(telemetry.meter())
 
     @activity.defn(name=PROBE_ACTIVITY)
     async def probe_slot(self, input: ProbeInput) -> ProbeResult:
-        """What the node has for the slot: running, in flight, installed, absent or unknown."""
-        from_status = await self._ask_status(input)
-        if from_status is not None:
-            return from_status
-        return await self._probe_stock(input)
+        """What the node has for the slot: running, in flight, installed, absent or unknown.
+
+        Each NATS request is a span carrying its context to the node; the result is counted.
+        """
+        with bind_fields(
+            workflow_id=activity.info().workflow_id or "",
+            op_id=input.op_id,
+            node=input.node_id,
+            slot=process_key(input.backend, input.model_id, input.replica_index),
+            backend=input.backend,
+        ):
+            result = await self._ask_status(input)
+            if result is None:
+                result = await self._probe_stock(input)
+        self._metrics.probes.add(1, {"result": result.state.value, "source": result.source})
+        return result
 
     async def _ask_status(self, input: ProbeInput) -> ProbeResult | None:
         """The node agent's answer, or None when the node does not speak the extension."""
@@ -102,13 +118,17 @@ class ProbeActivities:
             model_id=input.model_id,
             replica_index=input.replica_index,
         )
+        subject = subjects.install_status(input.node_id)
         try:
-            msg = await self._nc.request(
-                subjects.install_status(input.node_id),
-                request.to_wire(),
-                timeout=input.status_timeout_seconds,
-            )
-            reply = InstallStatusReply.model_validate_json(msg.data)
+            with request_span(self._tracer, "backend.install.status", subject) as call:
+                msg = await self._nc.request(
+                    subject,
+                    request.to_wire(),
+                    timeout=input.status_timeout_seconds,
+                    headers=call.headers,
+                )
+                reply = InstallStatusReply.model_validate_json(msg.data)
+                call.outcome = reply.state.value
         except (NoRespondersError, NatsTimeoutError, ValidationError):
             return None
         progress = reply.progress
@@ -190,8 +210,9 @@ class ProbeActivities:
     ) -> _Answer[_Reply]:
         """One stock request; silence is recorded, never turned into "absent"."""
         try:
-            msg = await self._nc.request(subject, b"{}", timeout=wait)
-            return _Answer(reply_type.model_validate_json(msg.data))
+            with request_span(self._tracer, what, subject) as call:
+                msg = await self._nc.request(subject, b"{}", timeout=wait, headers=call.headers)
+                return _Answer(reply_type.model_validate_json(msg.data))
         except NoRespondersError:
             return _Answer(None, f"{what}: no responders (node offline)", offline=True)
         except NatsTimeoutError:

@@ -51,8 +51,12 @@ from protocol.messages import (
     BackendUpgradeRequest,
     InstallStatusRequest,
     error_body,
+    process_key,
 )
 from protocol.wire import WireModel
+from telemetry import bind_fields, context_from_headers, server_span
+from telemetry.propagation import workflow_id_of
+from telemetry.spans import annotate_current_span, set_outcome
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +91,7 @@ class Agent:
         self._stopped = asyncio.Event()
         self._stopping = False
         self.service = NodeService(config, self._publish)
+        self._tracer = config.telemetry.tracer()
 
     async def __aenter__(self) -> Agent:
         await self.start()
@@ -120,8 +125,9 @@ class Agent:
             (subjects.node_stop(node), self._on_node_stop),
         ]
         for subject, handler in routes:
+            operation = subject.removeprefix(f"nodes.{node}.")
             self._subscriptions.append(
-                await self.nc.subscribe(subject, cb=self._dispatcher(handler))
+                await self.nc.subscribe(subject, cb=self._dispatcher(handler, operation))
             )
         await self._confirm_subscriptions()
         log.info("node agent %s listening", node)
@@ -165,22 +171,30 @@ class Agent:
 
     # --- plumbing ----------------------------------------------------------------------------
 
-    def _dispatcher(self, handler: Handler) -> Callable[[Msg], Awaitable[None]]:
+    def _dispatcher(self, handler: Handler, operation: str) -> Callable[[Msg], Awaitable[None]]:
         async def dispatch(msg: Msg) -> None:
-            task = asyncio.create_task(self._guarded(handler, msg))
+            task = asyncio.create_task(self._guarded(handler, msg, operation))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
         return dispatch
 
-    async def _guarded(self, handler: Handler, msg: Msg) -> None:
-        try:
-            await handler(msg)
-        except AgentError as err:
-            await self._respond(msg, error_body(err.message))
-        except Exception as err:  # one bad message must never stop the agent
-            log.exception("handling %s failed", msg.subject)
-            await self._respond(msg, error_body(f"internal error: {err}"))
+    async def _guarded(self, handler: Handler, msg: Msg, operation: str) -> None:
+        """Handle one message in a span continuing the sender's trace, with its log fields."""
+        remote = context_from_headers(msg.headers)
+        with (
+            bind_fields(node=self.config.node_id, workflow_id=workflow_id_of(remote)),
+            server_span(self._tracer, operation, msg.subject, remote),
+        ):
+            try:
+                await handler(msg)
+            except AgentError as err:
+                set_outcome("invalid_request")
+                await self._respond(msg, error_body(err.message))
+            except Exception as err:  # one bad message must never stop the agent
+                set_outcome("internal_error")
+                log.exception("handling %s failed", msg.subject)
+                await self._respond(msg, error_body(f"internal error: {err}"))
 
     async def _respond(self, msg: Msg, body: bytes) -> None:
         if not msg.reply:
@@ -197,7 +211,14 @@ class Agent:
     # --- handlers ----------------------------------------------------------------------------
 
     async def _on_install(self, msg: Msg) -> None:
-        reply = await self.service.install(decode(BackendInstallRequest, msg.data))
+        request = decode(BackendInstallRequest, msg.data)
+        slot = process_key(request.backend, request.model_id, request.replica_index)
+        with bind_fields(op_id=request.op_id, slot=slot, backend=request.backend):
+            annotate_current_span()
+            reply = await self.service.install(request)
+        outcome = "succeeded" if reply.success else "failed"
+        set_outcome(outcome)
+        self.service.metrics.installs.add(1, {"outcome": outcome})
         await self._respond(msg, reply.to_wire())
 
     async def _on_upgrade(self, msg: Msg) -> None:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import re
 import signal
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -23,6 +23,7 @@ from node_agent.config import AgentConfig, detect_capability
 from protocol.connection import NatsOptions
 from protocol.messages import decode_galleries
 from protocol.subjects import token_problem
+from telemetry import LOG_FORMATS, configure_logging, telemetry_from_env
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtKMGT]?)(i?[bB])?\s*$")
 
@@ -115,6 +116,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     NatsOptions.add_arguments(parser)
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    observability = parser.add_argument_group(
+        "observability",
+        "Tracing follows the OTEL_* environment (OTEL_TRACES_EXPORTER=otlp|console, "
+        "OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME, ...); everything is off by default.",
+    )
+    observability.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=os.environ.get("LOG_FORMAT", "logfmt"),
+        help="one event per line; install lines carry workflow_id, op_id, node and slot "
+        "(env LOG_FORMAT)",
+    )
+    observability.add_argument(
+        "--metrics-address",
+        default=os.environ.get("NODE_AGENT_METRICS_ADDRESS", ""),
+        help="HOST:PORT where the agent's Prometheus metrics are served at /metrics "
+        "(env NODE_AGENT_METRICS_ADDRESS; default: off)",
+    )
     return parser
 
 
@@ -150,21 +169,32 @@ async def run(config: AgentConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: asyncio.ensure_future(agent.stop()))
+    loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
     await agent.start()
     print(f"node agent {config.node_id} ready", flush=True)
     await agent.wait_stopped()
 
 
+def dump_tasks() -> None:
+    """SIGUSR1: print every asyncio task's stack to stderr, to see what a stuck agent awaits."""
+    for task in asyncio.all_tasks():
+        print(f"--- {task.get_name()}", file=sys.stderr)
+        task.print_stack(file=sys.stderr)
+    sys.stderr.flush()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(args.log_level, args.log_format)
     try:
         config = config_from_args(args)
-    except ValueError as err:
+        telemetry = telemetry_from_env("node-agent", metrics_address=args.metrics_address)
+    except (ValueError, RuntimeError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    asyncio.run(run(config))
+    try:
+        asyncio.run(run(replace(config, telemetry=telemetry)))
+    finally:
+        telemetry.shutdown()
     return 0

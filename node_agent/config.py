@@ -14,6 +14,7 @@ from pathlib import Path
 
 from protocol.connection import NatsOptions
 from protocol.messages import GalleryConfig
+from telemetry import Telemetry
 
 GIB = 1024**3
 CAPABILITY_FILE = Path("/run/localai/capability")
@@ -44,6 +45,7 @@ class AgentConfig:
     ``galleries`` is the node's own gallery list, used when a request carries no
     ``backend_galleries``. ``advertise_host`` is the host part of the routable address the
     agent replies with; processes listen on ``bind_host`` and are health-checked on loopback.
+    ``telemetry`` gives the agent its tracer and meter (everything off by default).
     """
 
     node_id: str
@@ -67,3 +69,4 @@ class AgentConfig:
     port_affinity: float = 300.0
     download_stall_timeout: float = 120.0
     index_fetch_timeout: float = 120.0
+    telemetry: Telemetry = field(default_factory=Telemetry)

@@ -27,6 +27,8 @@ from node_agent.fetch import DownloadError, SourceKind
 from node_agent.progress import Tick
 from node_agent.store import RUN_FILE, BackendStore, Metadata
 from protocol.messages import ProgressPhase
+from telemetry import NodeMetrics, phase_span
+from telemetry.spans import BYTES
 
 TickFn = Callable[[Tick], None]
 """Receives progress on the event loop."""
@@ -72,10 +74,18 @@ def partial_path(store: BackendStore, uri: str) -> Path:
 class Pipeline:
     """Installs artifacts into a :class:`BackendStore`."""
 
-    def __init__(self, store: BackendStore, config: AgentConfig, executor: Executor) -> None:
+    def __init__(
+        self,
+        store: BackendStore,
+        config: AgentConfig,
+        executor: Executor,
+        metrics: NodeMetrics | None = None,
+    ) -> None:
         self._store = store
         self._config = config
         self._executor = executor
+        self._tracer = config.telemetry.tracer()
+        self._metrics = metrics or NodeMetrics(config.telemetry.meter())
 
     async def install(
         self,
@@ -157,11 +167,12 @@ class Pipeline:
         if kind is SourceKind.DIRECTORY:
             on_tick(Tick(ProgressPhase.EXTRACTING, f"Copying {uri}"))
             source = fetch.local_path(uri)
-            await run_blocking(
-                self._executor,
-                abort,
-                lambda: archive.copy_directory(source, staging, limit=limit, abort=abort),
-            )
+            with phase_span(self._tracer, "extract", **{"install.source": uri}):
+                await run_blocking(
+                    self._executor,
+                    abort,
+                    lambda: archive.copy_directory(source, staging, limit=limit, abort=abort),
+                )
             return
         partial = partial_path(self._store, uri)
         downloading = _Throttle(
@@ -171,23 +182,28 @@ class Pipeline:
         )
         on_tick(Tick(ProgressPhase.DOWNLOADING, str(partial)))
         try:
-            digest = await run_blocking(
-                self._executor,
-                abort,
-                lambda: fetch.fetch(
-                    uri,
-                    partial,
-                    limit=self._config.max_download_bytes,
-                    stall_timeout=self._config.download_stall_timeout,
-                    on_progress=downloading,
-                    abort=abort,
-                ),
-            )
-            if artifact.sha256 and digest.lower() != artifact.sha256.lower():
-                raise DownloadError(
-                    f'SHA mismatch for file "{partial}" ( calculated: {digest} != '
-                    f"metadata: {artifact.sha256} )"
+            with phase_span(self._tracer, "download", **{"install.source": uri}) as download:
+                digest = await run_blocking(
+                    self._executor,
+                    abort,
+                    lambda: fetch.fetch(
+                        uri,
+                        partial,
+                        limit=self._config.max_download_bytes,
+                        stall_timeout=self._config.download_stall_timeout,
+                        on_progress=downloading,
+                        abort=abort,
+                    ),
                 )
+                size = partial.stat().st_size
+                download.set(BYTES, size)
+                self._metrics.download_bytes.add(size)
+            with phase_span(self._tracer, "verify", **{"install.sha256": artifact.sha256}):
+                if artifact.sha256 and digest.lower() != artifact.sha256.lower():
+                    raise DownloadError(
+                        f'SHA mismatch for file "{partial}" ( calculated: {digest} != '
+                        f"metadata: {artifact.sha256} )"
+                    )
             extracting = _Throttle(
                 loop,
                 on_tick,
@@ -196,13 +212,14 @@ class Pipeline:
                 ),
             )
             on_tick(Tick(ProgressPhase.EXTRACTING, f"Extracting {uri}"))
-            await run_blocking(
-                self._executor,
-                abort,
-                lambda: archive.extract(
-                    partial, staging, limit=limit, on_progress=extracting, abort=abort
-                ),
-            )
+            with phase_span(self._tracer, "extract", **{"install.source": uri}):
+                await run_blocking(
+                    self._executor,
+                    abort,
+                    lambda: archive.extract(
+                        partial, staging, limit=limit, on_progress=extracting, abort=abort
+                    ),
+                )
         except DownloadError as err:
             if "SHA mismatch" in str(err):
                 partial.unlink(missing_ok=True)  # a resume would only repeat the mismatch

@@ -59,6 +59,7 @@ from protocol.messages import (
     parse_process_key,
     process_key,
 )
+from telemetry import NodeMetrics, phase_span
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,11 @@ class NodeService:
         )
         self.supervisor = Supervisor(config, self.ports)
         self._executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="node-agent")
-        self._pipeline = Pipeline(self.store, config, self._executor)
+        self._tracer = config.telemetry.tracer()
+        self.metrics = NodeMetrics(
+            config.telemetry.meter(), running=lambda: len(self.supervisor.running())
+        )
+        self._pipeline = Pipeline(self.store, config, self._executor, self.metrics)
         self._locks = KeyedLocks()
         self._installs: FlightTable[BackendInstallReply] = FlightTable()
         self._upgrades: FlightTable[BackendUpgradeReply] = FlightTable()
@@ -269,9 +274,11 @@ class NodeService:
         tick = flight.publisher.tick
         try:
             tick(Tick(ProgressPhase.RESOLVING, req.backend))
-            plan = await self._plan(
-                req.backend, req.uri, req.name, req.alias, req.backend_galleries, req.force
-            )
+            with phase_span(self._tracer, "resolve") as resolved:
+                plan = await self._plan(
+                    req.backend, req.uri, req.name, req.alias, req.backend_galleries, req.force
+                )
+                resolved.set("install.concrete", plan.lock_name)
             async with self._locks.hold(plan.lock_name):
                 return await self._install_locked(req, key, plan, tick)
         except AgentError as err:

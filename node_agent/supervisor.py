@@ -25,6 +25,7 @@ from node_agent.config import AgentConfig
 from node_agent.errors import AgentError
 from node_agent.ports import PortAllocator
 from node_agent.store import Installed, directory_identity
+from telemetry import phase_span
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ class Supervisor:
         self._ports = ports
         self._procs: dict[str, Proc] = {}
         self._watchers: set[asyncio.Task[None]] = set()
+        self._tracer = config.telemetry.tracer()
 
     def get(self, key: str) -> Proc | None:
         """The process recorded for slot ``key``."""
@@ -110,12 +112,14 @@ class Supervisor:
             self._forget(existing)
         port = self._ports.allocate(key)
         try:
-            proc = await self._start(key, backend, port)
+            with phase_span(self._tracer, "spawn", **{"install.port": port}):
+                proc = await self._start(key, backend, port)
         except BaseException:
             self._ports.release(port, key)
             raise
         try:
-            await self._wait_ready(proc)
+            with phase_span(self._tracer, "readiness", **{"install.port": port}):
+                await self._wait_ready(proc)
         except BaseException:
             await asyncio.shield(self._terminate(proc, force=True))
             raise

@@ -121,7 +121,10 @@ class InstallBackendWorkflow:
         self._input = input
         self._found_running = carry.found_running if carry else False
         self._published_phase: InstallPhase | None = None
-        self._reported_state: SlotState | None = None
+        # A rollout marks a slot INSTALLING when it starts the child, so a fresh run does not
+        # report that again: on a 1,000-slot rollout the redundant signals doubled the
+        # parent's workflow tasks (bench/README.md). A continued run reports from scratch.
+        self._reported_state: SlotState | None = None if carry else SlotState.INSTALLING
         self._parent_reports: list[asyncio.Task[None]] = []
         self._backoff_streak = carry.backoff_streak if carry else 0
         op_id = carry.op_id if carry else (input.op_id or derive_op_id(workflow.info().workflow_id))
@@ -350,7 +353,11 @@ class InstallBackendWorkflow:
         if probe.node_answered:
             self._backoff_streak = 0
         workflow.logger.info(
-            "probe of %s on %s: %s", self._status.slot, input.node_id, probe.summary()
+            "probe of %s on %s: %s",
+            self._status.slot,
+            input.node_id,
+            probe.summary(),
+            extra=self._log_fields(),
         )
         if probe.state is ProbeState.RUNNING:
             self._found_running = True
@@ -449,6 +456,11 @@ class InstallBackendWorkflow:
         )
         handle = workflow.get_external_workflow_handle(parent.workflow_id)
         self._parent_reports.append(asyncio.create_task(_signal_quietly(handle, report)))
+
+    def _log_fields(self) -> dict[str, str]:
+        """The install's identifiers for a log line (``workflow.logger`` adds the workflow id)."""
+        status = self._status
+        return {"op_id": status.op_id, "node": status.node_id, "slot": status.slot}
 
     def _publish_details(self) -> None:
         workflow.set_current_details(details_markdown(self._status))
