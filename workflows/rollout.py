@@ -11,7 +11,7 @@ slots, lets those in flight finish and continues as new with every slot's status
 from __future__ import annotations
 
 import asyncio
-from collections import deque
+from collections import Counter, deque
 from datetime import timedelta
 
 from temporalio import workflow
@@ -236,7 +236,11 @@ class RolloutBackendWorkflow:
         )
 
     def _publish(self) -> None:
-        workflow.set_current_details(_details_markdown(self.status()))
+        workflow.set_current_details(
+            _details_markdown(
+                self._input.backend, list(self._slots.values()), self._cancelled, self._stopped
+            )
+        )
 
 
 def _root_message(err: BaseException) -> str:
@@ -250,16 +254,25 @@ def _root_message(err: BaseException) -> str:
     return message
 
 
-def _details_markdown(status: RolloutStatus) -> str:
-    counts = " · ".join(f"{state}: {n}" for state, n in status.counts.items() if n)
-    lines = [f"**Rollout of `{status.backend}`** · {len(status.slots)} slots · {counts}"]
-    if status.cancelled:
+def _details_markdown(backend: str, slots: list[SlotStatus], cancelled: bool, stopped: str) -> str:
+    """The rollout at a glance: counts, then up to DETAIL_ROWS slots, unfinished first.
+
+    Built straight from the slot list (no status model) because it runs on every wake-up of
+    a rollout that may track thousands of slots.
+    """
+    counts = Counter(slot.state.value for slot in slots)
+    summary = " · ".join(
+        f"{state.value}: {counts[state.value]}" for state in SlotState if counts[state.value]
+    )
+    lines = [f"**Rollout of `{backend}`** · {len(slots)} slots · {summary}"]
+    if cancelled:
         lines.append("\n**cancelled**")
-    if status.stopped:
-        lines.append(f"\n**{status.stopped}**")
-    unfinished_first = sorted(status.slots, key=lambda s: s.state is SlotState.SUCCEEDED)
+    if stopped:
+        lines.append(f"\n**{stopped}**")
+    shown = [s for s in slots if s.state is not SlotState.SUCCEEDED][:DETAIL_ROWS]
+    shown += [s for s in slots if s.state is SlotState.SUCCEEDED][: DETAIL_ROWS - len(shown)]
     lines += ["", "| node | model | replica | state | address / error |", "|---|---|---|---|---|"]
-    for slot in unfinished_first[:DETAIL_ROWS]:
+    for slot in shown:
         outcome = slot.address or slot.error or slot.detail
         outcome = outcome.replace("|", "\\|").replace("\n", " ")[:120]
         state = slot.state.value.replace("_", " ") + (" (shared)" if slot.shared else "")
@@ -267,6 +280,6 @@ def _details_markdown(status: RolloutStatus) -> str:
             f"| {slot.node_id} | {slot.model_id or '-'} | {slot.replica_index} | {state} "
             f"| {outcome} |"
         )
-    if len(status.slots) > DETAIL_ROWS:
-        lines.append(f"\n… {len(status.slots) - DETAIL_ROWS} more slots in the `status` query")
+    if len(slots) > DETAIL_ROWS:
+        lines.append(f"\n… {len(slots) - DETAIL_ROWS} more slots in the `status` query")
     return "\n".join(lines)

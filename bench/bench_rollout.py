@@ -1,0 +1,90 @@
+"""Benchmark 5: one fleet rollout over N slots against N install workflows started directly.
+
+Both install the same number of slots on the same worker, the node answering at once. The
+rollout starts every slot as a child (``max_in_flight`` = N, so it is never held back by its
+own limit), keeps its slot table and may continue as new when its history grows; the direct
+way is a client starting N workflows at once. Target: rollout time <= 1.3x the direct starts.
+Run: ``python -m bench.bench_rollout [--quick]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from bench.cli import main
+from bench.node import WildcardNode
+from bench.report import Report, median
+from bench.stack import CpuMeter, Stack, stack
+from bench.workloads import burst, install, run_id, warm_up
+from workflows.rollout_models import RolloutInput, RolloutStatus
+
+NAME = "rollout"
+
+
+async def rollout(stack: Stack, count: int, tag: str) -> tuple[float, RolloutStatus]:
+    """One rollout over ``count`` nodes (one slot each); seconds start-to-result and status."""
+    rollout_input = RolloutInput.model_validate(
+        {
+            "backend": "llama-cpp",
+            "targets": [{"node_id": f"{tag}-{i}", "model_id": "m"} for i in range(count)],
+            "max_in_flight": count,
+        }
+    )
+    began = time.perf_counter()
+    status = await stack.client.execute_workflow(
+        "RolloutBackendWorkflow",
+        rollout_input,
+        id=f"rollout-{tag}",
+        task_queue=stack.install_queue,
+        result_type=RolloutStatus,
+    )
+    return time.perf_counter() - began, status
+
+
+async def run(quick: bool) -> Report:
+    count, rounds = (200, 1) if quick else (1000, 2)
+    report = Report(NAME, quick)
+    times: dict[str, list[float]] = {"independent": [], "rollout": []}
+    cpu: dict[str, list[float]] = {"independent": [], "rollout": []}
+    runs: list[int] = []
+    succeeded: list[int] = []
+    async with stack(NAME) as s:
+        node = await WildcardNode(s.nc).start()
+        await warm_up(s, rounds=2)
+        for _ in range(rounds):
+            with CpuMeter(s.worker) as meter:
+                times["independent"].append(await burst(install, s, count, f"ind-{run_id()}"))
+            cpu["independent"].append(meter.cpu)
+            await asyncio.sleep(1.0)
+            with CpuMeter(s.worker) as meter:
+                elapsed, status = await rollout(s, count, f"ro-{run_id()}")
+            times["rollout"].append(elapsed)
+            cpu["rollout"].append(meter.cpu)
+            runs.append(status.runs)
+            succeeded.append(status.counts.get("succeeded", 0))
+            await asyncio.sleep(1.0)
+        await node.stop()
+    for name in times:
+        report.row(
+            name,
+            seconds=median(times[name]),
+            best_s=min(times[name]),
+            worker_cpu_s=median(cpu[name]),
+            slots=count,
+            rounds=rounds,
+        )
+    report.row("rollout detail", runs=max(runs), succeeded=min(succeeded))
+    ratio = median(times["rollout"]) / median(times["independent"])
+    report.row(
+        "ratio rollout/independent",
+        seconds=ratio,
+        worker_cpu=median(cpu["rollout"]) / median(cpu["independent"]),
+    )
+    report.check("rollout time / independent starts", ratio, 1.3, "<=", "x")
+    report.check("rollout slots succeeded / slots", min(succeeded) / count, 1.0, ">=")
+    return report
+
+
+if __name__ == "__main__":
+    main(run)

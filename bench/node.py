@@ -1,0 +1,120 @@
+"""The benchmarks' node side: one NATS connection answering installs for every node id.
+
+A wildcard subscription on ``nodes.*.backend.install`` stands in for any number of nodes, so
+the fake costs one callback per request and the benchmark measures the orchestrator. An
+install either gets its reply at once (the node's fast path) or is held: a progress event
+goes out every ``event_interval`` seconds until ``hold_seconds`` have passed, then the reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from dataclasses import dataclass
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from protocol import subjects
+from protocol.messages import BackendInstallReply
+
+REPLY = BackendInstallReply(success=True, address="10.0.0.7:50051").to_wire()
+
+
+@dataclass
+class HeldInstall:
+    """An install the node is "downloading": where to reply and when."""
+
+    node_id: str
+    op_id: str
+    reply_to: str
+    due: float
+    events: int = 0
+
+
+def progress_body(node_id: str, op_id: str, seq: int) -> bytes:
+    """A progress event whose ``current`` carries the publish wall-clock time, for lag."""
+    return json.dumps(
+        {
+            "op_id": op_id,
+            "node_id": node_id,
+            "backend": "llama-cpp",
+            "file_name": "llama-cpp.tar.partial",
+            "current": f"{time.time():.6f}",
+            "total": "100.0 MiB",
+            "percentage": min(99.0, seq * 0.01),
+            "phase": "downloading",
+        }
+    ).encode()
+
+
+class WildcardNode:
+    """Every node at once: answers or holds ``backend.install`` requests."""
+
+    def __init__(self, nc: NATS, hold_seconds: float = 0.0, event_interval: float = 1.0) -> None:
+        self.nc = nc
+        self.hold_seconds = hold_seconds
+        self.event_interval = event_interval
+        self.requests = 0
+        self.held: dict[str, HeldInstall] = {}
+        self.max_held = 0
+        self.events_published = 0
+        self.arrived = asyncio.Event()
+        self._sub: object = None
+        self._ticker: asyncio.Task[None] | None = None
+
+    async def start(self) -> WildcardNode:
+        self._sub = await self.nc.subscribe("nodes.*.backend.install", cb=self._on_install)
+        await self.nc.flush()
+        if self.hold_seconds > 0 and self.event_interval > 0:
+            self._ticker = asyncio.create_task(self._tick())
+        return self
+
+    async def stop(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+        with contextlib.suppress(Exception):
+            await self._sub.unsubscribe()  # type: ignore[attr-defined]
+
+    async def release_all(self) -> None:
+        """Reply to every held install now."""
+        for key in list(self.held):
+            await self.nc.publish(self.held.pop(key).reply_to, REPLY)
+        await self.nc.flush()
+
+    async def _on_install(self, msg: Msg) -> None:
+        self.requests += 1
+        if self.hold_seconds <= 0:
+            await msg.respond(REPLY)
+            return
+        node_id = msg.subject.split(".")[1]
+        op_id = json.loads(msg.data).get("op_id", "")
+        self.held[msg.reply] = HeldInstall(
+            node_id, op_id, msg.reply, time.monotonic() + self.hold_seconds
+        )
+        self.max_held = max(self.max_held, len(self.held))
+        self.arrived.set()
+
+    async def _tick(self) -> None:
+        """One pass a tick: an event for every held install, replies for those due."""
+        next_tick = time.monotonic()
+        while True:
+            next_tick += self.event_interval
+            await asyncio.sleep(max(0.0, next_tick - time.monotonic()))
+            now = time.monotonic()
+            for key, held in list(self.held.items()):
+                if held.due <= now:
+                    del self.held[key]
+                    await self.nc.publish(held.reply_to, REPLY)
+                    continue
+                if held.op_id:
+                    held.events += 1
+                    self.events_published += 1
+                    await self.nc.publish(
+                        subjects.progress(held.node_id, held.op_id),
+                        progress_body(held.node_id, held.op_id, held.events),
+                    )
