@@ -1,7 +1,16 @@
-.PHONY: test lint
+.PHONY: run test lint bench bench-quick
+
+run:  ## create/reuse .venv and run the whole embedded stack in the foreground (ARGS=... for flags)
+	scripts/run.sh $(ARGS)
 
 test:  ## create .venv, install, lint, type-check and run every test
 	scripts/test.sh
 
 lint:
 	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy .
+
+bench:  ## create/reuse .venv and run every benchmark (< 15 min; ARGS=--quick for < 2 min)
+	scripts/bench.sh $(ARGS)
+
+bench-quick:  ## every benchmark scaled down (< 2 min)
+	scripts/bench.sh --quick $(ARGS)

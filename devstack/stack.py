@@ -1,0 +1,250 @@
+"""The whole embedded stack in one process tree: Temporal, NATS, node agents, the worker.
+
+Everything a newcomer needs to watch an install happen, with state (Temporal's SQLite
+history, the nodes' backends) kept under one directory so a restart keeps past workflows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+import signal
+import sys
+import threading
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+
+from devstack.binaries import find_binary
+from devstack.gallery import THROTTLE_BYTES_PER_SECOND, ThrottledFileServer, prepare_gallery
+from devstack.processes import ProcessGroup, check_port_free, wait_for_line, wait_for_port
+from protocol.messages import encode_galleries
+from worker_main import connect_temporal
+from workflows.install_backend import InstallBackendWorkflow
+from workflows.models import SEARCH_ATTRIBUTES, InstallBackendInput, install_workflow_id
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    """Ports, sizes and where state lives; every port can be moved with a flag."""
+
+    state_dir: Path = Path(".state")
+    temporal_port: int = 7233
+    ui_port: int = 8233
+    nats_port: int = 4222
+    artifact_port: int = 8099
+    backend_port_base: int = 50100
+    nodes: int = 2
+    task_queue: str = "backend-install"
+    sample: bool = True
+    artifact_rate: int = THROTTLE_BYTES_PER_SECOND
+    """Bytes per second for the slow demo backend's download."""
+
+    @property
+    def temporal_address(self) -> str:
+        return f"localhost:{self.temporal_port}"
+
+    @property
+    def nats_url(self) -> str:
+        return f"nats://127.0.0.1:{self.nats_port}"
+
+    @property
+    def ui_url(self) -> str:
+        return f"http://localhost:{self.ui_port}"
+
+    def node_ids(self) -> list[str]:
+        return [f"node-{i}" for i in range(1, self.nodes + 1)]
+
+    def workflow_url(self, workflow_id: str) -> str:
+        quoted = urllib.parse.quote(workflow_id, safe="")
+        return f"{self.ui_url}/namespaces/default/workflows/{quoted}"
+
+
+def check_ports(config: StackConfig) -> None:
+    """Every port the stack binds must be free; the message names the flag that moves it."""
+    check_port_free(config.temporal_port, "Temporal frontend", "--temporal-port")
+    check_port_free(config.ui_port, "Temporal web UI", "--ui-port")
+    check_port_free(config.nats_port, "NATS", "--nats-port")
+    check_port_free(config.artifact_port, "demo gallery artifacts", "--artifact-port")
+
+
+class Stack:
+    """Starts the stack in order and stops it in reverse."""
+
+    def __init__(self, config: StackConfig) -> None:
+        self.config = config
+        self.state = config.state_dir.resolve()
+        self.group = ProcessGroup(self.state / "logs")
+        self.artifacts = ThrottledFileServer(
+            self.state / "artifacts", config.artifact_port, config.artifact_rate
+        )
+
+    def start(self) -> None:
+        config = self.config
+        self.state.mkdir(parents=True, exist_ok=True)
+        self.artifacts.start()
+        gallery = prepare_gallery(self.state / "gallery", self.artifacts)
+
+        temporal = [
+            find_binary("temporal"),
+            "server",
+            "start-dev",
+            "--ip",
+            "127.0.0.1",
+            "--port",
+            str(config.temporal_port),
+            "--ui-port",
+            str(config.ui_port),
+            "--db-filename",
+            str(self.state / "temporal.db"),
+            "--log-level",
+            "warn",
+        ]
+        for key in SEARCH_ATTRIBUTES:
+            temporal += ["--search-attribute", f"{key.name}=Keyword"]
+        self.group.start(
+            "temporal",
+            temporal,
+            ready=lambda c: wait_for_port(config.temporal_port, 60, c.proc),
+        )
+        self.group.start(
+            "nats",
+            [find_binary("nats-server"), "-a", "127.0.0.1", "-p", str(config.nats_port)],
+            ready=lambda c: wait_for_port(config.nats_port, 20, c.proc),
+        )
+        for position, node_id in enumerate(config.node_ids()):
+            low = config.backend_port_base + 20 * position
+            self.group.start(
+                node_id,
+                [
+                    sys.executable,
+                    "-m",
+                    "node_agent",
+                    "--node-id",
+                    node_id,
+                    "--backends-dir",
+                    str(self.state / "nodes" / node_id / "backends"),
+                    "--galleries",
+                    encode_galleries([gallery]),
+                    "--advertise-host",
+                    "127.0.0.1",
+                    "--bind-host",
+                    "127.0.0.1",
+                    "--port-range",
+                    f"{low}-{low + 19}",
+                    "--nats-url",
+                    config.nats_url,
+                ],
+                ready=lambda c: wait_for_line(c.log, "ready", 30, c.proc),
+            )
+        self.group.start(
+            "worker",
+            [
+                sys.executable,
+                str(ROOT / "worker_main.py"),
+                "--temporal-address",
+                config.temporal_address,
+                "--nats-url",
+                config.nats_url,
+                "--task-queue",
+                config.task_queue,
+            ],
+            env={"PYTHONUNBUFFERED": "1"},
+            ready=lambda c: wait_for_line(c.log, "worker polling", 60, c.proc),
+        )
+
+    def stop(self) -> None:
+        self.group.stop()
+        self.artifacts.stop()
+
+
+async def start_sample_install(config: StackConfig) -> str:
+    """Start (or re-run) the sample install of the slow backend on the first node."""
+    client = await connect_temporal(config.temporal_address)
+    input = InstallBackendInput(
+        node_id="node-1",
+        backend="cpu-large",
+        model_id="demo",
+        progress_report_interval_seconds=2,
+    )
+    workflow_id = install_workflow_id(input.node_id, input.backend, input.model_id, 0)
+    await client.start_workflow(
+        InstallBackendWorkflow.run, input, id=workflow_id, task_queue=config.task_queue
+    )
+    return workflow_id
+
+
+def next_steps(config: StackConfig, sample_id: str | None) -> str:
+    """What to print once the stack runs: links and commands to copy."""
+    temporal = shlex.quote(_relative(find_binary("temporal")))
+    python = shlex.quote(_relative(sys.executable))
+    address = f"--address {config.temporal_address}"
+    second_id = install_workflow_id("node-2", "echo", "", 0)
+    second_input = '{"node_id": "node-2", "backend": "echo"}'
+    lines = [
+        "",
+        f"Stack is up. State: {config.state_dir}  Logs: {config.state_dir / 'logs'}",
+        f"  Temporal web UI   {config.ui_url}",
+        f"  Temporal          {config.temporal_address}   task queue {config.task_queue}",
+        f"  NATS              {config.nats_url}",
+        f"  nodes             {', '.join(config.node_ids())}   backends: cpu-echo (alias echo), "
+        "cpu-large (slow download)",
+    ]
+    if sample_id:
+        lines += [
+            "",
+            f"Sample install started: {sample_id}",
+            f"  {config.workflow_url(sample_id)}",
+            f"  watch it:  {python} -m backendctl --address {config.temporal_address} "
+            f"watch {shlex.quote(sample_id)}",
+        ]
+    lines += [
+        "",
+        "Try next:",
+        f"  {temporal} workflow start {address} --type InstallBackendWorkflow "
+        f"--task-queue {config.task_queue} --workflow-id {shlex.quote(second_id)} "
+        f"--input {shlex.quote(second_input)}",
+        f"  {temporal} workflow query {address} --workflow-id {shlex.quote(second_id)} "
+        "--name progress",
+        f"  {temporal} workflow describe {address} --workflow-id {shlex.quote(second_id)}",
+        "",
+        "Ctrl-C stops everything.",
+    ]
+    return "\n".join(lines)
+
+
+def _relative(path: str) -> str:
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return path
+
+
+def run(config: StackConfig) -> int:
+    """Run the stack in the foreground until Ctrl-C (or a component dies)."""
+    check_ports(config)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stack = Stack(config)
+    print(f"starting the stack in {config.state_dir} ...", flush=True)
+    try:
+        stack.start()
+        sample_id = asyncio.run(start_sample_install(config)) if config.sample else None
+        print(next_steps(config, sample_id), flush=True)
+        while not stop.wait(0.5):
+            died = stack.group.exited()
+            if died is not None:
+                print(
+                    f"error: {died.name} exited with code {died.proc.returncode}; see {died.log}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                return 1
+        print("stopping ...", flush=True)
+        return 0
+    finally:
+        stack.stop()
+        print("stopped.", flush=True)

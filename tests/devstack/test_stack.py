@@ -1,0 +1,214 @@
+"""``python -m devstack``: one command to a working cluster, then a clean stop."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import subprocess
+import sys
+from urllib.parse import quote
+
+from playwright.async_api import Page
+from playwright.async_api import TimeoutError as PlaywrightTimeout
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+
+from tests.devstack.browser import browser_page, screenshot
+from tests.devstack.conftest import ROOT, RunningStack
+from workflows.install_backend import InstallBackendWorkflow
+from workflows.models import InstallBackendInput, install_workflow_id
+
+
+async def connect(stack: RunningStack) -> Client:
+    return await Client.connect(stack.temporal_address, data_converter=pydantic_data_converter)
+
+
+async def test_the_sample_install_finishes_with_a_routable_address(stack: RunningStack) -> None:
+    client = await connect(stack)
+    handle = client.get_workflow_handle_for(InstallBackendWorkflow.run, stack.sample_workflow_id())
+
+    result = await handle.result()
+
+    assert result.address.startswith("127.0.0.1:")
+    assert result.progress_events > 0
+    assert "/namespaces/default/workflows/" in stack.printed()
+
+
+async def test_the_printed_start_and_query_commands_work_as_printed(stack: RunningStack) -> None:
+    start = await asyncio.to_thread(run_printed, stack.printed_command("start"))
+    assert start.returncode == 0, start.stderr
+    workflow_id = start_id(stack.printed_command("start"))
+    client = await connect(stack)
+    handle = client.get_workflow_handle_for(InstallBackendWorkflow.run, workflow_id)
+    result = await asyncio.wait_for(handle.result(), timeout=60)
+
+    query = await asyncio.to_thread(run_printed, stack.printed_command("query"))
+
+    assert result.node_id == "node-2" and result.backend == "echo"
+    assert query.returncode == 0, query.stderr
+    assert "completed" in query.stdout
+
+
+def run_printed(command: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+
+
+def start_id(command: list[str]) -> str:
+    return command[command.index("--workflow-id") + 1]
+
+
+def test_a_port_in_use_is_named_with_the_flag_that_moves_it() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = subprocess.run(
+            [sys.executable, "-m", "devstack", "--temporal-port", str(port)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert out.returncode == 2
+    assert f"port {port} (Temporal frontend) is already in use" in out.stderr
+    assert "--temporal-port" in out.stderr
+
+
+def backendctl(stack: RunningStack, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "backendctl",
+            "--address",
+            stack.temporal_address,
+            "--no-live",
+            *args,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+
+
+async def test_watch_prints_a_finished_install_and_its_address(stack: RunningStack) -> None:
+    sample = stack.sample_workflow_id()
+    client = await connect(stack)
+    result = await client.get_workflow_handle_for(InstallBackendWorkflow.run, sample).result()
+
+    out = await asyncio.to_thread(backendctl, stack, "watch", sample)
+
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert "completed" in lines[0] and "[########################] 100.0%" in lines[0]
+    assert lines[-1].startswith(f"installed cpu-large for demo#0 on node-1: {result.address}")
+
+
+async def test_install_watches_a_slow_install_live_to_its_address(stack: RunningStack) -> None:
+    out = await asyncio.to_thread(
+        backendctl,
+        stack,
+        "install",
+        "--node-id",
+        "node-2",
+        "--backend",
+        "cpu-large",
+        "--model-id",
+        "watched",
+        "--option",
+        "progress_report_interval_seconds=1",
+    )
+
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "install install/node-2/cpu-large/watched/0"
+    downloading = [line for line in lines if "· downloading ·" in line]
+    assert len(downloading) >= 2, out.stdout
+    assert any("MiB / 24.0 MiB" in line for line in downloading)
+    assert lines[-1].startswith("installed cpu-large for watched#0 on node-2: 127.0.0.1:")
+
+
+async def test_watch_reports_a_failed_install_with_its_type(stack: RunningStack) -> None:
+    out = await asyncio.to_thread(
+        backendctl, stack, "install", "--node-id", "node-1", "--backend", "no-such-backend"
+    )
+
+    assert out.returncode == 1
+    assert out.stdout.splitlines()[-1].startswith("failed: InstallRejected: ")
+    assert 'no backend found with name "no-such-backend"' in out.stdout
+
+
+async def test_the_web_ui_tells_the_story_of_a_running_and_a_finished_install(
+    stack: RunningStack,
+) -> None:
+    client = await connect(stack)
+    # node-3 has nothing installed yet, so this install downloads (the others already did).
+    input = InstallBackendInput(
+        node_id="node-3", backend="cpu-large", model_id="ui", progress_report_interval_seconds=1
+    )
+    workflow_id = install_workflow_id("node-3", "cpu-large", "ui", 0)
+    handle = await client.start_workflow(
+        InstallBackendWorkflow.run, input, id=workflow_id, task_queue="backend-install"
+    )
+    page_url = f"{stack.ui_url}/namespaces/default/workflows/{quote(workflow_id, safe='')}"
+
+    async with browser_page() as page:
+        # Running: the current details summary, in the user metadata tab.
+        await page.goto(page_url)
+        await wait_for_details(page, "requests sent: 1")
+        await wait_for_details(page, "progress: downloading")
+        await screenshot(page, "running-current-details")
+        # Running: the pending install activity with its latest heartbeat (a progress event).
+        await page.get_by_text("Pending Activities").first.click()
+        await page.get_by_text("install_backend").first.wait_for()
+        await page.get_by_text("event_count").first.wait_for()
+        await screenshot(page, "running-pending-activity")
+
+        await handle.result()
+
+        # Finished: activity summaries tell the story in the timeline of the history.
+        await page.goto(page_url)
+        await page.get_by_text("install cpu-large on node-3 for ui#0 (request 1)").first.wait_for()
+        await screenshot(page, "finished-history")
+        await wait_for_details(page, "completed")
+        await wait_for_details(page, "address:")
+        await screenshot(page, "finished-current-details")
+        # The list view filters by the search attributes.
+        query = 'NodeId="node-3" AND BackendName="cpu-large" AND InstallPhase="completed"'
+        await page.goto(
+            f"{stack.ui_url}/namespaces/default/workflows?query={quote(query, safe='')}"
+        )
+        await page.get_by_text(workflow_id).first.wait_for()
+        await screenshot(page, "list-filtered")
+
+
+async def wait_for_details(page: Page, text: str, attempts: int = 20) -> None:
+    """Wait for ``text`` in the current details, reloading the page between looks.
+
+    The UI renders the Markdown in an iframe of its own and does not refresh it by itself.
+    """
+    for _ in range(attempts):
+        await page.get_by_text("User Metadata").first.click()
+        frame = page.frame_locator('iframe[src*="/render"]').last
+        try:
+            await frame.get_by_text(text).first.wait_for(timeout=2_000)
+            return
+        except PlaywrightTimeout:
+            await page.reload()
+    await screenshot(page, "details-missing")
+    raise AssertionError(f"{text!r} never showed in the current details")
+
+
+def test_sigint_stops_every_process_the_stack_started(stack: RunningStack) -> None:
+    assert stack.leftover_processes(), "the stack's processes are visible while it runs"
+
+    stack.proc.send_signal(signal.SIGINT)
+    stack.proc.wait(timeout=60)
+
+    assert stack.proc.returncode == 0
+    assert stack.leftover_processes() == []
+    assert "stopped." in stack.printed()
