@@ -172,6 +172,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "cancelled (env WORKER_GRACEFUL_SHUTDOWN_SECONDS; default %(default)s)",
     )
     temporal.add_argument(
+        "--max-concurrent-activities",
+        type=int,
+        default=int(env("WORKER_MAX_CONCURRENT_ACTIVITIES", "1000")),
+        help="install and probe activities this worker runs at once; an install mostly "
+        "waits on the node, so this is far above the SDK's 100 "
+        "(env WORKER_MAX_CONCURRENT_ACTIVITIES; default %(default)s)",
+    )
+    temporal.add_argument(
         "--no-register-search-attributes",
         action="store_true",
         help="do not register the NodeId, BackendName, ModelId and InstallPhase attributes",
@@ -251,6 +259,7 @@ async def run(args: argparse.Namespace) -> int:
         args.task_queue,
         telemetry,
         graceful_shutdown_timeout=timedelta(seconds=args.graceful_shutdown_seconds),
+        max_concurrent_activities=args.max_concurrent_activities,
     )
     log.info(
         "worker polling task queue %s in namespace %s; NATS %s",
