@@ -141,29 +141,30 @@ def test_help_explains_every_option() -> None:
         assert option in out.stdout
 
 
-def test_unreachable_nats_gives_a_one_line_error(temporal_address: str) -> None:
+def start_up_errors(*args: str, env: dict[str, str]) -> tuple[int, list[str]]:
+    """Run the worker expecting it to stop at start-up: its exit code and ``error:`` lines."""
     out = subprocess.run(
-        worker_command("--nats-url", f"nats://127.0.0.1:{free_port()}"),
+        worker_command(*args),
         capture_output=True,
         text=True,
-        env={"TEMPORAL_ADDRESS": temporal_address, "PATH": ""},
+        env={**env, "PATH": ""},
         timeout=60,
         check=False,
     )
-    assert out.returncode == 2
-    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    return out.returncode, [line for line in out.stderr.splitlines() if line.startswith("error:")]
+
+
+def test_unreachable_nats_gives_a_one_line_error(temporal_address: str) -> None:
+    code, errors = start_up_errors(
+        "--nats-url", f"nats://127.0.0.1:{free_port()}", env={"TEMPORAL_ADDRESS": temporal_address}
+    )
+    assert code == 2
     assert len(errors) == 1 and "NATS" in errors[0]
 
 
 def test_unreachable_temporal_gives_a_one_line_error(nats_url: str) -> None:
-    out = subprocess.run(
-        worker_command("--temporal-address", f"127.0.0.1:{free_port()}"),
-        capture_output=True,
-        text=True,
-        env={"NATS_URL": nats_url, "PATH": ""},
-        timeout=60,
-        check=False,
+    code, errors = start_up_errors(
+        "--temporal-address", f"127.0.0.1:{free_port()}", env={"NATS_URL": nats_url}
     )
-    assert out.returncode == 2
-    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert code == 2
     assert len(errors) == 1 and "Temporal" in errors[0]
