@@ -317,3 +317,22 @@ async def _wait_for_phase(handle, phase: InstallPhase) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"phase {phase} not reached")
+
+
+async def test_a_wrongly_typed_input_fails_the_workflow_naming_the_field(
+    client: Client, task_queue: str
+) -> None:
+    handle = await client.start_workflow(
+        "InstallBackendWorkflow",
+        {"node_id": "n1", "backend": "llama-cpp", "replica_index": "first"},
+        id=f"install-test-typed-{task_queue}",
+        task_queue=task_queue,
+    )
+
+    with pytest.raises(WorkflowFailureError) as failure:
+        await handle.result()
+
+    cause = failure.value.cause
+    assert isinstance(cause, ApplicationError)
+    assert cause.type == "ValidationError"
+    assert "replica_index" in cause.message
