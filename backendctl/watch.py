@@ -11,14 +11,33 @@ from temporalio.client import (
     WorkflowExecutionStatus,
     WorkflowFailureError,
 )
+from temporalio.converter import DataConverter
 from temporalio.service import RPCError
 
-from activities.models import progress_from_details
+from activities.models import InstallProgress, progress_from_details
 from backendctl.render import status_line, success_line
 from workflows.install_backend import InstallBackendWorkflow
 from workflows.models import InstallStatus
 
 POLL_SECONDS = 0.5
+
+
+def pending_install_progress(
+    description: WorkflowExecutionDescription, converter: DataConverter
+) -> InstallProgress | None:
+    """The install activity's latest heartbeat details, as ``describe`` shows them."""
+    for pending in description.raw_description.pending_activities:
+        if pending.heartbeat_details.payloads:
+            try:
+                details = converter.payload_converter.from_payloads(
+                    pending.heartbeat_details.payloads
+                )
+            except Exception:
+                continue
+            progress = progress_from_details(details)
+            if progress is not None:
+                return progress
+    return None
 
 
 def with_heartbeat(
@@ -30,28 +49,16 @@ def with_heartbeat(
     activity heartbeat reaches the server more often. Showing the newer of the two keeps a
     long install's bar moving.
     """
-    for pending in description.raw_description.pending_activities:
-        if not pending.heartbeat_details.payloads:
-            continue
-        try:
-            [details] = client.data_converter.payload_converter.from_payloads(
-                pending.heartbeat_details.payloads
-            )
-        except Exception:
-            continue
-        progress = progress_from_details([details])
-        if (
-            progress is not None
-            and progress.op_id == status.op_id
-            and progress.event_count > status.progress_events
-            and progress.last_event is not None
-        ):
-            return status.model_copy(
-                update={
-                    "last_progress": progress.last_event,
-                    "progress_events": progress.event_count,
-                }
-            )
+    progress = pending_install_progress(description, client.data_converter)
+    if (
+        progress is not None
+        and progress.op_id == status.op_id
+        and progress.event_count > status.progress_events
+        and progress.last_event is not None
+    ):
+        return status.model_copy(
+            update={"last_progress": progress.last_event, "progress_events": progress.event_count}
+        )
     return status
 
 

