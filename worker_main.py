@@ -33,6 +33,7 @@ from temporalio.worker import Worker
 from activities.attach import await_install
 from activities.install import InstallActivities
 from activities.probe import ProbeActivities
+from activities.rollout_slots import install_slots
 from protocol.connection import NatsOptions
 from telemetry import LOG_FORMATS, Telemetry, configure_logging, telemetry_from_env
 from telemetry.temporal import client_traces, temporal_interceptors, temporal_runtime
@@ -67,7 +68,7 @@ def create_worker(
         client,
         task_queue=task_queue,
         workflows=[InstallBackendWorkflow, RolloutBackendWorkflow],
-        activities=[install.install_backend, probe.probe_slot, await_install],
+        activities=[install.install_backend, probe.probe_slot, await_install, install_slots],
         **worker_options,  # type: ignore[arg-type]
     )
 

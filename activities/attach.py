@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Any
 
 from temporalio import activity
-from temporalio.client import WorkflowFailureError
+from temporalio.client import WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError, CancelledError
 
 from activities.errors import INSTALL_CANCELLED, INSTALL_FAILED
@@ -28,25 +29,34 @@ async def await_install(workflow_id: str) -> InstallBackendResult:
     handle = activity.client().get_workflow_handle(workflow_id, result_type=InstallBackendResult)
     beat = asyncio.create_task(_heartbeat())
     try:
-        result: InstallBackendResult = await handle.result()
-        return result
+        return await install_result(handle)
+    finally:
+        beat.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beat
+
+
+async def install_result(handle: WorkflowHandle[Any, InstallBackendResult]) -> InstallBackendResult:
+    """Wait for an install workflow; its failure becomes a typed, non-retryable error.
+
+    The error keeps the install's own failure type and message (``InstallRejected`` and the
+    node's words, not a wrapper's), or is ``InstallCancelled`` when the install was cancelled.
+    """
+    try:
+        return await handle.result()
     except WorkflowFailureError as err:
         cause = err.cause
         if isinstance(cause, CancelledError):
             raise ApplicationError(
-                f"install {workflow_id} was cancelled", type=INSTALL_CANCELLED, non_retryable=True
+                f"install {handle.id} was cancelled", type=INSTALL_CANCELLED, non_retryable=True
             ) from err
         if isinstance(cause, ApplicationError):
             raise ApplicationError(
                 cause.message, type=cause.type or INSTALL_FAILED, non_retryable=True
             ) from err
         raise ApplicationError(
-            f"install {workflow_id} failed: {cause or err}", type=INSTALL_FAILED, non_retryable=True
+            f"install {handle.id} failed: {cause or err}", type=INSTALL_FAILED, non_retryable=True
         ) from err
-    finally:
-        beat.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await beat
 
 
 async def _heartbeat() -> None:

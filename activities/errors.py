@@ -25,6 +25,9 @@ INSTALL_FAILED = "InstallFailed"
 INSTALL_CANCELLED = "InstallCancelled"
 """The node reports the op was cancelled."""
 
+ROLLOUT_GONE = "RolloutGone"
+"""A rollout's batch found the rollout no longer running; it cancelled the installs it started."""
+
 INVALID_INPUT = "InvalidInput"
 """The workflow input is invalid; nothing was sent."""
 

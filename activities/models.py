@@ -20,6 +20,9 @@ PROBE_ACTIVITY = "probe_slot"
 ATTACH_ACTIVITY = "await_install"
 """Activity type name that waits for an install workflow someone else started."""
 
+INSTALL_SLOTS_ACTIVITY = "install_slots"
+"""Activity type name that starts a batch of a rollout's installs and waits for them."""
+
 PROGRESS_SIGNAL = "report_progress"
 """Workflow signal that receives :class:`InstallProgress` reports from the install activity."""
 

@@ -1,16 +1,17 @@
 """Benchmark 5: one fleet rollout over N slots against N install workflows started directly.
 
 Both install the same number of slots on the same worker, the node answering at once. The
-rollout starts every slot as a child (``max_in_flight`` = N, so it is never held back by its
-own limit), keeps its slot table and may continue as new when its history grows; the direct
-way is a client starting N workflows at once. Target: rollout time <= 1.3x the direct starts.
-Run: ``python -m bench.bench_rollout [--quick]``.
+rollout hands its slots to ``install_slots`` activities in batches (``max_in_flight`` = N, so
+it is never held back by its own limit), keeps its slot table and may continue as new when its
+history grows; the direct way is a client starting N workflows at once. Target: rollout time
+<= 1.3x the direct starts. Run: ``python -m bench.bench_rollout [--quick]``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 
 from bench.cli import main
 from bench.node import WildcardNode
@@ -63,6 +64,9 @@ async def run(quick: bool) -> Report:
             cpu["rollout"].append(meter.cpu)
             runs.append(status.runs)
             succeeded.append(status.counts.get("succeeded", 0))
+            errors = Counter(slot.error for slot in status.slots if slot.error)
+            for error, times_seen in errors.most_common(3):
+                print(f"  rollout error x{times_seen}: {error}")
             await asyncio.sleep(1.0)
         await node.stop()
     for name in times:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import uuid
 from collections import Counter
 from typing import Any
@@ -12,7 +13,9 @@ from temporalio.client import Client, WorkflowHandle
 
 from protocol.messages import BackendInstallReply, BackendInstallRequest
 from tests.fake_node import FakeNode, InstallScript
-from tests.workflow_helpers import FAST, assert_replays, wait_for
+from tests.worker_process import worker_process
+from tests.workflow_helpers import FAST, assert_replays, install_input, wait_for, wait_until
+from workflows.install_backend import InstallBackendWorkflow
 from workflows.models import install_workflow_id
 from workflows.rollout import RolloutBackendWorkflow
 from workflows.rollout_models import RolloutInput, RolloutStatus, RolloutTarget, SlotState
@@ -256,3 +259,114 @@ async def test_slow_slots_show_still_installing_with_their_progress(
     result = await handle.result()
     assert result.slots[0].state is SlotState.SUCCEEDED
     await node.stop()
+
+
+async def status_of(client: Client, workflow_id: str) -> str:
+    description = await client.get_workflow_handle(workflow_id).describe()
+    return description.status.name if description.status is not None else ""
+
+
+async def test_a_rollouts_installs_are_top_level_workflows_found_by_its_rollout_id(
+    client: Client, nc: NATS, task_queue: str
+) -> None:
+    async with Fleet(nc, count=2) as fleet:
+        handle = await start_rollout(client, task_queue, rollout(fleet.targets(["a", "b"])))
+        result = await handle.result()
+    install_ids = {slot.workflow_id for slot in result.slots}
+
+    async def all_listed() -> bool:
+        query = f"RolloutId = '{handle.id}'"
+        return {execution.id async for execution in client.list_workflows(query)} == install_ids
+
+    await wait_until(all_listed)
+    for workflow_id in install_ids:
+        assert (await client.get_workflow_handle(workflow_id).describe()).parent_id is None
+
+
+async def test_cancelling_a_rollout_leaves_an_install_it_joined_running(
+    client: Client, nc: NATS, task_queue: str
+) -> None:
+    async with Fleet(nc, count=1) as fleet:
+        fleet.release.clear()
+        node_id = fleet.nodes[0].node_id
+        joined_id = install_workflow_id(node_id, "llama-cpp", "a", 0)
+        other = await client.start_workflow(
+            InstallBackendWorkflow.run,
+            install_input(node_id, model_id="a", install_timeout_seconds=60.0),
+            id=joined_id,
+            task_queue=task_queue,
+        )
+        await wait_for(lambda: fleet.in_flight == 1)
+        handle = await start_rollout(
+            client, task_queue, rollout(fleet.targets(["a", "b"]), HELD, max_in_flight=2)
+        )
+
+        async def joined_and_installing() -> bool:
+            status = await handle.query(RolloutBackendWorkflow.status)
+            return fleet.in_flight == 2 and any(slot.shared for slot in status.slots)
+
+        await wait_until(joined_and_installing)
+        await handle.signal(RolloutBackendWorkflow.cancel_rollout)
+        result = await handle.result()
+        by_model = {slot.model_id: slot for slot in result.slots}
+        assert by_model["a"].shared and by_model["a"].state is SlotState.CANCELLED
+        assert by_model["b"].state is SlotState.CANCELLED
+        assert await status_of(client, by_model["b"].workflow_id) == "CANCELED"
+        assert await status_of(client, joined_id) == "RUNNING"
+        fleet.release.set()
+        assert (await other.result()).address == "10.0.0.7:50051"
+
+
+async def test_a_terminated_rollout_cancels_the_installs_it_started(
+    client: Client, nc: NATS, task_queue: str
+) -> None:
+    async with Fleet(nc, count=1) as fleet:
+        fleet.release.clear()
+        handle = await start_rollout(
+            client, task_queue, rollout(fleet.targets(["a", "b"]), HELD, max_in_flight=2)
+        )
+        await wait_for(lambda: fleet.in_flight == 2)
+        await handle.terminate("operator gave up")
+        installs = [
+            install_workflow_id(fleet.nodes[0].node_id, "llama-cpp", model, 0)
+            for model in ("a", "b")
+        ]
+
+        async def all_cancelled() -> bool:
+            return all([await status_of(client, w) == "CANCELED" for w in installs])
+
+        # The batch learns of the termination at its next heartbeat (throttled to 8 s).
+        await wait_until(all_cancelled, within=40.0)
+
+
+async def test_a_batch_whose_worker_died_resumes_and_still_owns_the_installs_it_started(
+    client: Client, nc: NATS, nats_url: str, temporal_address: str
+) -> None:
+    queue = f"batch-crash-{uuid.uuid4().hex[:8]}"
+    async with Fleet(nc, count=3) as fleet:
+        fleet.release.clear()
+        with worker_process(temporal_address, nats_url, queue) as first:
+            handle = await start_rollout(client, queue, rollout(fleet.targets(["a"]), HELD))
+            await wait_for(lambda: fleet.in_flight == 3)
+            first.send_signal(signal.SIGKILL)
+            first.wait()
+        fleet.release.set()
+        with worker_process(temporal_address, nats_url, queue):
+            result = await handle.result()
+
+    assert result.counts["succeeded"] == 3
+    assert not any(slot.shared for slot in result.slots)
+    await assert_replays(handle)
+
+
+async def test_every_slot_of_a_fast_100_slot_batch_is_reported_once(
+    client: Client, nc: NATS, task_queue: str
+) -> None:
+    async with Fleet(nc, count=25, reply_after=0) as fleet:
+        handle = await start_rollout(
+            client, task_queue, rollout(fleet.targets(["a", "b", "c", "d"]), max_in_flight=100)
+        )
+        result = await handle.result()
+
+    assert result.counts["succeeded"] == 100, {s.error for s in result.slots if s.error}
+    assert set(fleet.requests_per_slot().values()) == {1}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from temporalio.api.enums.v1 import EventType
@@ -65,6 +65,16 @@ async def wait_for(predicate: Callable[[], bool], within: float = 30.0) -> None:
         if loop.time() > deadline:
             raise AssertionError(f"condition not met within {within}s")
         await asyncio.sleep(0.05)
+
+
+async def wait_until(check: Callable[[], Awaitable[bool]], within: float = 30.0) -> None:
+    """Like :func:`wait_for`, for a check that has to ask a server (a query, a describe)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not await check():
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not met within {within}s")
+        await asyncio.sleep(0.1)
 
 
 async def count_events(handle: WorkflowHandle[Any, Any], event_type: EventType.ValueType) -> int:

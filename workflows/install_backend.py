@@ -52,6 +52,7 @@ with workflow.unsafe.imports_passed_through():
         INSTALL_PHASE,
         MODEL_ID,
         NODE_ID,
+        ROLLOUT_ID,
         InstallBackendInput,
         InstallBackendResult,
         InstallCarryOver,
@@ -100,7 +101,7 @@ async def _signal_quietly(
 ) -> None:
     """A lost report only makes the rollout's table less detailed; never fail the install."""
     try:
-        await handle.signal(SLOT_STATE_SIGNAL, report)
+        await handle.signal(SLOT_STATE_SIGNAL, [report])
     except Exception as err:
         workflow.logger.debug("could not report to the rollout: %s", err)
 
@@ -121,11 +122,11 @@ class InstallBackendWorkflow:
         self._input = input
         self._found_running = carry.found_running if carry else False
         self._published_phase: InstallPhase | None = None
-        # A rollout marks a slot INSTALLING when it starts the child, so a fresh run does not
-        # report that again: on a 1,000-slot rollout the redundant signals doubled the
-        # parent's workflow tasks (bench/README.md). A continued run reports from scratch.
+        # A rollout marks a slot INSTALLING when it starts the install, so a fresh run does
+        # not report that again: on a 1,000-slot rollout the redundant signals doubled the
+        # rollout's workflow tasks (bench/README.md). A continued run reports from scratch.
         self._reported_state: SlotState | None = None if carry else SlotState.INSTALLING
-        self._parent_reports: list[asyncio.Task[None]] = []
+        self._rollout_reports: list[asyncio.Task[None]] = []
         self._backoff_streak = carry.backoff_streak if carry else 0
         op_id = carry.op_id if carry else (input.op_id or derive_op_id(workflow.info().workflow_id))
         deadline = (
@@ -164,13 +165,14 @@ class InstallBackendWorkflow:
             raise ApplicationError(
                 f"invalid input: {reasons}", problems, type=INVALID_INPUT, non_retryable=True
             )
-        workflow.upsert_search_attributes(
-            [
-                NODE_ID.value_set(input.node_id),
-                BACKEND_NAME.value_set(input.backend),
-                MODEL_ID.value_set(input.model_id),
-            ]
-        )
+        attributes = [
+            NODE_ID.value_set(input.node_id),
+            BACKEND_NAME.value_set(input.backend),
+            MODEL_ID.value_set(input.model_id),
+        ]
+        if input.rollout_id:
+            attributes.append(ROLLOUT_ID.value_set(input.rollout_id))
+        workflow.upsert_search_attributes(attributes)
         self._set_phase(InstallPhase.INSTALLING)
         try:
             return await self._loop(_Next.PROBE if input.resume else _Next.INSTALL)
@@ -434,19 +436,17 @@ class InstallBackendWorkflow:
         self._status.phase = phase
         self._status.updated_at = workflow.now()
         self._publish_details()
-        self._report_to_parent(phase)
+        self._report_to_rollout(phase)
 
-    def _report_to_parent(self, phase: InstallPhase) -> None:
-        """Tell a rollout parent when the slot goes from installing to still installing.
+    def _report_to_rollout(self, phase: InstallPhase) -> None:
+        """Tell the rollout when the slot goes between installing and still installing.
 
         Only the coarse state is sent, and only when it changes, so a rollout's history grows
-        by a signal or two per slow slot, not per progress event.
+        by a signal or two per slow slot, not per progress event. Outcomes reach the rollout
+        through its ``install_slots`` activity, in batches.
         """
-        parent = workflow.info().parent
         state = _ROLLOUT_STATE.get(phase)
-        if not self._input.report_to_parent or parent is None or state is None:
-            return
-        if state is self._reported_state:
+        if not self._input.rollout_id or state is None or state is self._reported_state:
             return
         self._reported_state = state
         report = SlotReport(
@@ -454,8 +454,8 @@ class InstallBackendWorkflow:
             state=state,
             detail=describe_progress(self._status.last_progress) or self._status.last_error,
         )
-        handle = workflow.get_external_workflow_handle(parent.workflow_id)
-        self._parent_reports.append(asyncio.create_task(_signal_quietly(handle, report)))
+        handle = workflow.get_external_workflow_handle(self._input.rollout_id)
+        self._rollout_reports.append(asyncio.create_task(_signal_quietly(handle, report)))
 
     def _log_fields(self) -> dict[str, str]:
         """The install's identifiers for a log line (``workflow.logger`` adds the workflow id)."""

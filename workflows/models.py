@@ -22,7 +22,8 @@ NODE_ID = SearchAttributeKey.for_keyword("NodeId")
 BACKEND_NAME = SearchAttributeKey.for_keyword("BackendName")
 MODEL_ID = SearchAttributeKey.for_keyword("ModelId")
 INSTALL_PHASE = SearchAttributeKey.for_keyword("InstallPhase")
-SEARCH_ATTRIBUTES = (NODE_ID, BACKEND_NAME, MODEL_ID, INSTALL_PHASE)
+ROLLOUT_ID = SearchAttributeKey.for_keyword("RolloutId")
+SEARCH_ATTRIBUTES = (NODE_ID, BACKEND_NAME, MODEL_ID, INSTALL_PHASE, ROLLOUT_ID)
 """Custom keyword search attributes the workflow upserts; register them on the namespace."""
 
 MAX_REPLICA_INDEX = 2**31 - 1
@@ -107,8 +108,10 @@ class InstallBackendInput(BaseModel):
     """How long a probe listens for progress events of the op."""
     progress_report_interval_seconds: float = 5.0
     """How often the install activity reports progress to the workflow; 0 turns it off."""
-    report_to_parent: bool = False
-    """Signal the parent workflow (a rollout) when the slot's state changes."""
+    rollout_id: str = ""
+    """Set by rollouts: the rollout's workflow id. The install signals it when the slot goes
+    between installing and still installing, and is findable by the ``RolloutId`` search
+    attribute (installs are not children of the rollout; see ``workflows/rollout.py``)."""
     resume: InstallCarryOver | None = None
     """Set by continue-as-new only."""
 

@@ -1,11 +1,15 @@
 """``RolloutBackendWorkflow``: install one backend on many slots, a bounded number at a time.
 
-Every slot is an ``InstallBackendWorkflow`` child whose id is derived from the slot
+Every slot is an ``InstallBackendWorkflow`` whose id is derived from the slot
 (:func:`workflows.models.install_workflow_id`), so a re-run or an overlapping rollout can
-never install the same slot twice at once: Temporal refuses the second start with "already
-started", and the rollout then waits for the running install through the ``await_install``
-activity and shares its result. Before the history grows too large the rollout stops starting
-slots, lets those in flight finish and continues as new with every slot's status.
+never install the same slot twice at once. The rollout does not start them as children: it
+hands slots in batches to the ``install_slots`` activity, which starts (or joins) each
+install like any client would and sends the outcomes back a batch at a time. A child per slot
+put three events per slot into this one history, and Temporal updates one workflow's history
+serially: a 1,000-slot rollout took 2.4x the time of 1,000 independent starts. The installs
+carry the ``RolloutId`` search attribute instead of a parent link. Before the history grows
+too large the rollout stops starting slots, lets the batches in flight finish and continues as
+new with every slot's status.
 """
 
 from __future__ import annotations
@@ -15,30 +19,27 @@ from collections import Counter, deque
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.exceptions import (
-    ActivityError,
-    ApplicationError,
-    ChildWorkflowError,
-    WorkflowAlreadyStartedError,
-    is_cancelled_exception,
-)
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
     import pydantic
 
     from activities.errors import INVALID_INPUT
-    from activities.models import ATTACH_ACTIVITY
-    from workflows.install_backend import InstallBackendWorkflow
-    from workflows.models import InstallBackendResult
+    from activities.models import INSTALL_SLOTS_ACTIVITY
     from workflows.rollout_models import (
         FINISHED_STATES,
         SLOT_STATE_SIGNAL,
+        SLOTS_STARTED_SIGNAL,
         AddTargetsResult,
         FailurePolicy,
+        InstallSlotsInput,
+        InstallSlotsResult,
         RolloutInput,
         RolloutStatus,
         RolloutTarget,
         SlotReport,
+        SlotsStarted,
         SlotState,
         SlotStatus,
         expand_slots,
@@ -46,6 +47,16 @@ with workflow.unsafe.imports_passed_through():
 
 DETAIL_ROWS = 40
 """Slots listed in the UI's current details; the query always has all of them."""
+
+BATCH_SIZE = 100
+"""Most slots one ``install_slots`` activity starts: big enough that a large rollout's
+history grows per batch, small enough that one activity's input stays a few kilobytes."""
+
+BATCH_MARGIN = timedelta(minutes=5)
+"""Slack beyond the installs' own deadline before a batch activity is presumed stuck."""
+
+BATCH_HEARTBEAT_TIMEOUT = timedelta(seconds=10)
+"""A batch heartbeats every second; its cancellation reaches it within 0.8x this."""
 
 
 @workflow.defn(name="RolloutBackendWorkflow", failure_exception_types=[pydantic.ValidationError])
@@ -58,7 +69,12 @@ class RolloutBackendWorkflow:
         slots = input.carried_slots or expand_slots(input.targets, input.backend)
         self._slots = {slot.workflow_id: slot for slot in slots}
         self._queue = deque(s.workflow_id for s in slots if s.state is SlotState.QUEUED)
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._in_flight: set[str] = set()
+        """Slots handed to a batch and not finished: what ``max_in_flight`` bounds."""
+        self._started: set[str] = set()
+        """Installs this run started itself; cancelling the rollout cancels these."""
+        self._batches: dict[int, asyncio.Task[None]] = {}
+        self._batch_count = 0
         self._cancelled = False
         self._stopped = input.carried_stopped
         self._runs = input.carried_runs + 1
@@ -93,7 +109,7 @@ class RolloutBackendWorkflow:
             backend=self._input.backend,
             counts=counts,
             slots=list(self._slots.values()),
-            in_flight=len(self._tasks),
+            in_flight=len(self._in_flight),
             cancelled=self._cancelled,
             stopped=self._stopped,
             runs=self._runs,
@@ -128,14 +144,20 @@ class RolloutBackendWorkflow:
         self._changed = True
 
     @workflow.signal(name=SLOT_STATE_SIGNAL)
-    def slot_state_changed(self, report: SlotReport) -> None:
-        """A child install says it is installing or still installing."""
-        slot = self._slots.get(report.workflow_id)
-        if slot is None or slot.state in FINISHED_STATES:
-            return
-        slot.state = report.state
-        slot.detail = report.detail
-        self._changed = True
+    def slot_state_changed(self, reports: list[SlotReport]) -> None:
+        """Installs say they are (still) installing; the batch activities say how slots ended."""
+        for report in reports:
+            self._apply(report)
+
+    @workflow.signal(name=SLOTS_STARTED_SIGNAL)
+    def slots_started(self, started: SlotsStarted) -> None:
+        """A batch's installs are running: those this rollout started, and those it joined."""
+        self._started.update(started.started)
+        for workflow_id in started.joined:
+            slot = self._slots.get(workflow_id)
+            if slot is not None and slot.state not in FINISHED_STATES:
+                slot.shared = True
+                self._changed = True
 
     # --- driving the slots ---------------------------------------------------------------------
 
@@ -150,53 +172,79 @@ class RolloutBackendWorkflow:
             if self._changed:
                 self._publish()
                 self._changed = False
-            if not self._tasks and (draining or self._stopped or not self._queue):
+            if not self._batches and (draining or self._stopped or not self._queue):
                 return
             await workflow.wait_condition(lambda: self._changed)
 
     def _start_queued(self) -> None:
-        while self._queue and len(self._tasks) < self._input.max_in_flight:
-            workflow_id = self._queue.popleft()
-            slot = self._slots[workflow_id]
-            slot.state = SlotState.INSTALLING
-            self._tasks[workflow_id] = asyncio.create_task(self._install(slot))
+        while self._queue and len(self._in_flight) < self._input.max_in_flight:
+            room = min(self._input.max_in_flight - len(self._in_flight), BATCH_SIZE)
+            batch = [self._slots[self._queue.popleft()] for _ in range(min(room, len(self._queue)))]
+            for slot in batch:
+                slot.state = SlotState.INSTALLING
+                self._in_flight.add(slot.workflow_id)
+            self._batch_count += 1
+            number = self._batch_count
+            self._batches[number] = asyncio.create_task(self._install_batch(number, batch))
             self._changed = True
 
-    async def _install(self, slot: SlotStatus) -> None:
-        input = self._input.install_input(slot.node_id, slot.model_id, slot.replica_index)
+    async def _install_batch(self, number: int, batch: list[SlotStatus]) -> None:
+        """Run one ``install_slots`` activity; slots it did not report end with its failure."""
+        deadline = timedelta(seconds=self._input.install_input("", "", 0).deadline_seconds)
+        targets = [
+            RolloutTarget(node_id=s.node_id, model_id=s.model_id, replica_indexes=[s.replica_index])
+            for s in batch
+        ]
+        input = InstallSlotsInput(
+            rollout_id=workflow.info().workflow_id,
+            task_queue=workflow.info().task_queue,
+            batch=self._input.model_copy(
+                update={"targets": targets, "carried_slots": [], "carried_stopped": ""}
+            ),
+        )
+        state, error = SlotState.FAILED, "the batch ended without reporting this slot"
         try:
-            try:
-                result = await workflow.execute_child_workflow(
-                    InstallBackendWorkflow.run,
-                    input,
-                    id=slot.workflow_id,
-                    static_summary=f"install {input.backend} on {slot.node_id} for {input.slot}",
-                )
-            except WorkflowAlreadyStartedError:
-                slot.shared = True
-                result = await workflow.execute_activity(
-                    ATTACH_ACTIVITY,
-                    slot.workflow_id,
-                    result_type=InstallBackendResult,
-                    start_to_close_timeout=timedelta(seconds=input.deadline_seconds + 300),
-                    heartbeat_timeout=timedelta(seconds=60),
-                    summary=f"wait for the running install {slot.workflow_id}",
-                )
-            slot.state = SlotState.SUCCEEDED
-            slot.address = result.address
-            slot.detail = ""
-        except (ChildWorkflowError, ActivityError) as err:
+            result = await workflow.execute_activity(
+                INSTALL_SLOTS_ACTIVITY,
+                input,
+                result_type=InstallSlotsResult,
+                # Every install of the batch ends by its deadline, so retries (a dead worker,
+                # an unreachable frontend) are bounded by it too.
+                schedule_to_close_timeout=deadline + BATCH_MARGIN,
+                heartbeat_timeout=BATCH_HEARTBEAT_TIMEOUT,
+                retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=30)),
+                cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                summary=f"install {len(batch)} slot(s) of {self._input.backend}",
+            )
+            for report in result.reports:
+                self._apply(report)
+        except ActivityError as err:
             if is_cancelled_exception(err):
-                slot.state = SlotState.CANCELLED
+                state, error = SlotState.CANCELLED, ""
             else:
-                slot.state = SlotState.FAILED
-                slot.error = _root_message(err)
-                self._apply_failure_policy()
+                error = _root_message(err)
         except asyncio.CancelledError:
-            slot.state = SlotState.CANCELLED
+            state, error = SlotState.CANCELLED, ""
         finally:
-            self._tasks.pop(slot.workflow_id, None)
+            for slot in batch:
+                self._apply(SlotReport(workflow_id=slot.workflow_id, state=state, error=error))
+            self._batches.pop(number, None)
             self._changed = True
+
+    def _apply(self, report: SlotReport) -> None:
+        """Take one slot's news; a finished slot never changes again."""
+        slot = self._slots.get(report.workflow_id)
+        if slot is None or slot.state in FINISHED_STATES:
+            return
+        slot.state = report.state
+        slot.detail = report.detail
+        if report.state in FINISHED_STATES:
+            slot.address = report.address
+            slot.error = report.error
+            self._in_flight.discard(slot.workflow_id)
+            if report.state is SlotState.FAILED:
+                self._apply_failure_policy()
+        self._changed = True
 
     def _apply_failure_policy(self) -> None:
         if self._input.failure_policy is not FailurePolicy.STOP or self._stopped:
@@ -211,13 +259,25 @@ class RolloutBackendWorkflow:
             self._slots[self._queue.popleft()].state = SlotState.SKIPPED
 
     async def _cancel_everything(self) -> None:
+        """Cancel the installs this rollout started, then the batches waiting for them.
+
+        The installs are cancelled from here at once; a batch only learns of its own
+        cancellation at its next heartbeat, and then cancels whatever it started after the
+        rollout last heard from it. Joined installs belong to someone else and keep running.
+        """
         self._cancelled = True
         self._skip_queued()
-        tasks = list(self._tasks.values())
-        for task in tasks:
+        own = sorted(self._started & self._in_flight)
+        if own:
+            await asyncio.gather(
+                *(workflow.get_external_workflow_handle(w).cancel() for w in own),
+                return_exceptions=True,
+            )
+        batches = list(self._batches.values())
+        for task in batches:
             task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        if batches:
+            await asyncio.gather(*batches, return_exceptions=True)
         self._publish()
 
     # --- history and presentation --------------------------------------------------------------

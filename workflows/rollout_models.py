@@ -11,7 +11,11 @@ from protocol.messages import GalleryConfig
 from workflows.models import InstallBackendInput, install_workflow_id
 
 SLOT_STATE_SIGNAL = "slot_state_changed"
-"""Signal a child install sends its rollout when the slot's state changes."""
+"""Signal carrying a list of :class:`SlotReport`: from an install when its slot goes between
+installing and still installing, and from the ``install_slots`` activity as slots finish."""
+
+SLOTS_STARTED_SIGNAL = "slots_started"
+"""Signal carrying :class:`SlotsStarted`: which slots of a batch the rollout owns."""
 
 
 class RolloutTarget(BaseModel):
@@ -52,11 +56,26 @@ FINISHED_STATES = frozenset(
 
 
 class SlotReport(BaseModel):
-    """A child install's state change, sent to its rollout."""
+    """News of one slot for its rollout: a state change or, when finished, the outcome."""
 
     workflow_id: str
     state: SlotState
     detail: str = ""
+    address: str = ""
+    """Set when the slot succeeded: where its backend process listens."""
+    error: str = ""
+    """Set when the slot failed: the node's (or the workflow's) words."""
+
+
+class SlotsStarted(BaseModel):
+    """A batch's slots once their installs are running: started by the rollout or joined.
+
+    The rollout cancels only installs it started itself; a joined install belongs to whoever
+    started it (another rollout, another team's workflow) and is only waited for.
+    """
+
+    started: list[str] = Field(default_factory=list)
+    joined: list[str] = Field(default_factory=list)
 
 
 class SlotStatus(BaseModel):
@@ -99,11 +118,14 @@ class RolloutInput(BaseModel):
     carried_stopped: str = ""
     """Set by continue-as-new only: why the rollout stopped starting slots."""
 
-    def install_input(self, node_id: str, model_id: str, replica_index: int) -> InstallBackendInput:
-        """The child install's input for one slot."""
+    def install_input(
+        self, node_id: str, model_id: str, replica_index: int, rollout_id: str = ""
+    ) -> InstallBackendInput:
+        """The install's input for one slot, reporting to the rollout ``rollout_id``."""
         return InstallBackendInput.model_validate(
             {
                 **self.install_options,
+                "rollout_id": rollout_id,
                 "node_id": node_id,
                 "backend": self.backend,
                 "model_id": model_id,
@@ -112,7 +134,6 @@ class RolloutInput(BaseModel):
                 "uri": self.uri,
                 "name": self.name,
                 "alias": self.alias,
-                "report_to_parent": True,
             }
         )
 
@@ -165,6 +186,35 @@ class RolloutStatus(BaseModel):
     """Why the rollout stopped starting slots, if it did."""
     runs: int = 1
     """Workflow runs so far (continue-as-new starts a new run)."""
+
+
+class InstallSlotsInput(BaseModel):
+    """One batch of a rollout's slots for the ``install_slots`` activity.
+
+    The batch travels as a rollout input whose ``targets`` are just the batch's slots, so the
+    activity derives each slot's workflow id and install input exactly as the rollout does,
+    and the history holds one compact copy of the install options per batch, not per slot.
+    """
+
+    rollout_id: str
+    task_queue: str
+    """Where the installs run: the rollout's own task queue."""
+    batch: RolloutInput
+
+
+class InstallSlotsResult(BaseModel):
+    """The batch's outcomes the activity had not yet signalled to the rollout."""
+
+    reports: list[SlotReport] = Field(default_factory=list)
+
+
+class InstallSlotsProgress(BaseModel):
+    """Heartbeat details of ``install_slots``: what a retried attempt must not redo."""
+
+    started: list[str] = Field(default_factory=list)
+    """Installs this rollout started (a retry finds them running and still owns them)."""
+    reported: list[str] = Field(default_factory=list)
+    """Slots whose outcome the rollout already has."""
 
 
 class AddTargetsResult(BaseModel):
