@@ -13,6 +13,8 @@ import asyncio
 import time
 from collections import Counter
 
+from temporalio.api.enums.v1 import EventType
+
 from bench.cli import main
 from bench.node import WildcardNode
 from bench.report import Report, median
@@ -43,12 +45,21 @@ async def rollout(stack: Stack, count: int, tag: str) -> tuple[float, RolloutSta
     return time.perf_counter() - began, status
 
 
+async def history_size(stack: Stack, workflow_id: str) -> tuple[int, int]:
+    """Events and workflow tasks in the workflow's last run: the work serialised on it."""
+    history = await stack.client.get_workflow_handle(workflow_id).fetch_history()
+    completed = EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED
+    tasks = sum(1 for event in history.events if event.event_type == completed)
+    return len(history.events), tasks
+
+
 async def run(quick: bool) -> Report:
-    count, rounds = (200, 1) if quick else (1000, 2)
+    count, rounds = (200, 1) if quick else (1000, 3)
     report = Report(NAME, quick)
     times: dict[str, list[float]] = {"independent": [], "rollout": []}
     cpu: dict[str, list[float]] = {"independent": [], "rollout": []}
     runs: list[int] = []
+    history: list[tuple[int, int]] = []
     succeeded: list[int] = []
     async with stack(NAME) as s:
         node = await WildcardNode(s.nc).start()
@@ -58,11 +69,13 @@ async def run(quick: bool) -> Report:
                 times["independent"].append(await burst(install, s, count, f"ind-{run_id()}"))
             cpu["independent"].append(meter.cpu)
             await asyncio.sleep(1.0)
+            tag = f"ro-{run_id()}"
             with CpuMeter(s.worker) as meter:
-                elapsed, status = await rollout(s, count, f"ro-{run_id()}")
+                elapsed, status = await rollout(s, count, tag)
             times["rollout"].append(elapsed)
             cpu["rollout"].append(meter.cpu)
             runs.append(status.runs)
+            history.append(await history_size(s, f"rollout-{tag}"))
             succeeded.append(status.counts.get("succeeded", 0))
             errors = Counter(slot.error for slot in status.slots if slot.error)
             for error, times_seen in errors.most_common(3):
@@ -78,7 +91,13 @@ async def run(quick: bool) -> Report:
             slots=count,
             rounds=rounds,
         )
-    report.row("rollout detail", runs=max(runs), succeeded=min(succeeded))
+    report.row(
+        "rollout detail",
+        runs=max(runs),
+        succeeded=min(succeeded),
+        history_events=max(events for events, _ in history),
+        workflow_tasks=max(tasks for _, tasks in history),
+    )
     ratio = median(times["rollout"]) / median(times["independent"])
     report.row(
         "ratio rollout/independent",

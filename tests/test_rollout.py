@@ -103,6 +103,11 @@ async def start_rollout(
     )
 
 
+async def status_of(client: Client, workflow_id: str) -> str:
+    description = await client.get_workflow_handle(workflow_id).describe()
+    return description.status.name if description.status is not None else ""
+
+
 async def test_rollout_over_30_slots_never_runs_more_than_max_in_flight(
     client: Client, nc: NATS, task_queue: str
 ) -> None:
@@ -205,8 +210,7 @@ async def test_cancelling_a_rollout_cancels_in_flight_installs_and_reports_the_r
     assert result.counts["cancelled"] == 2 and result.counts["skipped"] == 3
     for slot in result.slots:
         if slot.state is SlotState.CANCELLED:
-            child = await client.get_workflow_handle(slot.workflow_id).describe()
-            assert child.status is not None and child.status.name == "CANCELED"
+            assert await status_of(client, slot.workflow_id) == "CANCELED"
     await assert_replays(handle)
 
 
@@ -259,11 +263,6 @@ async def test_slow_slots_show_still_installing_with_their_progress(
     result = await handle.result()
     assert result.slots[0].state is SlotState.SUCCEEDED
     await node.stop()
-
-
-async def status_of(client: Client, workflow_id: str) -> str:
-    description = await client.get_workflow_handle(workflow_id).describe()
-    return description.status.name if description.status is not None else ""
 
 
 async def test_a_rollouts_installs_are_top_level_workflows_found_by_its_rollout_id(

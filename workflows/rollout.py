@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter, deque
+from collections.abc import Iterable
 from datetime import timedelta
 
 from temporalio import workflow
@@ -102,12 +103,9 @@ class RolloutBackendWorkflow:
     @workflow.query(name="status")
     def status(self) -> RolloutStatus:
         """Every slot with its state, address or error, and counts by state."""
-        counts = {state.value: 0 for state in SlotState}
-        for slot in self._slots.values():
-            counts[slot.state.value] += 1
         return RolloutStatus(
             backend=self._input.backend,
-            counts=counts,
+            counts=_counts(self._slots.values()),
             slots=list(self._slots.values()),
             in_flight=len(self._in_flight),
             cancelled=self._cancelled,
@@ -303,6 +301,12 @@ class RolloutBackendWorkflow:
         )
 
 
+def _counts(slots: Iterable[SlotStatus]) -> dict[str, int]:
+    """Slots per state, every state present, in the order of ``SlotState``."""
+    counted = Counter(slot.state.value for slot in slots)
+    return {state.value: counted[state.value] for state in SlotState}
+
+
 def _root_message(err: BaseException) -> str:
     """The innermost failure's message: the node's words, not the wrappers'."""
     message = str(err)
@@ -320,10 +324,7 @@ def _details_markdown(backend: str, slots: list[SlotStatus], cancelled: bool, st
     Built straight from the slot list (no status model) because it runs on every wake-up of
     a rollout that may track thousands of slots.
     """
-    counts = Counter(slot.state.value for slot in slots)
-    summary = " · ".join(
-        f"{state.value}: {counts[state.value]}" for state in SlotState if counts[state.value]
-    )
+    summary = " · ".join(f"{state}: {n}" for state, n in _counts(slots).items() if n)
     lines = [f"**Rollout of `{backend}`** · {len(slots)} slots · {summary}"]
     if cancelled:
         lines.append("\n**cancelled**")
