@@ -93,7 +93,8 @@ class SlotBatch:
             await work
         except asyncio.CancelledError:
             await _stop(work, reporter)
-            await self._cancel_started()
+            if _rollout_let_go():
+                await self._cancel_started()
             raise
         except _RolloutGone as gone:
             # Terminated, or reset past this batch: nobody will read the outcomes, and the
@@ -202,6 +203,17 @@ async def _outcome(workflow_id: str, handle: InstallHandle) -> SlotReport:
         state = SlotState.CANCELLED if err.type == INSTALL_CANCELLED else SlotState.FAILED
         return SlotReport(workflow_id=workflow_id, state=state, error=err.message)
     return SlotReport(workflow_id=workflow_id, state=SlotState.SUCCEEDED, address=result.address)
+
+
+def _rollout_let_go() -> bool:
+    """Whether this cancellation means the rollout no longer wants its installs.
+
+    Only a cancel the rollout requested, or a heartbeat that finds it gone, does. A worker
+    shutting down, a timeout or a pause must leave the installs running: the retried batch
+    finds them through its heartbeat details and waits for them again.
+    """
+    details = activity.cancellation_details()
+    return details is not None and (details.cancel_requested or details.not_found)
 
 
 async def _stop(*tasks: asyncio.Task[None]) -> None:

@@ -6,15 +6,25 @@ import asyncio
 import signal
 import uuid
 from collections import Counter
+from datetime import timedelta
 from typing import Any
 
 from nats.aio.client import Client as NATS
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle
 
 from protocol.messages import BackendInstallReply, BackendInstallRequest
 from tests.fake_node import FakeNode, InstallScript
 from tests.worker_process import worker_process
-from tests.workflow_helpers import FAST, assert_replays, install_input, wait_for, wait_until
+from tests.workflow_helpers import (
+    FAST,
+    assert_replays,
+    count_events,
+    install_input,
+    wait_for,
+    wait_until,
+)
+from worker_main import create_worker
 from workflows.install_backend import InstallBackendWorkflow
 from workflows.models import install_workflow_id
 from workflows.rollout import RolloutBackendWorkflow
@@ -369,3 +379,29 @@ async def test_every_slot_of_a_fast_100_slot_batch_is_reported_once(
 
     assert result.counts["succeeded"] == 100, {s.error for s in result.slots if s.error}
     assert set(fleet.requests_per_slot().values()) == {1}
+
+
+async def test_a_worker_shutting_down_mid_batch_leaves_the_installs_running(
+    client: Client, nc: NATS
+) -> None:
+    queue = f"batch-shutdown-{uuid.uuid4().hex[:8]}"
+    async with Fleet(nc, count=2) as fleet:
+        fleet.release.clear()
+        worker = create_worker(client, nc, queue, graceful_shutdown_timeout=timedelta(seconds=1))
+        async with worker:
+            handle = await start_rollout(client, queue, rollout(fleet.targets(["a"]), HELD))
+            await wait_for(lambda: fleet.in_flight == 2)
+        installs = [install_workflow_id(n.node_id, "llama-cpp", "a", 0) for n in fleet.nodes]
+        assert [await status_of(client, w) for w in installs] == ["RUNNING", "RUNNING"]
+        fleet.release.set()
+        async with create_worker(client, nc, queue):
+            result = await handle.result()
+
+    assert result.counts["succeeded"] == 2
+    assert not any(slot.shared for slot in result.slots)
+    for workflow_id in installs:
+        install = client.get_workflow_handle(workflow_id)
+        assert (
+            await count_events(install, EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CANCEL_REQUESTED)
+            == 0
+        )
