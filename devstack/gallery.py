@@ -7,14 +7,11 @@ stack finds the same sha256 for the backends its nodes already installed.
 from __future__ import annotations
 
 import json
-import re
-import threading
 import time
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any
 
+from devstack.fileserver import RangeFileServer
 from node_agent.sample_backend import Gallery, SampleBackend, build_archive
 from protocol.messages import GalleryConfig
 
@@ -29,57 +26,25 @@ LARGE_BACKEND = SampleBackend("cpu-large", version="1.0.0", padding_bytes=24 * M
 THROTTLE_BYTES_PER_SECOND = 4 * MIB
 
 
-@dataclass
-class ThrottledFileServer:
-    """Serves a directory over HTTP on 127.0.0.1 at a fixed rate, with Range for resumes."""
+class ThrottledFileServer(RangeFileServer):
+    """Serves a directory at a fixed rate, so a download shows several seconds of progress."""
 
-    root: Path
-    port: int
-    rate: int = THROTTLE_BYTES_PER_SECOND
-    _server: ThreadingHTTPServer | None = None
+    def __init__(self, root: Path, port: int, rate: int = THROTTLE_BYTES_PER_SECOND) -> None:
+        super().__init__(port)
+        self.root = root
+        self.rate = rate
 
-    def start(self) -> None:
-        root, rate = self.root, self.rate
+    def find(self, path: str) -> bytes | None:
+        file = (self.root / path.lstrip("/")).resolve()
+        if self.root.resolve() not in file.parents or not file.is_file():
+            return None
+        return file.read_bytes()
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                path = (root / self.path.lstrip("/")).resolve()
-                if root.resolve() not in path.parents or not path.is_file():
-                    self.send_error(404)
-                    return
-                body = path.read_bytes()
-                start = 0
-                match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
-                if match and int(match.group(1)) < len(body):
-                    start = int(match.group(1))
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-                else:
-                    self.send_response(200)
-                self.send_header("Content-Length", str(len(body) - start))
-                self.end_headers()
-                chunk = max(rate // 10, 1)
-                for offset in range(start, len(body), chunk):
-                    try:
-                        self.wfile.write(body[offset : offset + chunk])
-                    except (BrokenPipeError, ConnectionResetError):
-                        return
-                    time.sleep(0.1)
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-
-    def url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.port}/{name}"
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+    def write_body(self, handler: BaseHTTPRequestHandler, payload: bytes) -> None:
+        chunk = max(self.rate // 10, 1)
+        for offset in range(0, len(payload), chunk):
+            handler.wfile.write(payload[offset : offset + chunk])
+            time.sleep(0.1)
 
 
 def _archive(archives: Path, spec: SampleBackend) -> tuple[Path, str]:

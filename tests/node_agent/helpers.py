@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 from nats.aio.client import Client as NATS
 
+from devstack.fileserver import RangeFileServer
 from node_agent import Agent
 from node_agent.sample_backend import Gallery
 from protocol import subjects
@@ -54,74 +54,45 @@ class ServedRequest:
     range: str | None
 
 
-@dataclass
-class ArtifactServer:
-    """Serves files over HTTP on 127.0.0.1 with Range support and failure knobs.
+class ArtifactServer(RangeFileServer):
+    """Serves files from memory, records every request, and misbehaves on demand.
 
     ``hold_after``: send that many bytes, then wait for :meth:`release` before the rest.
     ``truncate_once_after``: the next response closes the connection after that many bytes.
     """
 
-    files: dict[str, bytes] = field(default_factory=dict)
-    requests: list[ServedRequest] = field(default_factory=list)
-    hold_after: int | None = None
-    truncate_once_after: int | None = None
-    gate: threading.Event = field(default_factory=threading.Event)
-    active: int = 0
-    _server: ThreadingHTTPServer | None = None
+    def __init__(self) -> None:
+        super().__init__()
+        self.files: dict[str, bytes] = {}
+        self.requests: list[ServedRequest] = []
+        self.hold_after: int | None = None
+        self.truncate_once_after: int | None = None
+        self.gate = threading.Event()
+        self.active = 0
 
-    def start(self) -> None:
-        outer = self
+    def find(self, path: str) -> bytes | None:
+        return self.files.get(path)
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
+    def received(self, path: str, range_header: str | None) -> None:
+        self.requests.append(ServedRequest(path, range_header))
 
-            def do_GET(self) -> None:
-                outer.requests.append(ServedRequest(self.path, self.headers.get("Range")))
-                body = outer.files.get(self.path)
-                if body is None:
-                    self.send_error(404)
-                    return
-                start = 0
-                match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
-                if match:
-                    start = int(match.group(1))
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-                else:
-                    self.send_response(200)
-                self.send_header("Content-Length", str(len(body) - start))
-                self.end_headers()
-                outer.active += 1
-                try:
-                    self._send(body[start:])
-                except OSError:
-                    pass
-                finally:
-                    outer.active -= 1
-
-            def _send(self, payload: bytes) -> None:
-                if outer.truncate_once_after is not None:
-                    cut, outer.truncate_once_after = outer.truncate_once_after, None
-                    self.wfile.write(payload[:cut])
-                    self.wfile.flush()
-                    self.close_connection = True
-                    return
-                if outer.hold_after is not None and not outer.gate.is_set():
-                    self.wfile.write(payload[: outer.hold_after])
-                    self.wfile.flush()
-                    outer.gate.wait(WAIT)
-                    payload = payload[outer.hold_after :]
-                self.wfile.write(payload)
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-
-    def url(self, path: str) -> str:
-        assert self._server is not None
-        return f"http://127.0.0.1:{self._server.server_address[1]}{path}"
+    def write_body(self, handler: BaseHTTPRequestHandler, payload: bytes) -> None:
+        self.active += 1
+        try:
+            if self.truncate_once_after is not None:
+                cut, self.truncate_once_after = self.truncate_once_after, None
+                handler.wfile.write(payload[:cut])
+                handler.wfile.flush()
+                handler.close_connection = True
+                return
+            if self.hold_after is not None and not self.gate.is_set():
+                handler.wfile.write(payload[: self.hold_after])
+                handler.wfile.flush()
+                self.gate.wait(WAIT)
+                payload = payload[self.hold_after :]
+            handler.wfile.write(payload)
+        finally:
+            self.active -= 1
 
     def publish(self, path: str, archive: Path) -> str:
         """Serve ``archive``'s bytes at ``path``; returns the URL."""
@@ -133,9 +104,7 @@ class ArtifactServer:
 
     def stop(self) -> None:
         self.gate.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+        super().stop()
 
 
 @dataclass
