@@ -18,7 +18,7 @@ import contextlib
 from collections.abc import Awaitable, Callable, Iterable
 
 from temporalio import activity
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -93,7 +93,7 @@ class SlotBatch:
             await work
         except asyncio.CancelledError:
             await _stop(work, reporter)
-            if _rollout_let_go():
+            if await self._rollout_let_go():
                 await self._cancel_started()
             raise
         except _RolloutGone as gone:
@@ -191,6 +191,25 @@ class SlotBatch:
             async with asyncio.timeout(CANCEL_GRACE):
                 await _quietly_all(handle.result for handle in own)
 
+    async def _rollout_let_go(self) -> bool:
+        """Whether this cancellation means the rollout no longer wants its installs.
+
+        A cancel the rollout requested does. NotFound does only if the rollout is no longer
+        running: it also means just this attempt went stale (timed out, retried elsewhere),
+        and the retry owns the installs now. A worker shutting down, a timeout or a pause
+        never does: the retried batch finds the installs through its heartbeat details.
+        """
+        details = activity.cancellation_details()
+        if details is None or not (details.cancel_requested or details.not_found):
+            return False
+        if details.cancel_requested:
+            return True
+        try:
+            description = await self._rollout.describe()
+        except RPCError as err:
+            return err.status is RPCStatusCode.NOT_FOUND
+        return description.status is not WorkflowExecutionStatus.RUNNING
+
     def _progress(self) -> InstallSlotsProgress:
         return InstallSlotsProgress(started=sorted(self._started), reported=sorted(self._reported))
 
@@ -203,17 +222,6 @@ async def _outcome(workflow_id: str, handle: InstallHandle) -> SlotReport:
         state = SlotState.CANCELLED if err.type == INSTALL_CANCELLED else SlotState.FAILED
         return SlotReport(workflow_id=workflow_id, state=state, error=err.message)
     return SlotReport(workflow_id=workflow_id, state=SlotState.SUCCEEDED, address=result.address)
-
-
-def _rollout_let_go() -> bool:
-    """Whether this cancellation means the rollout no longer wants its installs.
-
-    Only a cancel the rollout requested, or a heartbeat that finds it gone, does. A worker
-    shutting down, a timeout or a pause must leave the installs running: the retried batch
-    finds them through its heartbeat details and waits for them again.
-    """
-    details = activity.cancellation_details()
-    return details is not None and (details.cancel_requested or details.not_found)
 
 
 async def _stop(*tasks: asyncio.Task[None]) -> None:

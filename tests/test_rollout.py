@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import signal
 import uuid
 from collections import Counter
 from datetime import timedelta
 from typing import Any
 
+import pytest
 from nats.aio.client import Client as NATS
+from temporalio.activity import ActivityCancellationDetails
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle
+from temporalio.testing import ActivityEnvironment
 
+from activities.rollout_slots import install_slots
 from protocol.messages import BackendInstallReply, BackendInstallRequest
 from tests.fake_node import FakeNode, InstallScript
 from tests.worker_process import worker_process
@@ -28,7 +33,14 @@ from worker_main import create_worker
 from workflows.install_backend import InstallBackendWorkflow
 from workflows.models import install_workflow_id
 from workflows.rollout import RolloutBackendWorkflow
-from workflows.rollout_models import RolloutInput, RolloutStatus, RolloutTarget, SlotState
+from workflows.rollout_models import (
+    InstallSlotsInput,
+    InstallSlotsProgress,
+    RolloutInput,
+    RolloutStatus,
+    RolloutTarget,
+    SlotState,
+)
 
 
 class Fleet:
@@ -89,6 +101,8 @@ class Fleet:
             for r in node.install_requests
         )
 
+
+CANCEL_REQUESTED = EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CANCEL_REQUESTED
 
 HELD = {**FAST, "install_timeout_seconds": 60.0}
 """For nodes that hold their replies: long enough that no request times out."""
@@ -401,7 +415,36 @@ async def test_a_worker_shutting_down_mid_batch_leaves_the_installs_running(
     assert not any(slot.shared for slot in result.slots)
     for workflow_id in installs:
         install = client.get_workflow_handle(workflow_id)
-        assert (
-            await count_events(install, EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CANCEL_REQUESTED)
-            == 0
-        )
+        assert await count_events(install, CANCEL_REQUESTED) == 0
+
+
+async def test_a_stale_batch_attempt_leaves_the_installs_of_a_running_rollout_alone(
+    client: Client, nc: NATS, task_queue: str
+) -> None:
+    async with Fleet(nc, count=2) as fleet:
+        fleet.release.clear()
+        input = rollout(fleet.targets(["a"]), HELD)
+        handle = await start_rollout(client, task_queue, input)
+        await wait_for(lambda: fleet.in_flight == 2)
+        installs = [install_workflow_id(n.node_id, "llama-cpp", "a", 0) for n in fleet.nodes]
+        # An attempt that timed out while still alive: its heartbeat answers NotFound
+        # although the rollout runs on, and a retry owns the installs now.
+        stale = ActivityEnvironment(client=client)
+        progress = InstallSlotsProgress(started=installs).model_dump()
+        stale.info = dataclasses.replace(stale.info, heartbeat_details=[progress])
+        collecting = asyncio.Event()
+        stale.on_heartbeat = lambda *details: collecting.set()
+        batch = InstallSlotsInput(rollout_id=handle.id, task_queue=task_queue, batch=input)
+        attempt = asyncio.create_task(stale.run(install_slots, batch))
+        await asyncio.wait_for(collecting.wait(), 30)
+        stale.cancel(cancellation_details=ActivityCancellationDetails(not_found=True))
+        with pytest.raises(asyncio.CancelledError):
+            await attempt
+        fleet.release.set()
+        result = await handle.result()
+
+    assert result.counts["succeeded"] == 2
+    for workflow_id in installs:
+        install = client.get_workflow_handle(workflow_id)
+        cancels = await count_events(install, CANCEL_REQUESTED)
+        assert cancels == 0
