@@ -84,22 +84,15 @@ class SlotBatch:
             for slot in expand_slots(self._input.batch.targets, self._input.batch.backend)
             if slot.workflow_id not in self._reported
         ]
-        work = asyncio.create_task(self._install_all(slots))
-        reporter = asyncio.create_task(self._report_periodically())
         try:
-            await asyncio.wait({work, reporter}, return_when=asyncio.FIRST_COMPLETED)
-            if reporter.done():
-                reporter.result()  # raises: an outcome could not be delivered
-            await work
+            await self._supervise(slots)
         except asyncio.CancelledError:
-            await _stop(work, reporter)
             if await self._rollout_let_go():
                 await self._cancel_started()
             raise
         except _RolloutGone as gone:
             # Terminated, or reset past this batch: nobody will read the outcomes, and the
             # installs it started must not outlive it.
-            await _stop(work, reporter)
             await self._cancel_started()
             raise ApplicationError(
                 f"rollout {self._input.rollout_id} is no longer running ({gone}); "
@@ -107,9 +100,21 @@ class SlotBatch:
                 type=ROLLOUT_GONE,
                 non_retryable=True,
             ) from gone
-        finally:
-            await _stop(work, reporter)
         return InstallSlotsResult(reports=self._unsent)
+
+    async def _supervise(self, slots: list[SlotStatus]) -> None:
+        """Run the installs beside the reporter; whichever fails first ends the attempt."""
+        work = asyncio.create_task(self._install_all(slots))
+        reporter = asyncio.create_task(self._report_periodically())
+        try:
+            await asyncio.wait({work, reporter}, return_when=asyncio.FIRST_COMPLETED)
+            if reporter.done():
+                reporter.result()  # raises: an outcome could not be delivered
+            await work
+        finally:
+            for task in (work, reporter):
+                task.cancel()
+            await asyncio.gather(work, reporter, return_exceptions=True)
 
     async def _install_all(self, slots: list[SlotStatus]) -> None:
         """Start or join every install, tell the rollout which are its own, collect outcomes."""
@@ -200,10 +205,12 @@ class SlotBatch:
         never does: the retried batch finds the installs through its heartbeat details.
         """
         details = activity.cancellation_details()
-        if details is None or not (details.cancel_requested or details.not_found):
+        if details is None:
             return False
         if details.cancel_requested:
             return True
+        if not details.not_found:
+            return False
         try:
             description = await self._rollout.describe()
         except RPCError as err:
@@ -222,12 +229,6 @@ async def _outcome(workflow_id: str, handle: InstallHandle) -> SlotReport:
         state = SlotState.CANCELLED if err.type == INSTALL_CANCELLED else SlotState.FAILED
         return SlotReport(workflow_id=workflow_id, state=state, error=err.message)
     return SlotReport(workflow_id=workflow_id, state=SlotState.SUCCEEDED, address=result.address)
-
-
-async def _stop(*tasks: asyncio.Task[None]) -> None:
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _quietly_all(calls: Iterable[Callable[[], Awaitable[object]]]) -> None:

@@ -74,8 +74,8 @@ class RolloutBackendWorkflow:
         """Slots handed to a batch and not finished: what ``max_in_flight`` bounds."""
         self._started: set[str] = set()
         """Installs this run started itself; cancelling the rollout cancels these."""
-        self._batches: dict[int, asyncio.Task[None]] = {}
-        self._batch_count = 0
+        self._batches: dict[str, asyncio.Task[None]] = {}
+        """Running ``install_slots`` activities, each named by its first slot's workflow id."""
         self._cancelled = False
         self._stopped = input.carried_stopped
         self._runs = input.carried_runs + 1
@@ -181,12 +181,11 @@ class RolloutBackendWorkflow:
             for slot in batch:
                 slot.state = SlotState.INSTALLING
                 self._in_flight.add(slot.workflow_id)
-            self._batch_count += 1
-            number = self._batch_count
-            self._batches[number] = asyncio.create_task(self._install_batch(number, batch))
+            name = batch[0].workflow_id
+            self._batches[name] = asyncio.create_task(self._install_batch(name, batch))
             self._changed = True
 
-    async def _install_batch(self, number: int, batch: list[SlotStatus]) -> None:
+    async def _install_batch(self, name: str, batch: list[SlotStatus]) -> None:
         """Run one ``install_slots`` activity; slots it did not report end with its failure."""
         deadline = timedelta(seconds=self._input.install_input("", "", 0).deadline_seconds)
         targets = [
@@ -226,7 +225,7 @@ class RolloutBackendWorkflow:
         finally:
             for slot in batch:
                 self._apply(SlotReport(workflow_id=slot.workflow_id, state=state, error=error))
-            self._batches.pop(number, None)
+            self._batches.pop(name, None)
             self._changed = True
 
     def _apply(self, report: SlotReport) -> None:
