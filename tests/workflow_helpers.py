@@ -57,24 +57,37 @@ async def assert_replays(handle: WorkflowHandle[Any, Any]) -> None:
     await replayer.replay_workflow(history)
 
 
-async def wait_for(predicate: Callable[[], bool], within: float = 30.0) -> None:
-    """Poll ``predicate`` until it holds; fail the test with a clear message otherwise."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"condition not met within {within}s")
-        await asyncio.sleep(0.05)
+async def wait_until(
+    check: Callable[[], Awaitable[bool]],
+    within: float = 30.0,
+    what: str = "condition",
+    interval: float = 0.1,
+) -> None:
+    """Poll ``check`` until it holds; fail the test naming ``what`` otherwise.
 
-
-async def wait_until(check: Callable[[], Awaitable[bool]], within: float = 30.0) -> None:
-    """Like :func:`wait_for`, for a check that has to ask a server (a query, a describe)."""
+    The one polling loop of the tests. ``within`` is an upper bound for a shared machine,
+    never a performance assertion.
+    """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
     while not await check():
         if loop.time() > deadline:
-            raise AssertionError(f"condition not met within {within}s")
-        await asyncio.sleep(0.1)
+            raise AssertionError(f"{what} not met within {within}s")
+        await asyncio.sleep(interval)
+
+
+async def wait_for(
+    predicate: Callable[[], bool],
+    within: float = 30.0,
+    what: str = "condition",
+    interval: float = 0.05,
+) -> None:
+    """:func:`wait_until` for a condition the test reads without asking a server."""
+
+    async def check() -> bool:
+        return predicate()
+
+    await wait_until(check, within, what, interval)
 
 
 async def count_events(handle: WorkflowHandle[Any, Any], event_type: EventType.ValueType) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
 from collections.abc import Callable
@@ -31,19 +30,15 @@ from protocol.messages import (
     InstallStatusRequest,
     ModelsRunningReply,
 )
+from tests.workflow_helpers import wait_for
 
 WAIT = 60.0
 """Upper bound for waiting on a condition; never a performance assertion."""
 
 
 async def eventually(condition: Callable[[], bool], what: str, limit: float = WAIT) -> None:
-    """Wait until ``condition()`` holds (polling), failing with ``what`` after ``limit``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for: {what}")
-        await asyncio.sleep(0.02)
+    """Wait until ``condition()`` holds, failing with ``what`` after ``limit`` seconds."""
+    await wait_for(condition, within=limit, what=what, interval=0.02)
 
 
 @dataclass
