@@ -1,0 +1,382 @@
+"""Record the histories that ``tests/test_replay.py`` replays: ``python -m tests.histories.record``.
+
+Each scenario runs one real execution on a real Temporal dev server and ``nats-server`` against
+scripted nodes, and saves its history as ``tests/histories/<WorkflowType>/<scenario>.json`` in
+the same JSON that ``temporal workflow show --output json`` prints. Recorded histories are the
+contract with executions already running in a cluster: a change to workflow code that no longer
+replays one of them would break those executions on deploy. Re-record only when you *add* a
+shape (a new workflow type or a new path through one); never re-record to make a failing replay
+pass — version the change with ``workflow.patched`` instead (README, "Changing workflow code").
+
+``python -m tests.histories.record warm_install rollout`` records only the scenarios named.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nats
+from nats.aio.client import Client as NATS
+from temporalio.client import Client, WorkflowHandle
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from protocol.messages import BackendInstallReply, BackendInstallRequest
+from tests.fake_node import FakeNode
+from tests.servers import find_binary, nats_server
+from tests.workflow_helpers import FAST, install_input, start_install, wait_for, wait_until
+from worker_main import create_worker
+from workflows.install_backend import InstallBackendWorkflow
+from workflows.models import SEARCH_ATTRIBUTES, InstallPhase
+from workflows.rollout import RolloutBackendWorkflow
+from workflows.rollout_models import FailurePolicy, RolloutInput, RolloutTarget
+
+HISTORIES = Path(__file__).resolve().parent
+
+
+@dataclass
+class Stack:
+    """What a scenario runs against; ``small`` suggests continue-as-new after 40 events."""
+
+    client: Client
+    small: Client
+    nc: NATS
+    queue: str
+    small_queue: str
+
+    async def node(self) -> FakeNode:
+        return await FakeNode(self.nc, f"node-{uuid.uuid4().hex[:8]}").start()
+
+
+Scenario = Callable[[Stack], Awaitable[list[WorkflowHandle[Any, Any]]]]
+SCENARIOS: dict[str, Scenario] = {}
+
+
+def scenario(fn: Scenario) -> Scenario:
+    SCENARIOS[fn.__name__] = fn
+    return fn
+
+
+async def _settle(handle: WorkflowHandle[Any, Any]) -> None:
+    """Wait for the workflow to close, whatever its outcome."""
+    with contextlib.suppress(Exception):
+        await handle.result()
+
+
+@scenario
+async def warm_install(stack: Stack) -> list[WorkflowHandle[Any, Any]]:
+    node = await stack.node()
+    handle = await start_install(
+        stack.client, stack.queue, install_input(node.node_id, model_id="qwen3")
+    )
+    await handle.result()
+    await node.stop()
+    return [handle]
+
+
+@scenario
+async def still_installing_then_running(stack: Stack) -> list[WorkflowHandle[Any, Any]]:
+    """The first request times out while progress flows; probes wait; the node finishes."""
+    node = await stack.node()
+    finished = asyncio.Event()
+
+    async def slow(request: BackendInstallRequest, number: int) -> BackendInstallReply | None:
+        if number > 1:
+            return BackendInstallReply(success=True, address="10.0.0.7:50099")
+        await node.stream_progress(request.op_id, request.backend, finished)
+        return None
+
+    node.script = slow
+    handle = await start_install(
+        stack.client, stack.queue, install_input(node.node_id, install_timeout_seconds=2.0)
+    )
+
+    async def probed_twice() -> bool:
+        status = await handle.query(InstallBackendWorkflow.progress)
+        return status.probes >= 2 and status.phase == InstallPhase.WAITING
+
+    await wait_until(probed_twice, what="two probes")
+    node.mark_running(node.install_requests[0], port=50099)
+    finished.set()
+    await handle.result()
+    await node.stop()
+    return [handle]
+
+
+@scenario
+async def permanent_failure(stack: Stack) -> list[WorkflowHandle[Any, Any]]:
+    node = await stack.node()
+
+    async def reject(request: BackendInstallRequest, number: int) -> BackendInstallReply:
+        return BackendInstallReply(
+            success=False,
+            error='installing backend from gallery: no backend found with name "vllm"',
+        )
+
+    node.script = reject
+    handle = await start_install(stack.client, stack.queue, install_input(node.node_id))
+    await _settle(handle)
+    await node.stop()
+    return [handle]
+
+
+@scenario
+async def transient_failure_then_success(stack: Stack) -> list[WorkflowHandle[Any, Any]]:
+    node = await stack.node()
+
+    async def flaky(request: BackendInstallRequest, number: int) -> BackendInstallReply:
+        if number == 1:
+            return BackendInstallReply(
+                success=False,
+                error='installing backend from gallery: failed to download backend "x": EOF',
+            )
+        return await node.reply_running(request, number)
+
+    node.script = flaky
+    handle = await start_install(stack.client, stack.queue, install_input(node.node_id))
+    await handle.result()
+    await node.stop()
+    return [handle]
+
+
+@scenario
+async def unreachable_then_present(stack: Stack) -> list[WorkflowHandle[Any, Any]]:
+    node_id = f"node-{uuid.uuid4().hex[:8]}"
+    handle = await start_install(stack.client, stack.queue, install_input(node_id))
+
+    async def backing_off() -> bool:
+        status = await handle.query(InstallBackendWorkflow.progress)
+        return status.phase == InstallPhase.BACKING_OFF
+
+    await wait_until(backing_off, what="backing off")
+    node = await FakeNode(stack.nc, node_id).start()
+    await handle.result()
+    await node.stop()
+    return [handle]
+
+
+@scenario
+async def cancelled_install(stack: Stack) -> list[WorkflowHandle[Any, Any]]:
+    node = await stack.node()
+
+    async def silent(request: BackendInstallRequest, number: int) -> None:
+        return None
+
+    node.script = silent
+    handle = await start_install(
+        stack.client, stack.queue, install_input(node.node_id, install_timeout_seconds=60)
+    )
+    await wait_for(lambda: len(node.install_bodies) == 1, what="install sent")
+    await handle.cancel()
+    await _settle(handle)
+    await node.stop()
+    return [handle]
+
+
+@scenario
+async def deadline_exceeded(stack: Stack) -> list[WorkflowHandle[Any, Any]]:
+    node = await stack.node()
+
+    async def silent(request: BackendInstallRequest, number: int) -> None:
+        return None
+
+    node.script = silent
+    input = install_input(node.node_id, install_timeout_seconds=1.0, deadline_seconds=4.0)
+    handle = await start_install(stack.client, stack.queue, input)
+    await _settle(handle)
+    await node.stop()
+    return [handle]
+
+
+@scenario
+async def invalid_input(stack: Stack) -> list[WorkflowHandle[Any, Any]]:
+    handle = await stack.client.start_workflow(
+        "InstallBackendWorkflow",
+        {"node_id": "a.b", "backend": "llama-cpp"},
+        id=f"install-invalid-{uuid.uuid4().hex[:8]}",
+        task_queue=stack.queue,
+    )
+    await _settle(handle)
+    return [handle]
+
+
+@scenario
+async def install_continue_as_new(stack: Stack) -> list[WorkflowHandle[Any, Any]]:
+    """A long pull on the small-history server: the first run continues as new."""
+    node = await FakeNode(stack.nc, f"node-{uuid.uuid4().hex[:8]}").start()
+    pulling = asyncio.Event()
+
+    async def long(request: BackendInstallRequest, number: int) -> BackendInstallReply | None:
+        if number == 1:
+            await node.stream_progress(request.op_id, request.backend, pulling, interval=0.1)
+            return None
+        return BackendInstallReply(success=True, address="10.0.0.7:50051")
+
+    node.script = long
+    input = install_input(node.node_id, install_timeout_seconds=1, probe_interval_seconds=0.1)
+    handle = await start_install(stack.small, stack.small_queue, input)
+    first_run = (await handle.describe()).run_id
+    latest = stack.small.get_workflow_handle(handle.id)
+
+    async def continued() -> bool:
+        return (await latest.describe()).run_id != first_run
+
+    await wait_until(continued, within=60, what="continue-as-new")
+    node.mark_running(node.install_requests[0])
+    pulling.set()
+    await latest.result()
+    await node.stop()
+    return [stack.small.get_workflow_handle(handle.id, run_id=first_run), latest]
+
+
+async def _rollout(
+    stack: Stack, client: Client, queue: str, nodes: list[FakeNode], **fields: Any
+) -> WorkflowHandle[Any, Any]:
+    targets = [
+        RolloutTarget(node_id=node.node_id, model_id=model, replica_indexes=[0, 1])
+        for node in nodes
+        for model in ("qwen3", "phi")
+    ]
+    fields.setdefault("max_in_flight", 3)
+    input = RolloutInput(backend="llama-cpp", targets=targets, install_options=FAST, **fields)
+    return await client.start_workflow(
+        RolloutBackendWorkflow.run, input, id=f"rollout-{uuid.uuid4().hex[:8]}", task_queue=queue
+    )
+
+
+@scenario
+async def rollout(stack: Stack) -> list[WorkflowHandle[Any, Any]]:
+    nodes = [await stack.node() for _ in range(2)]
+    handle = await _rollout(stack, stack.client, stack.queue, nodes)
+    await handle.result()
+    for node in nodes:
+        await node.stop()
+    return [handle]
+
+
+@scenario
+async def rollout_stopped_by_failures(stack: Stack) -> list[WorkflowHandle[Any, Any]]:
+    node = await stack.node()
+
+    async def reject(request: BackendInstallRequest, number: int) -> BackendInstallReply:
+        return BackendInstallReply(
+            success=False,
+            error='installing backend from gallery: no backend found with name "vllm"',
+        )
+
+    node.script = reject
+    handle = await _rollout(
+        stack,
+        stack.client,
+        stack.queue,
+        [node],
+        failure_policy=FailurePolicy.STOP,
+        max_failures=2,
+    )
+    await _settle(handle)
+    await node.stop()
+    return [handle]
+
+
+@scenario
+async def rollout_cancelled(stack: Stack) -> list[WorkflowHandle[Any, Any]]:
+    node = await stack.node()
+    release = asyncio.Event()
+
+    async def held(request: BackendInstallRequest, number: int) -> BackendInstallReply:
+        await release.wait()
+        return await node.reply_running(request, number)
+
+    node.script = held
+    handle = await _rollout(stack, stack.client, stack.queue, [node])
+    await wait_for(lambda: len(node.install_bodies) >= 2, what="installs in flight")
+    await handle.signal(RolloutBackendWorkflow.cancel_rollout)
+    await _settle(handle)
+    release.set()
+    await node.stop()
+    return [handle]
+
+
+@scenario
+async def rollout_continue_as_new(stack: Stack) -> list[WorkflowHandle[Any, Any]]:
+    nodes = [await stack.node() for _ in range(4)]
+    handle = await _rollout(stack, stack.small, stack.small_queue, nodes, max_in_flight=1)
+    first_run = (await handle.describe()).run_id
+    await handle.result()
+    for node in nodes:
+        await node.stop()
+    latest = stack.small.get_workflow_handle(handle.id)
+    runs = [stack.small.get_workflow_handle(handle.id, run_id=first_run)]
+    if (await latest.describe()).run_id != first_run:
+        runs.append(latest)
+    return runs
+
+
+@contextlib.asynccontextmanager
+async def running_stack() -> AsyncIterator[Stack]:
+    """Two dev servers (one with a small history limit), nats-server, in-process workers."""
+
+    async def dev_server(*extra: str) -> WorkflowEnvironment:
+        return await WorkflowEnvironment.start_local(
+            dev_server_existing_path=find_binary("temporal"),
+            search_attributes=SEARCH_ATTRIBUTES,
+            data_converter=pydantic_data_converter,
+            dev_server_log_level="error",
+            dev_server_extra_args=list(extra),
+        )
+
+    with nats_server() as url:
+        nc = await nats.connect(url, name="history-recorder")
+        env = await dev_server()
+        small = await dev_server(
+            "--dynamic-config-value", "limit.historyCount.suggestContinueAsNew=40"
+        )
+        try:
+            async with (
+                create_worker(env.client, nc, "record") as _,
+                create_worker(small.client, nc, "record-small") as _,
+            ):
+                yield Stack(env.client, small.client, nc, "record", "record-small")
+        finally:
+            await small.shutdown()
+            await env.shutdown()
+            await nc.drain()
+
+
+async def record(names: list[str]) -> None:
+    async with running_stack() as stack:
+        for name in names:
+            handles = await SCENARIOS[name](stack)
+            for number, handle in enumerate(handles, start=1):
+                history = await handle.fetch_history()
+                workflow_type = history.events[
+                    0
+                ].workflow_execution_started_event_attributes.workflow_type.name
+                suffix = f".run{number}" if len(handles) > 1 else ""
+                path = HISTORIES / workflow_type / f"{name}{suffix}.json"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(history.to_json() + "\n")
+                print(f"recorded {path.relative_to(HISTORIES.parent.parent)}")
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("temporalio").setLevel(logging.ERROR)  # failed activities are scenarios
+    unknown = [name for name in argv if name not in SCENARIOS]
+    if unknown:
+        print(f"error: unknown scenario {unknown[0]!r}; known: {', '.join(SCENARIOS)}")
+        return 2
+    asyncio.run(record(argv or list(SCENARIOS)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
