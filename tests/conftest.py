@@ -16,6 +16,7 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from tests.fake_node import FakeNode
 from tests.servers import find_binary, nats_server
 from worker_main import create_worker
 from workflows.models import SEARCH_ATTRIBUTES
@@ -34,6 +35,14 @@ async def nc(nats_url: str) -> AsyncIterator[NATS]:
     conn = await nats.connect(nats_url, name="tests")
     yield conn
     await conn.drain()
+
+
+@pytest.fixture(autouse=True)
+async def stop_fake_nodes() -> AsyncIterator[None]:
+    """Stop the scripted nodes a test started, also when it failed before stopping them."""
+    yield
+    for node in list(FakeNode.live):
+        await node.stop()
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, ClassVar
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -33,7 +33,13 @@ InstallScript = Callable[[BackendInstallRequest, int], Awaitable[BackendInstallR
 
 
 class FakeNode:
-    """A stock-protocol node (no status extension) driven by a test script."""
+    """A stock-protocol node (no status extension) driven by a test script.
+
+    Every started node is in :attr:`live` until it stops; ``tests/conftest.py`` stops the ones a
+    failing test left behind, so their subscriptions never leak into later tests.
+    """
+
+    live: ClassVar[set[FakeNode]] = set()
 
     def __init__(self, nc: NATS, node_id: str, advertise_host: str = "10.0.0.7") -> None:
         self.nc = nc
@@ -61,7 +67,14 @@ class FakeNode:
         # the new interest (about 1 in 100 got "no responders"); a round trip through the
         # server to one of our own subjects does.
         await self.nc.request(subjects.models_running(self.node_id), b"{}", timeout=5)
+        FakeNode.live.add(self)
         return self
+
+    async def __aenter__(self) -> FakeNode:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
 
     async def answer_status(self, reply: InstallStatusReply) -> None:
         """Speak the node agent's status extension, always answering ``reply``."""
@@ -76,6 +89,7 @@ class FakeNode:
         await self.nc.flush()
 
     async def stop(self) -> None:
+        FakeNode.live.discard(self)
         for sub in self._subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()

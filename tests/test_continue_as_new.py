@@ -10,7 +10,7 @@ from temporalio.client import Client
 
 from protocol.messages import BackendInstallReply, BackendInstallRequest
 from tests.fake_node import FakeNode
-from tests.workflow_helpers import FAST, assert_replays, install_input, start_install
+from tests.workflow_helpers import FAST, assert_replays, install_input, start_install, wait_until
 from worker_main import create_worker
 from workflows.install_backend import InstallBackendWorkflow
 from workflows.rollout import RolloutBackendWorkflow
@@ -41,12 +41,11 @@ async def test_long_install_continues_as_new_and_keeps_its_op_and_counters(
         first_run = (await handle.describe()).run_id
         # Wait for a later run of the same workflow id to exist.
         latest = client.get_workflow_handle_for(InstallBackendWorkflow.run, handle.id)
-        for _ in range(600):
-            if (await latest.describe()).run_id != first_run:
-                break
-            await asyncio.sleep(0.1)
-        else:
-            raise AssertionError("the workflow never continued as new")
+
+        async def continued() -> bool:
+            return (await latest.describe()).run_id != first_run
+
+        await wait_until(continued, within=60, what="continue-as-new")
         status = await latest.query(InstallBackendWorkflow.progress)
         node.mark_running(node.install_requests[0])
         pulling.set()

@@ -13,13 +13,13 @@ from typing import Any
 
 from nats.aio.client import Client as NATS
 from temporalio import workflow
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.worker import Worker
 
 from protocol.messages import BackendInstallReply, BackendInstallRequest
 from tests.fake_node import FakeNode
-from tests.workflow_helpers import FAST, assert_replays, wait_for
+from tests.workflow_helpers import FAST, assert_replays, wait_for, wait_until
 
 
 @workflow.defn(name="ModelLoaderWorkflow")
@@ -88,11 +88,12 @@ async def test_two_foreign_workflows_share_one_install_by_type_name(
             for i in range(2)
         ]
         await wait_for(lambda: bool(node.install_bodies))
-        for _ in range(200):  # until one loader waits on the other's install
+
+        async def one_loader_waits() -> bool:
             descriptions = [await handle.describe() for handle in handles]
-            if any(d.raw_description.pending_activities for d in descriptions):
-                break
-            await asyncio.sleep(0.05)
+            return any(d.raw_description.pending_activities for d in descriptions)
+
+        await wait_until(one_loader_waits, what="one loader waiting on the other's install")
         release.set()
         results = [await handle.result() for handle in handles]
 
@@ -100,6 +101,6 @@ async def test_two_foreign_workflows_share_one_install_by_type_name(
     assert [r["address"] for r in results] == ["10.0.0.7:50051"] * 2
     assert sorted(r["shared"] for r in results) == [False, True]
     install = client.get_workflow_handle(f"install/{node_id}/llama-cpp/qwen3/0")
-    assert (await install.describe()).status is not None
+    assert (await install.describe()).status == WorkflowExecutionStatus.COMPLETED
     await node.stop()
     await assert_replays(install)

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from protocol.messages import BackendInstallProgressEvent, GalleryConfig
+from protocol.subjects import token_problem
 from workflows.install_backend import derive_op_id
 from workflows.models import InstallBackendInput, InstallPhase, InstallStatus
 from workflows.summary import describe_progress, details_markdown
@@ -59,6 +60,8 @@ def test_unknown_input_fields_are_refused_rather_than_silently_ignored() -> None
 
 def test_derived_op_ids_are_stable_per_workflow_and_valid_tokens() -> None:
     assert derive_op_id("wf-1") == derive_op_id("wf-1") != derive_op_id("wf-2")
+    for workflow_id in ("wf-1", "install/node-1/llama-cpp/qwen3.5/0", "a b.c*>", "x" * 1000):
+        assert token_problem(derive_op_id(workflow_id)) is None
 
 
 def test_details_summarise_phase_progress_and_probe() -> None:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import Client, WorkflowFailureError
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 
 from protocol import subjects
@@ -21,6 +22,7 @@ from tests.workflow_helpers import (
     install_input,
     start_install,
     wait_for,
+    wait_until,
 )
 from workflows.install_backend import InstallBackendWorkflow
 from workflows.models import InstallPhase
@@ -127,14 +129,16 @@ async def test_still_installing_probes_before_any_retry_and_sends_one_more_insta
     await assert_replays(handle)
 
 
-async def _wait_for_probes(handle, at_least: int) -> None:
+async def _wait_for_probes(
+    handle: WorkflowHandle[InstallBackendWorkflow, Any], at_least: int
+) -> None:
     """Wait until ``at_least`` probes have finished and the workflow waits for the next."""
-    for _ in range(300):
+
+    async def probed() -> bool:
         status = await handle.query(InstallBackendWorkflow.progress)
-        if status.probes >= at_least and status.phase == InstallPhase.WAITING:
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"fewer than {at_least} probes ran")
+        return status.probes >= at_least and status.phase == InstallPhase.WAITING
+
+    await wait_until(probed, what=f"{at_least} probes")
 
 
 async def test_permanent_failure_fails_fast_with_the_nodes_text(
@@ -310,13 +314,13 @@ async def test_cancelling_the_workflow_cancels_the_install_and_ends_cleanly(
     await assert_replays(handle)
 
 
-async def _wait_for_phase(handle, phase: InstallPhase) -> None:
-    for _ in range(300):
-        status = await handle.query(InstallBackendWorkflow.progress)
-        if status.phase == phase:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"phase {phase} not reached")
+async def _wait_for_phase(
+    handle: WorkflowHandle[InstallBackendWorkflow, Any], phase: InstallPhase
+) -> None:
+    async def reached() -> bool:
+        return (await handle.query(InstallBackendWorkflow.progress)).phase == phase
+
+    await wait_until(reached, what=f"phase {phase}", interval=0.05)
 
 
 async def test_a_wrongly_typed_input_fails_the_workflow_naming_the_field(

@@ -201,10 +201,10 @@ async def test_overlapping_rollouts_send_exactly_one_install_per_slot(
             statuses = [await h.query(RolloutBackendWorkflow.status) for h in (first, second)]
             return sum(1 for status in statuses for slot in status.slots if slot.shared)
 
-        for _ in range(300):
-            if await shared_slots() == 10:
-                break
-            await asyncio.sleep(0.1)
+        async def all_shared() -> bool:
+            return await shared_slots() == 10
+
+        await wait_until(all_shared, what="both rollouts sharing the 10 common slots")
         fleet.release.set()
         first_result, second_result = await first.result(), await second.result()
 
@@ -275,11 +275,10 @@ async def test_slow_slots_show_still_installing_with_their_progress(
     async def state() -> SlotState:
         return (await handle.query(RolloutBackendWorkflow.status)).slots[0].state
 
-    for _ in range(300):
-        if await state() is SlotState.STILL_INSTALLING:
-            break
-        await asyncio.sleep(0.1)
-    assert await state() is SlotState.STILL_INSTALLING
+    async def still_installing() -> bool:
+        return await state() is SlotState.STILL_INSTALLING
+
+    await wait_until(still_installing, what="the slot shown as still installing")
     metadata = await handle.query("__temporal_workflow_metadata")
     assert "| still installing |" in str(metadata)
     node.mark_running(node.install_requests[0])

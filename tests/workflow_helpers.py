@@ -107,9 +107,13 @@ async def heartbeat_with_events(
     client: Client, handle: WorkflowHandle[Any, Any], at_least: int
 ) -> InstallProgress:
     """Wait until the pending install's heartbeat has carried ``at_least`` progress events."""
-    for _ in range(300):
-        progress = await pending_heartbeat(client, handle)
-        if progress is not None and progress.event_count >= at_least:
-            return progress
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"no heartbeat with {at_least} progress events")
+    seen: InstallProgress | None = None
+
+    async def carried() -> bool:
+        nonlocal seen
+        seen = await pending_heartbeat(client, handle)
+        return seen is not None and seen.event_count >= at_least
+
+    await wait_until(carried, what=f"a heartbeat with {at_least} progress events")
+    assert seen is not None
+    return seen

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 from temporalio.client import Client
@@ -10,7 +9,7 @@ from temporalio.client import Client
 from node_agent.sample_backend import Gallery, SampleBackend, build_archive
 from tests.node_agent.conftest import ADVERTISE_HOST, AgentFactory
 from tests.node_agent.helpers import ArtifactServer
-from tests.workflow_helpers import assert_replays, install_input, start_install
+from tests.workflow_helpers import assert_replays, install_input, start_install, wait_until
 from workflows.install_backend import InstallBackendWorkflow
 
 
@@ -56,11 +55,12 @@ async def test_slow_install_is_probed_through_the_status_extension_and_downloads
         task_queue,
         install_input(node.node_id, backend="cpu-slow", install_timeout_seconds=1),
     )
-    for _ in range(300):
-        status = await handle.query(InstallBackendWorkflow.progress)
-        if status.last_probe is not None:
-            break
-        await asyncio.sleep(0.1)
+
+    async def probed() -> bool:
+        return (await handle.query(InstallBackendWorkflow.progress)).last_probe is not None
+
+    await wait_until(probed, what="a probe of the node agent")
+    status = await handle.query(InstallBackendWorkflow.progress)
     assert status.last_probe is not None
     assert status.last_probe.source == "status" and status.last_probe.state == "IN_FLIGHT"
     artifact_server.release()

@@ -26,7 +26,7 @@ from telemetry import Telemetry, telemetry_from_env
 from telemetry.logs import install_handler
 from telemetry.temporal import temporal_interceptors, temporal_runtime
 from tests.node_agent.conftest import AgentFactory
-from tests.workflow_helpers import install_input, start_install, wait_for
+from tests.workflow_helpers import install_input, start_install, wait_for, wait_until
 from worker_main import create_worker
 from workflows.models import InstallBackendResult
 
@@ -164,10 +164,7 @@ async def test_prometheus_endpoints_serve_temporal_install_and_node_metrics(
             temporal_text = await asyncio.to_thread(_scrape, f"http://{temporal_metrics}/metrics")
             return "temporal_workflow_completed" in temporal_text
 
-        for _ in range(100):
-            if await temporal_has_completed():
-                break
-            await asyncio.sleep(0.1)
+        await wait_until(temporal_has_completed, what="Temporal's completion metric")
     finally:
         worker_telemetry.shutdown()
         node_telemetry.shutdown()
