@@ -14,4 +14,5 @@ echo "== ruff"
 echo "== mypy"
 .venv/bin/mypy .
 echo "== pytest"
-.venv/bin/pytest "$@"
+# Coverage is reported (terminal table, files below 100 % only), never enforced.
+.venv/bin/pytest --cov --cov-report=term "$@"
