@@ -32,16 +32,16 @@ from temporalio.worker import Worker
 
 from activities.attach import await_install
 from activities.install import InstallActivities
+from activities.install_slots import install_slots
 from activities.probe import ProbeActivities
-from activities.rollout_slots import install_slots
+from contracts.names import DEFAULT_TASK_QUEUE
+from contracts.search_attributes import SEARCH_ATTRIBUTES
 from protocol.connection import NatsOptions
 from telemetry import LOG_FORMATS, Telemetry, configure_logging, telemetry_from_env
 from telemetry.temporal import client_traces, temporal_interceptors, temporal_runtime
 from workflows.install_backend import InstallBackendWorkflow
-from workflows.models import SEARCH_ATTRIBUTES
 from workflows.rollout import RolloutBackendWorkflow
 
-DEFAULT_TASK_QUEUE = "backend-install"
 DEFAULT_TEMPORAL_ADDRESS = "localhost:7233"
 
 log = logging.getLogger("worker_main")

@@ -1,5 +1,4 @@
-"""Everything that touches the network on the orchestrator side: install and probe activities.
-
-Workflows import only :mod:`activities.models` and :mod:`activities.errors` (names, models,
-failure types), never the NATS-bound implementations.
+"""Everything that touches the network on the orchestrator side: install, probe and batch
+activities. They share their names, models and failure types with the workflows through
+:mod:`contracts`; nothing here imports :mod:`workflows`.
 """

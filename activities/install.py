@@ -22,21 +22,20 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from pydantic import ValidationError
 from temporalio import activity
 
-from activities.errors import (
+from contracts.activities import (
+    InstallActivityInput,
+    InstallActivityResult,
+    InstallProgress,
+    progress_from_details,
+)
+from contracts.failures import (
     INSTALL_FAILED,
     NODE_UNREACHABLE,
     WORKER_STILL_INSTALLING,
     classify_node_error,
     node_failure,
 )
-from activities.models import (
-    INSTALL_ACTIVITY,
-    PROGRESS_SIGNAL,
-    InstallActivityInput,
-    InstallActivityResult,
-    InstallProgress,
-    progress_from_details,
-)
+from contracts.names import INSTALL_ACTIVITY, PROGRESS_SIGNAL
 from protocol import subjects
 from protocol.messages import BackendInstallProgressEvent, BackendInstallReply, process_key
 from telemetry import InstallMetrics, Telemetry, bind_fields, request_span

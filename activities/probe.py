@@ -21,7 +21,8 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from pydantic import ValidationError
 from temporalio import activity
 
-from activities.models import PROBE_ACTIVITY, ProbeInput, ProbeResult, ProbeState
+from contracts.activities import ProbeInput, ProbeResult, ProbeState
+from contracts.names import PROBE_ACTIVITY
 from protocol import subjects
 from protocol.gallery import (
     GalleryEntry,

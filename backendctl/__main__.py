@@ -17,9 +17,10 @@ from collections.abc import Sequence
 from temporalio.common import WorkflowIDConflictPolicy
 
 from backendctl.watch import watch
-from worker_main import DEFAULT_TASK_QUEUE, connect_temporal
+from contracts.install import InstallBackendInput, install_workflow_id
+from contracts.names import DEFAULT_TASK_QUEUE
+from worker_main import connect_temporal
 from workflows.install_backend import InstallBackendWorkflow
-from workflows.models import InstallBackendInput, install_workflow_id
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

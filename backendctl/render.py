@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from contracts.install import InstallBackendResult, InstallPhase, InstallStatus
 from protocol.messages import parse_size
-from workflows.models import InstallBackendResult, InstallPhase, InstallStatus
 
 BAR_WIDTH = 24
 

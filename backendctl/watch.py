@@ -14,10 +14,10 @@ from temporalio.client import (
 from temporalio.converter import DataConverter
 from temporalio.service import RPCError
 
-from activities.models import InstallProgress, progress_from_details
 from backendctl.render import status_line, success_line
+from contracts.activities import InstallProgress, progress_from_details
+from contracts.install import InstallStatus
 from workflows.install_backend import InstallBackendWorkflow
-from workflows.models import InstallStatus
 
 POLL_SECONDS = 0.5
 

@@ -22,8 +22,8 @@ from bench.node import WildcardNode, progress_body
 from bench.report import Report, median, percentile
 from bench.stack import CpuMeter, Stack, WorkerProcess, stack
 from bench.workloads import run_id, start_install, warm_up
+from contracts.install import InstallBackendInput, InstallBackendResult, InstallStatus
 from protocol import subjects
-from workflows.models import InstallBackendInput, InstallBackendResult, InstallStatus
 
 NAME = "progress"
 RATE = 2000

@@ -20,7 +20,8 @@ from bench.node import WildcardNode
 from bench.report import Report, median
 from bench.stack import CpuMeter, Stack, stack
 from bench.workloads import burst, install, run_id, warm_up
-from workflows.rollout_models import RolloutInput, RolloutStatus
+from contracts.names import ROLLOUT_WORKFLOW
+from contracts.rollout import RolloutInput, RolloutStatus
 
 NAME = "rollout"
 
@@ -36,7 +37,7 @@ async def rollout(stack: Stack, count: int, tag: str) -> tuple[float, RolloutSta
     )
     began = time.perf_counter()
     status = await stack.client.execute_workflow(
-        "RolloutBackendWorkflow",
+        ROLLOUT_WORKFLOW,
         rollout_input,
         id=f"rollout-{tag}",
         task_queue=stack.install_queue,

@@ -49,13 +49,14 @@ import node_agent.agent
 import node_agent.pipeline
 import node_agent.service
 import node_agent.supervisor
+from contracts.install import InstallBackendInput
+from contracts.search_attributes import SEARCH_ATTRIBUTES
+from devstack.sample_backend import Gallery, SampleBackend
 from node_agent import Agent, AgentConfig, NatsOptions
-from node_agent.sample_backend import Gallery, SampleBackend
 from telemetry import Telemetry, Traced
 from telemetry.temporal import temporal_interceptors
 from worker_main import create_worker
 from workflows.install_backend import InstallBackendWorkflow
-from workflows.models import SEARCH_ATTRIBUTES, InstallBackendInput
 
 MODES = ("baseline", "off", "on")
 

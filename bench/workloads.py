@@ -15,11 +15,10 @@ from temporalio.client import WorkflowHandle
 
 from bench.baseline import MINIMAL_WORKFLOW, install_body
 from bench.stack import Stack
+from contracts.install import InstallBackendInput, InstallBackendResult
+from contracts.names import INSTALL_WORKFLOW
 from protocol import subjects
 from protocol.messages import BackendInstallReply
-from workflows.models import InstallBackendInput, InstallBackendResult
-
-INSTALL_WORKFLOW = "InstallBackendWorkflow"
 
 
 def run_id() -> str:

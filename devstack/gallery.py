@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 from devstack.fileserver import RangeFileServer
-from node_agent.sample_backend import Gallery, SampleBackend, build_archive
+from devstack.sample_backend import Gallery, SampleBackend, build_archive
 from protocol.messages import GalleryConfig
 
 MIB = 1024 * 1024

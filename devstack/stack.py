@@ -15,13 +15,15 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
+from contracts.install import InstallBackendInput, install_workflow_id
+from contracts.names import DEFAULT_TASK_QUEUE
+from contracts.search_attributes import SEARCH_ATTRIBUTES
 from devstack.binaries import find_binary
 from devstack.gallery import THROTTLE_BYTES_PER_SECOND, ThrottledFileServer, prepare_gallery
 from devstack.processes import ProcessGroup, check_port_free, wait_for_line, wait_for_port
 from protocol.messages import encode_galleries
 from worker_main import connect_temporal
 from workflows.install_backend import InstallBackendWorkflow
-from workflows.models import SEARCH_ATTRIBUTES, InstallBackendInput, install_workflow_id
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,7 +39,7 @@ class StackConfig:
     artifact_port: int = 8099
     backend_port_base: int = 50100
     nodes: int = 2
-    task_queue: str = "backend-install"
+    task_queue: str = DEFAULT_TASK_QUEUE
     sample: bool = True
     artifact_rate: int = THROTTLE_BYTES_PER_SECOND
     """Bytes per second for the slow demo backend's download."""

@@ -16,10 +16,10 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from contracts.search_attributes import SEARCH_ATTRIBUTES
 from tests.fake_node import FakeNode
 from tests.servers import find_binary, nats_server
 from worker_main import create_worker
-from workflows.models import SEARCH_ATTRIBUTES
 
 
 @pytest.fixture(scope="session")

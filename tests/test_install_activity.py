@@ -12,14 +12,14 @@ from nats.aio.msg import Msg
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 from temporalio.testing import ActivityEnvironment
 
-from activities.errors import (
+from activities.install import InstallActivities
+from contracts.activities import InstallActivityInput, InstallProgress, progress_from_details
+from contracts.failures import (
     INSTALL_CANCELLED,
     INSTALL_FAILED,
     INSTALL_REJECTED,
     classify_node_error,
 )
-from activities.install import InstallActivities
-from activities.models import InstallActivityInput, InstallProgress, progress_from_details
 from protocol import subjects
 from protocol.messages import BackendInstallReply, BackendInstallRequest
 from tests.fake_node import FakeNode

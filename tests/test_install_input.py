@@ -6,10 +6,10 @@ from datetime import UTC, datetime
 
 import pytest
 
+from contracts.install import InstallBackendInput, InstallPhase, InstallStatus
 from protocol.messages import BackendInstallProgressEvent, GalleryConfig
 from protocol.subjects import token_problem
 from workflows.install_backend import derive_op_id
-from workflows.models import InstallBackendInput, InstallPhase, InstallStatus
 from workflows.summary import describe_progress, details_markdown
 
 

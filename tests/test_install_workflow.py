@@ -12,6 +12,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 
+from contracts.install import InstallPhase
 from protocol import subjects
 from protocol.messages import BackendInstallReply, BackendInstallRequest, GalleryConfig
 from tests.fake_node import FakeNode
@@ -25,7 +26,6 @@ from tests.workflow_helpers import (
     wait_until,
 )
 from workflows.install_backend import InstallBackendWorkflow
-from workflows.models import InstallPhase
 
 
 async def test_warm_path_sends_one_install_and_returns_the_nodes_address(

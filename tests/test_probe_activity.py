@@ -8,8 +8,8 @@ from pathlib import Path
 from nats.aio.client import Client as NATS
 from temporalio.testing import ActivityEnvironment
 
-from activities.models import ProbeInput, ProbeResult, ProbeState
 from activities.probe import ProbeActivities
+from contracts.activities import ProbeInput, ProbeResult, ProbeState
 from protocol.messages import (
     BackendInstallProgressEvent,
     GalleryConfig,

@@ -17,7 +17,16 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import ActivityEnvironment
 
-from activities.rollout_slots import install_slots
+from activities.install_slots import install_slots
+from contracts.install import install_workflow_id
+from contracts.rollout import (
+    InstallSlotsInput,
+    InstallSlotsProgress,
+    RolloutInput,
+    RolloutStatus,
+    RolloutTarget,
+    SlotState,
+)
 from protocol.messages import BackendInstallReply, BackendInstallRequest
 from tests.fake_node import FakeNode, InstallScript
 from tests.worker_process import worker_process
@@ -31,16 +40,7 @@ from tests.workflow_helpers import (
 )
 from worker_main import create_worker
 from workflows.install_backend import InstallBackendWorkflow
-from workflows.models import install_workflow_id
 from workflows.rollout import RolloutBackendWorkflow
-from workflows.rollout_models import (
-    InstallSlotsInput,
-    InstallSlotsProgress,
-    RolloutInput,
-    RolloutStatus,
-    RolloutTarget,
-    SlotState,
-)
 
 
 class Fleet:

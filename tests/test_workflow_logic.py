@@ -23,15 +23,7 @@ from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
-from activities.errors import (
-    INSTALL_FAILED,
-    NODE_UNREACHABLE,
-    WORKER_STILL_INSTALLING,
-    node_failure,
-)
-from activities.models import (
-    INSTALL_ACTIVITY,
-    PROBE_ACTIVITY,
+from contracts.activities import (
     InstallActivityInput,
     InstallActivityResult,
     InstallProgress,
@@ -39,8 +31,15 @@ from activities.models import (
     ProbeResult,
     ProbeState,
 )
+from contracts.failures import (
+    INSTALL_FAILED,
+    NODE_UNREACHABLE,
+    WORKER_STILL_INSTALLING,
+    node_failure,
+)
+from contracts.install import InstallBackendInput, InstallBackendResult
+from contracts.names import INSTALL_ACTIVITY, PROBE_ACTIVITY
 from workflows.install_backend import InstallBackendWorkflow
-from workflows.models import InstallBackendInput, InstallBackendResult
 
 TICK = 0.05
 """Every interval of these tests, in seconds."""

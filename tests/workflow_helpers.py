@@ -12,10 +12,10 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
-from activities.models import InstallProgress
 from backendctl.watch import pending_install_progress
+from contracts.activities import InstallProgress
+from contracts.install import InstallBackendInput, InstallBackendResult
 from workflows.install_backend import InstallBackendWorkflow
-from workflows.models import InstallBackendInput, InstallBackendResult
 from workflows.rollout import RolloutBackendWorkflow
 
 FAST = {

@@ -26,18 +26,7 @@ from temporalio.exceptions import (
 with workflow.unsafe.imports_passed_through():
     import pydantic
 
-    from activities.errors import (
-        ACTIVITY_ROUTED_TYPES,
-        INSTALL_DEADLINE_EXCEEDED,
-        INSTALL_FAILED,
-        INVALID_INPUT,
-        NODE_UNREACHABLE,
-        WORKER_STILL_INSTALLING,
-    )
-    from activities.models import (
-        INSTALL_ACTIVITY,
-        PROBE_ACTIVITY,
-        PROGRESS_SIGNAL,
+    from contracts.activities import (
         InstallActivityInput,
         InstallActivityResult,
         InstallProgress,
@@ -46,20 +35,38 @@ with workflow.unsafe.imports_passed_through():
         ProbeState,
         progress_from_details,
     )
-    from protocol.messages import BackendInstallRequest, encode_galleries
-    from workflows.models import (
-        BACKEND_NAME,
-        INSTALL_PHASE,
-        MODEL_ID,
-        NODE_ID,
-        ROLLOUT_ID,
+    from contracts.failures import (
+        ACTIVITY_ROUTED_TYPES,
+        INSTALL_DEADLINE_EXCEEDED,
+        INSTALL_FAILED,
+        INVALID_INPUT,
+        NODE_UNREACHABLE,
+        WORKER_STILL_INSTALLING,
+    )
+    from contracts.install import (
         InstallBackendInput,
         InstallBackendResult,
         InstallCarryOver,
         InstallPhase,
         InstallStatus,
     )
-    from workflows.rollout_models import SLOT_STATE_SIGNAL, SlotReport, SlotState
+    from contracts.names import (
+        INSTALL_ACTIVITY,
+        INSTALL_WORKFLOW,
+        PROBE_ACTIVITY,
+        PROGRESS_QUERY,
+        PROGRESS_SIGNAL,
+        SLOT_STATE_SIGNAL,
+    )
+    from contracts.rollout import SlotReport, SlotState
+    from contracts.search_attributes import (
+        BACKEND_NAME,
+        INSTALL_PHASE,
+        MODEL_ID,
+        NODE_ID,
+        ROLLOUT_ID,
+    )
+    from protocol.messages import BackendInstallRequest, encode_galleries
     from workflows.summary import describe_progress, details_markdown
 
 ACTIVITY_MARGIN = timedelta(seconds=30)
@@ -111,7 +118,7 @@ def derive_op_id(workflow_id: str) -> str:
     return str(uuid.uuid5(OP_ID_NAMESPACE, workflow_id))
 
 
-@workflow.defn(name="InstallBackendWorkflow", failure_exception_types=[pydantic.ValidationError])
+@workflow.defn(name=INSTALL_WORKFLOW, failure_exception_types=[pydantic.ValidationError])
 class InstallBackendWorkflow:
     """Install a backend on one node and return the address of the slot's running process."""
 
@@ -186,7 +193,7 @@ class InstallBackendWorkflow:
             self._set_phase(InstallPhase.FAILED)
             raise
 
-    @workflow.query(name="progress")
+    @workflow.query(name=PROGRESS_QUERY)
     def progress(self) -> InstallStatus:
         """Phase, attempts, probes, the newest progress event and the last probe result."""
         return self._status

@@ -1,7 +1,7 @@
 """``RolloutBackendWorkflow``: install one backend on many slots, a bounded number at a time.
 
 Every slot is an ``InstallBackendWorkflow`` whose id is derived from the slot
-(:func:`workflows.models.install_workflow_id`), so a re-run or an overlapping rollout can
+(:func:`contracts.install.install_workflow_id`), so a re-run or an overlapping rollout can
 never install the same slot twice at once. The rollout does not start them as children: it
 hands slots in batches to the ``install_slots`` activity, which starts (or joins) each
 install like any client would and sends the outcomes back a batch at a time. A child per slot
@@ -26,12 +26,18 @@ from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_
 with workflow.unsafe.imports_passed_through():
     import pydantic
 
-    from activities.errors import INVALID_INPUT
-    from activities.models import INSTALL_SLOTS_ACTIVITY
-    from workflows.rollout_models import (
-        FINISHED_STATES,
+    from contracts.failures import INVALID_INPUT
+    from contracts.names import (
+        ADD_TARGETS_UPDATE,
+        CANCEL_ROLLOUT_SIGNAL,
+        INSTALL_SLOTS_ACTIVITY,
+        ROLLOUT_STATUS_QUERY,
+        ROLLOUT_WORKFLOW,
         SLOT_STATE_SIGNAL,
         SLOTS_STARTED_SIGNAL,
+    )
+    from contracts.rollout import (
+        FINISHED_STATES,
         AddTargetsResult,
         FailurePolicy,
         InstallSlotsInput,
@@ -60,7 +66,7 @@ BATCH_HEARTBEAT_TIMEOUT = timedelta(seconds=10)
 """A batch heartbeats every second; its cancellation reaches it within 0.8x this."""
 
 
-@workflow.defn(name="RolloutBackendWorkflow", failure_exception_types=[pydantic.ValidationError])
+@workflow.defn(name=ROLLOUT_WORKFLOW, failure_exception_types=[pydantic.ValidationError])
 class RolloutBackendWorkflow:
     """Install a backend on every target slot and report each slot's outcome."""
 
@@ -100,7 +106,7 @@ class RolloutBackendWorkflow:
         self._publish()
         return self.status()
 
-    @workflow.query(name="status")
+    @workflow.query(name=ROLLOUT_STATUS_QUERY)
     def status(self) -> RolloutStatus:
         """Every slot with its state, address or error, and counts by state."""
         return RolloutStatus(
@@ -113,7 +119,7 @@ class RolloutBackendWorkflow:
             runs=self._runs,
         )
 
-    @workflow.update(name="add_targets")
+    @workflow.update(name=ADD_TARGETS_UPDATE)
     def add_targets(self, targets: list[RolloutTarget]) -> AddTargetsResult:
         """Queue more slots; slots the rollout already knows are not installed twice."""
         added = already = 0
@@ -135,7 +141,7 @@ class RolloutBackendWorkflow:
         if problems:
             raise ValueError("; ".join(f"{field}: {reason}" for field, reason in problems[:10]))
 
-    @workflow.signal(name="cancel_rollout")
+    @workflow.signal(name=CANCEL_ROLLOUT_SIGNAL)
     def cancel_rollout(self) -> None:
         """Cancel in-flight installs, start no more, and report what was done."""
         self._cancelled = True

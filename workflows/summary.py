@@ -5,8 +5,8 @@ Pure functions of the status model, so the workflow, the CLI and tests render th
 
 from __future__ import annotations
 
+from contracts.install import InstallStatus
 from protocol.messages import BackendInstallProgressEvent
-from workflows.models import InstallStatus
 
 
 def describe_progress(event: BackendInstallProgressEvent | None) -> str:

@@ -14,10 +14,10 @@ from playwright.async_api import TimeoutError as PlaywrightTimeout
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
+from contracts.install import InstallBackendInput, install_workflow_id
 from tests.devstack.browser import browser_page, screenshot
 from tests.devstack.conftest import ROOT, RunningStack
 from workflows.install_backend import InstallBackendWorkflow
-from workflows.models import InstallBackendInput, install_workflow_id
 
 
 async def connect(stack: RunningStack) -> Client:

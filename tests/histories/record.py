@@ -29,15 +29,16 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from contracts.install import InstallPhase
+from contracts.rollout import FailurePolicy, RolloutInput, RolloutTarget
+from contracts.search_attributes import SEARCH_ATTRIBUTES
 from protocol.messages import BackendInstallReply, BackendInstallRequest
 from tests.fake_node import FakeNode
 from tests.servers import find_binary, nats_server
 from tests.workflow_helpers import FAST, install_input, start_install, wait_for, wait_until
 from worker_main import create_worker
 from workflows.install_backend import InstallBackendWorkflow
-from workflows.models import SEARCH_ATTRIBUTES, InstallPhase
 from workflows.rollout import RolloutBackendWorkflow
-from workflows.rollout_models import FailurePolicy, RolloutInput, RolloutTarget
 
 HISTORIES = Path(__file__).resolve().parent
 

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from nats.aio.client import Client as NATS
 
+from devstack.sample_backend import Gallery
 from node_agent import Agent, AgentConfig, NatsOptions
-from node_agent.sample_backend import Gallery
 from tests.node_agent.helpers import ArtifactServer, NodeClient
 
 ADVERTISE_HOST = "127.0.0.2"

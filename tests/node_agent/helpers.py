@@ -13,8 +13,8 @@ from typing import Any
 from nats.aio.client import Client as NATS
 
 from devstack.fileserver import RangeFileServer
+from devstack.sample_backend import Gallery
 from node_agent import Agent
-from node_agent.sample_backend import Gallery
 from protocol import subjects
 from protocol.messages import (
     BackendDeleteReply,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from node_agent.sample_backend import SampleBackend, build_archive
+from devstack.sample_backend import SampleBackend, build_archive
 from protocol.messages import BackendStopRequest, SlotState
 from tests.node_agent.conftest import ADVERTISE_HOST
 from tests.node_agent.helpers import ArtifactServer, NodeClient, eventually

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from nats.aio.client import Client as NATS
 
+from devstack.sample_backend import Gallery, SampleBackend
 from node_agent import backend_rpc
-from node_agent.sample_backend import Gallery, SampleBackend
 from protocol import subjects
 from protocol.messages import BackendInstallReply, BackendInstallRequest, encode_galleries
 

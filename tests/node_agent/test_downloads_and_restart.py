@@ -6,7 +6,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-from node_agent.sample_backend import SampleBackend, build_archive
+from devstack.sample_backend import SampleBackend, build_archive
 from protocol import subjects
 from protocol.messages import BackendInstallRequest, encode_galleries
 from tests.node_agent.helpers import ArtifactServer, NodeClient, eventually

@@ -6,8 +6,8 @@ import os
 import signal
 from pathlib import Path
 
+from devstack.sample_backend import SampleBackend
 from node_agent import backend_rpc
-from node_agent.sample_backend import SampleBackend
 from protocol import subjects
 from protocol.messages import BackendStopRequest, ProgressPhase
 from tests.node_agent.conftest import ADVERTISE_HOST
@@ -144,7 +144,7 @@ async def test_backend_stop_accepts_key_model_backend_and_null(
 async def test_install_from_a_json_index_over_http(
     node: NodeClient, archives: Path, artifact_server
 ) -> None:
-    from node_agent.sample_backend import Gallery, build_archive
+    from devstack.sample_backend import Gallery, build_archive
     from protocol.messages import GalleryConfig, encode_galleries
 
     built = build_archive(archives / "web.tar", SampleBackend("web-echo"))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from temporalio.client import Client
 
-from node_agent.sample_backend import Gallery, SampleBackend, build_archive
+from devstack.sample_backend import Gallery, SampleBackend, build_archive
 from tests.node_agent.conftest import ADVERTISE_HOST, AgentFactory
 from tests.node_agent.helpers import ArtifactServer
 from tests.workflow_helpers import assert_replays, install_input, start_install, wait_until

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from devstack.sample_backend import SampleBackend, build_archive
 from node_agent import backend_rpc
-from node_agent.sample_backend import SampleBackend, build_archive
 from protocol import subjects
 from protocol.messages import BackendInstallReply
 from tests.node_agent.helpers import NodeClient, eventually

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from node_agent.sample_backend import SampleBackend
+from devstack.sample_backend import SampleBackend
 from tests.node_agent.helpers import NodeClient
 
 

@@ -2,7 +2,7 @@
 
 A sample backend is a directory with ``run.sh`` that starts a tiny Python gRPC server
 implementing ``/backend.Backend/Health`` (answers ``OK``) and ``/backend.Backend/Free`` on the
-``--addr`` it is given — exactly the contract of reference §17. ``run.sh`` names the absolute
+``--addr`` it is given — exactly the run contract of docs/protocol.md. ``run.sh`` names the absolute
 path of the interpreter that built it, so the backend runs without network access or a
 separate installation. :func:`build_gallery` packs backends as ``.tar.gz`` archives and writes
 a gallery index (YAML or JSON) with their sha256, ready for a node agent to install.

@@ -1,4 +1,4 @@
-"""Input, result, status and search attributes of ``InstallBackendWorkflow``.
+"""Input, result and status of ``InstallBackendWorkflow``.
 
 The input's field names are a public contract: other teams and ``temporal workflow start
 --input`` use them. Fields are typed loosely enough that a wrong value reaches
@@ -12,19 +12,10 @@ from datetime import datetime
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict
-from temporalio.common import SearchAttributeKey
 
-from activities.models import InstallProgress, ProbeResult
+from contracts.activities import InstallProgress, ProbeResult
 from protocol.messages import BackendInstallProgressEvent, GalleryConfig, process_key
 from protocol.subjects import token_problem
-
-NODE_ID = SearchAttributeKey.for_keyword("NodeId")
-BACKEND_NAME = SearchAttributeKey.for_keyword("BackendName")
-MODEL_ID = SearchAttributeKey.for_keyword("ModelId")
-INSTALL_PHASE = SearchAttributeKey.for_keyword("InstallPhase")
-ROLLOUT_ID = SearchAttributeKey.for_keyword("RolloutId")
-SEARCH_ATTRIBUTES = (NODE_ID, BACKEND_NAME, MODEL_ID, INSTALL_PHASE, ROLLOUT_ID)
-"""Custom keyword search attributes the workflow upserts; register them on the namespace."""
 
 MAX_REPLICA_INDEX = 2**31 - 1
 

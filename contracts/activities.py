@@ -11,21 +11,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from protocol.messages import BackendInstallProgressEvent, BackendInstallRequest, RunningModelInfo
 
-INSTALL_ACTIVITY = "install_backend"
-"""Activity type name of the install activity (workflows call it by name, without NATS)."""
-
-PROBE_ACTIVITY = "probe_slot"
-"""Activity type name of the probe activity."""
-
-ATTACH_ACTIVITY = "await_install"
-"""Activity type name that waits for an install workflow someone else started."""
-
-INSTALL_SLOTS_ACTIVITY = "install_slots"
-"""Activity type name that starts a batch of a rollout's installs and waits for them."""
-
-PROGRESS_SIGNAL = "report_progress"
-"""Workflow signal that receives :class:`InstallProgress` reports from the install activity."""
-
 
 class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")

@@ -23,12 +23,15 @@ from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.attach import install_result
-from activities.errors import INSTALL_CANCELLED, ROLLOUT_GONE
-from activities.models import INSTALL_SLOTS_ACTIVITY
-from workflows.models import InstallBackendResult
-from workflows.rollout_models import (
+from contracts.failures import INSTALL_CANCELLED, ROLLOUT_GONE
+from contracts.install import InstallBackendResult
+from contracts.names import (
+    INSTALL_SLOTS_ACTIVITY,
+    INSTALL_WORKFLOW,
     SLOT_STATE_SIGNAL,
     SLOTS_STARTED_SIGNAL,
+)
+from contracts.rollout import (
     InstallSlotsInput,
     InstallSlotsProgress,
     InstallSlotsResult,
@@ -39,7 +42,6 @@ from workflows.rollout_models import (
     expand_slots,
 )
 
-INSTALL_WORKFLOW = "InstallBackendWorkflow"
 REPORT_INTERVAL = 1.0
 """Seconds between outcome signals: the rollout's table lags by this, its history does not
 grow per slot."""
@@ -61,10 +63,10 @@ async def install_slots(input: InstallSlotsInput) -> InstallSlotsResult:
     progress = (
         InstallSlotsProgress.model_validate(details[0]) if details else InstallSlotsProgress()
     )
-    return await SlotBatch(activity.client(), input, progress).run()
+    return await InstallSlotsRun(activity.client(), input, progress).run()
 
 
-class SlotBatch:
+class InstallSlotsRun:
     """One attempt at a batch: start or join each install, then collect the outcomes."""
 
     def __init__(

@@ -7,15 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from contracts.install import InstallBackendInput, install_workflow_id
 from protocol.messages import GalleryConfig
-from workflows.models import InstallBackendInput, install_workflow_id
-
-SLOT_STATE_SIGNAL = "slot_state_changed"
-"""Signal carrying a list of :class:`SlotReport`: from an install when its slot goes between
-installing and still installing, and from the ``install_slots`` activity as slots finish."""
-
-SLOTS_STARTED_SIGNAL = "slots_started"
-"""Signal carrying :class:`SlotsStarted`: which slots of a batch the rollout owns."""
 
 
 class RolloutTarget(BaseModel):

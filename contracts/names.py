@@ -1,0 +1,57 @@
+"""Every name that crosses a process boundary: workflow, activity, signal, query and update names.
+
+Clients, workers and other teams' workflows refer to these by string (the Temporal CLI, the web
+UI, ``start_workflow("InstallBackendWorkflow", ...)``), so they are the public contract and never
+change once deployed. Code refers to them through these constants only.
+"""
+
+from __future__ import annotations
+
+DEFAULT_TASK_QUEUE = "backend-install"
+"""The task queue the worker polls unless told otherwise."""
+
+# --- workflow types ------------------------------------------------------------------------------
+
+INSTALL_WORKFLOW = "InstallBackendWorkflow"
+"""One slot on one node, installed durably; returns the address of the running process."""
+
+ROLLOUT_WORKFLOW = "RolloutBackendWorkflow"
+"""One backend across many slots, with bounded parallelism and a failure policy."""
+
+# --- activity types ------------------------------------------------------------------------------
+
+INSTALL_ACTIVITY = "install_backend"
+"""Sends one ``backend.install`` and forwards its progress as heartbeats."""
+
+PROBE_ACTIVITY = "probe_slot"
+"""Asks a node what it knows about one slot (the idempotency probe)."""
+
+ATTACH_ACTIVITY = "await_install"
+"""Waits for an install workflow that someone else started."""
+
+INSTALL_SLOTS_ACTIVITY = "install_slots"
+"""Starts one batch of a rollout's installs and waits for them."""
+
+# --- signals, queries, updates -------------------------------------------------------------------
+
+PROGRESS_SIGNAL = "report_progress"
+"""Install workflow: :class:`contracts.activities.InstallProgress` from the install activity."""
+
+PROGRESS_QUERY = "progress"
+"""Install workflow: :class:`contracts.install.InstallStatus`, the install as a person sees it."""
+
+SLOT_STATE_SIGNAL = "slot_state_changed"
+"""Rollout: a list of :class:`contracts.rollout.SlotReport`, from installs (installing ↔ still
+installing) and from the ``install_slots`` activity as slots finish."""
+
+SLOTS_STARTED_SIGNAL = "slots_started"
+"""Rollout: :class:`contracts.rollout.SlotsStarted`, which slots of a batch the rollout owns."""
+
+ROLLOUT_STATUS_QUERY = "status"
+"""Rollout: :class:`contracts.rollout.RolloutStatus`, every slot's state."""
+
+ADD_TARGETS_UPDATE = "add_targets"
+"""Rollout: add targets to a running rollout; returns what was added."""
+
+CANCEL_ROLLOUT_SIGNAL = "cancel_rollout"
+"""Rollout: start no new slot, cancel the installs in flight, report the rest."""
