@@ -65,7 +65,9 @@ def agent_command(
     ]
 
 
-async def spawn_agent(command: list[str], log: Path, env: dict[str, str] | None = None) -> AgentProcess:
+async def spawn_agent(
+    command: list[str], log: Path, env: dict[str, str] | None = None
+) -> AgentProcess:
     """Start the agent; stdout is a pipe (its ``ready`` line), stderr goes to ``log``."""
     with log.open("ab") as err:
         process = await asyncio.create_subprocess_exec(

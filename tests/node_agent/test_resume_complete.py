@@ -53,8 +53,10 @@ async def test_a_complete_partial_left_by_a_killed_agent_is_used_without_downloa
             request = BackendInstallRequest(backend="cpu-echo", op_id="op-kill").to_wire()
             await nc.publish(subjects.install(node_id), request)
             await eventually(
-                lambda: [p.stat().st_size for p in downloads.glob("*.partial")] == [size]
-                and "pausing before extract" in agent.log_text(),
+                lambda: (
+                    [p.stat().st_size for p in downloads.glob("*.partial")] == [size]
+                    and "pausing before extract" in agent.log_text()
+                ),
                 "the download to complete and the agent to pause before extracting",
             )
             await agent.kill()
