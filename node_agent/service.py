@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
+import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -88,6 +89,8 @@ class NodeService:
 
     def __init__(self, config: AgentConfig, publish: Publish) -> None:
         self.config = config
+        self.instance_id: str = uuid.uuid4().hex
+        """This run of the agent (another agent with the same node id has another one)."""
         self._publish = publish
         self.store = BackendStore(config.backends_dir, config.capability)
         self.ports = PortAllocator(
