@@ -130,7 +130,7 @@ class Agent:
         self._subscriptions.append(
             await self.nc.subscribe(instance_subject(node), cb=self._on_instance)
         )
-        self.service.recover()
+        await self.service.recover()
         routes: list[tuple[str, Handler]] = [
             (subjects.install(node), self._on_install),
             (subjects.upgrade(node), self._on_upgrade),

@@ -109,10 +109,12 @@ class NodeService:
 
     # --- life cycle --------------------------------------------------------------------------
 
-    def recover(self) -> None:
-        """Clean leftovers of installs interrupted by a crash or kill of a previous run."""
+    async def recover(self) -> None:
+        """Clean up after a crash or kill of a previous run: interrupted installs go, backend
+        processes it left running are adopted when healthy and killed otherwise."""
         self.config.backends_dir.mkdir(parents=True, exist_ok=True)
         self.store.recover()
+        await self.supervisor.recover()
 
     async def close(self) -> None:
         """Cancel in-flight work (cleaning its staging), stop every process."""
