@@ -76,6 +76,31 @@ class ProcessRecord:
         stat = proc_stat(self.pid)
         return stat is not None and stat.start_ticks == self.start_ticks
 
+    def orphans(self) -> list[int]:
+        """Processes ``run.sh`` forked that outlived the recorded one (which is gone).
+
+        Only when nothing holds the recorded pid, and only processes that are in its process
+        group, started after it and run inside its backend directory: all three together
+        rule out an unrelated group that reused the id.
+        """
+        if proc_stat(self.pid) is not None:
+            return []
+        directory = Path(self.directory)
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            stat = proc_stat(int(entry.name))
+            if stat is None or stat.pgrp != self.pid or stat.start_ticks < self.start_ticks:
+                continue
+            try:
+                cwd = Path(os.readlink(entry / "cwd"))
+            except OSError:
+                continue
+            if cwd == directory or directory in cwd.parents:
+                found.append(int(entry.name))
+        return found
+
     @classmethod
     def from_json(cls, raw: Any, root: Path) -> ProcessRecord | None:
         """A checked record, or None when any field is missing, mistyped or out of bounds."""

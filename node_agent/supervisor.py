@@ -298,6 +298,16 @@ class Supervisor:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self._config.stop_grace):
                         await wait_pid_exit(record.pid)
+            elif orphans := record.orphans():
+                log.warning(
+                    "killing processes %s left by backend process %s (pid %s, gone)",
+                    orphans,
+                    record.key,
+                    record.pid,
+                )
+                for pid in orphans:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(pid, signal.SIGKILL)
             else:
                 log.info("recorded backend process %s (pid %s) is gone", record.key, record.pid)
         self._save_records()

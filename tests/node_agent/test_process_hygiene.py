@@ -44,8 +44,7 @@ def reaping(directory: Path) -> Iterator[None]:
     finally:
         for pid in processes_in(directory):
             with contextlib.suppress(OSError):
-                os.killpg(pid, signal.SIGCONT)
-                os.killpg(pid, signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)  # also a stopped one
 
 
 async def install(nc: NATS, node_id: str) -> BackendInstallReply:
@@ -155,3 +154,40 @@ async def test_a_recorded_pid_now_held_by_an_unrelated_process_is_neither_killed
     finally:
         unrelated.kill()
         await unrelated.wait()
+
+
+async def test_what_a_dead_recorded_process_forked_in_its_directory_is_killed(
+    start_agent: AgentFactory, tmp_path: Path
+) -> None:
+    backends = tmp_path / "backends"
+    backend_dir = backends / "cpu-echo"
+    backend_dir.mkdir(parents=True)
+    with reaping(backend_dir):
+        leader = await asyncio.create_subprocess_exec(
+            "sh", "-c", "sleep 300 & wait", cwd=backend_dir, start_new_session=True
+        )
+        await eventually(lambda: len(processes_in(backend_dir)) == 2, "run.sh to fork")
+        stat = proc_stat(leader.pid)
+        assert stat is not None
+        [child] = [pid for pid in processes_in(backend_dir) if pid != leader.pid]
+        ProcessRecords(backends).save(
+            [
+                ProcessRecord(
+                    key="m#0",
+                    backend="cpu-echo",
+                    directory=str(backend_dir),
+                    identity=None,
+                    port=50051,
+                    pid=leader.pid,
+                    start_ticks=stat.start_ticks,
+                    log=str(backends / ".logs" / "m.log"),
+                )
+            ]
+        )
+        leader.kill()
+        await leader.wait()
+        assert processes_in(backend_dir) == [child]  # the orphan lives on
+
+        await start_agent()
+
+        await eventually(lambda: processes_in(backend_dir) == [], "the orphan to be killed")
