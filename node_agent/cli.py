@@ -150,6 +150,10 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
     problem = token_problem(args.node_id)
     if problem is not None:
         raise ValueError(f"--node-id {args.node_id!r}: {problem}")
+    if not args.duplicate_check_interval >= 0:
+        raise ValueError(
+            f"--duplicate-check-interval {args.duplicate_check_interval!r}: must be 0 or more"
+        )
     try:
         galleries = decode_galleries(args.galleries.strip())
     except (ValidationError, ValueError) as err:

@@ -8,8 +8,10 @@ import os
 import signal
 from pathlib import Path
 
+import pytest
 from nats.aio.client import Client as NATS
 
+from node_agent.cli import main
 from node_agent.duplicates import Instance, other_instances
 from node_agent.sample_backend import Gallery
 from tests.node_agent.agent_process import agent_command, spawn_agent, wait_ready
@@ -118,3 +120,37 @@ async def test_an_agent_that_missed_the_start_up_check_stops_when_the_older_one_
         await older.kill()
         if younger is not None:
             await younger.kill()
+
+
+def test_a_negative_duplicate_check_interval_is_refused_naming_the_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--node-id", "n", "--backends-dir", str(tmp_path), "--duplicate-check-interval", "-1"]
+
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (
+        "error: --duplicate-check-interval -1.0: must be 0 or more\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[]",
+        b"not json",
+        b'{"instance_id": "ab", "host": "h", "pid": true, "started_at": 1}',
+        b'{"instance_id": "AB;rm", "host": "h", "pid": 1, "started_at": 1}',
+        b'{"instance_id": "ab", "host": "h\\nforged log line", "pid": 1, "started_at": 1}',
+        b'{"instance_id": "ab", "host": "h", "pid": 1, "started_at": "soon"}',
+        b'{"instance_id": "ab", "host": "' + b"h" * 2000 + b'", "pid": 1, "started_at": 1}',
+    ],
+)
+def test_an_instance_reply_that_is_malformed_or_too_large_is_ignored(body: bytes) -> None:
+    assert Instance.from_wire(body) is None
+
+
+def test_the_older_of_two_instances_is_the_earlier_start_then_the_smaller_id() -> None:
+    first, second = Instance("aa", "h", 1, 10.0), Instance("bb", "h", 2, 10.0)
+
+    assert first.older_than(second) and not second.older_than(first)
+    assert Instance("ff", "h", 3, 9.0).older_than(first)

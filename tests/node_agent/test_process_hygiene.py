@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 from collections.abc import Iterator
@@ -191,3 +192,28 @@ async def test_what_a_dead_recorded_process_forked_in_its_directory_is_killed(
         await start_agent()
 
         await eventually(lambda: processes_in(backend_dir) == [], "the orphan to be killed")
+
+
+def test_records_that_are_malformed_or_point_outside_the_backends_dir_are_ignored(
+    tmp_path: Path,
+) -> None:
+    good = {
+        "key": "m#0",
+        "backend": "cpu-echo",
+        "directory": str(tmp_path / "cpu-echo"),
+        "identity": [1, 2],
+        "port": 50051,
+        "pid": 4242,
+        "start_ticks": 99,
+        "log": "",
+    }
+    bad = [
+        {**good, "directory": "/etc"},
+        {**good, "key": "no replica"},
+        {**good, "pid": True},
+        {**good, "port": 70000},
+        "text",
+    ]
+    (tmp_path / ".processes.json").write_text(json.dumps({"processes": [good, *bad]}))
+
+    assert [r.pid for r in ProcessRecords(tmp_path).load()] == [4242]
