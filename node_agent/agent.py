@@ -31,6 +31,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import socket
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -41,6 +44,7 @@ from nats.aio.msg import Msg
 from pydantic import ValidationError
 
 from node_agent.config import AgentConfig
+from node_agent.duplicates import DuplicateAgent, Instance, instance_subject, other_instances
 from node_agent.errors import AgentError
 from node_agent.service import NodeService
 from protocol import subjects
@@ -92,6 +96,12 @@ class Agent:
         self._stopping = False
         self.service = NodeService(config, self._publish)
         self._tracer = config.telemetry.tracer()
+        self.instance = Instance(
+            self.service.instance_id, socket.gethostname(), os.getpid(), time.time()
+        )
+        self.conflict = ""
+        """Why this agent stopped serving because an older one has its node id ("" if not)."""
+        self._duplicate_watch: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Agent:
         await self.start()
@@ -108,11 +118,19 @@ class Agent:
         return self._nc
 
     async def start(self) -> None:
-        """Clean leftovers, connect, subscribe; returns once the server knows the subscriptions."""
-        self.service.recover()
+        """Connect, make sure no other agent serves this node id, clean leftovers, subscribe.
+
+        Returns once the server knows the subscriptions. Raises :class:`DuplicateAgent`
+        (before touching the backends directory) when another agent answers for the node id.
+        """
         if self._nc is None:
             self._nc = await self.config.nats.connect(f"node-agent-{self.config.node_id}")
         node = self.config.node_id
+        await self._refuse_if_taken()
+        self._subscriptions.append(
+            await self.nc.subscribe(instance_subject(node), cb=self._on_instance)
+        )
+        await self.service.recover()
         routes: list[tuple[str, Handler]] = [
             (subjects.install(node), self._on_install),
             (subjects.upgrade(node), self._on_upgrade),
@@ -130,7 +148,59 @@ class Agent:
                 await self.nc.subscribe(subject, cb=self._dispatcher(handler, operation))
             )
         await self._confirm_subscriptions()
-        log.info("node agent %s listening", node)
+        if self.config.duplicate_check_interval > 0:
+            self._duplicate_watch = asyncio.create_task(self._watch_duplicates())
+        log.info("node agent %s listening (%s)", node, self.instance.describe())
+
+    async def _refuse_if_taken(self) -> None:
+        others = await other_instances(
+            self.nc,
+            self.config.node_id,
+            self.instance,
+            self.config.duplicate_check_window,
+            first_only=True,
+        )
+        if others:
+            if self._owns_connection:
+                with contextlib.suppress(Exception):
+                    await self.nc.close()
+            raise DuplicateAgent(
+                f"node id {self.config.node_id} is already served by agent "
+                f"{others[0].describe()}; stop that agent or start this one with another "
+                "--node-id"
+            )
+
+    async def _on_instance(self, msg: Msg) -> None:
+        """Tell an agent that asks for this node id who serves it."""
+        await self._respond(msg, self.instance.to_wire())
+
+    async def _watch_duplicates(self) -> None:
+        """Ask again periodically: agents that started at the same moment both heard nothing."""
+        node = self.config.node_id
+        while True:
+            await asyncio.sleep(self.config.duplicate_check_interval)
+            try:
+                others = await other_instances(
+                    self.nc, node, self.instance, self.config.duplicate_check_window
+                )
+            except Exception as err:  # connection trouble; the next round asks again
+                log.warning("checking for another agent with node id %s failed: %s", node, err)
+                continue
+            older = [o for o in others if o.older_than(self.instance)]
+            if older:
+                self.conflict = (
+                    f"node id {node} is also served by the older agent {older[0].describe()}; "
+                    f"this agent ({self.instance.describe()}) stopped serving"
+                )
+                log.error("%s", self.conflict)
+                await self.stop()
+                return
+            for other in others:
+                log.error(
+                    "node id %s is also served by the younger agent %s; it stops by itself",
+                    node,
+                    other.describe(),
+                )
 
     async def _confirm_subscriptions(self) -> None:
         """Round-trip a request through the server to ourselves before declaring readiness.
@@ -154,6 +224,10 @@ class Agent:
             await self._stopped.wait()
             return
         self._stopping = True
+        watch = self._duplicate_watch
+        if watch is not None and watch is not asyncio.current_task():
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
         for sub in self._subscriptions:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from node_agent.agent import Agent
 from node_agent.config import AgentConfig, detect_capability
+from node_agent.duplicates import DuplicateAgent
 from protocol.connection import NatsOptions
 from protocol.messages import decode_galleries
 from protocol.subjects import token_problem
@@ -114,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=30.0,
         help="seconds a backend may take to answer Health after start",
     )
+    node.add_argument(
+        "--duplicate-check-interval",
+        type=float,
+        default=15.0,
+        help="seconds between checks that no other agent serves this node id (0: only at start)",
+    )
     NatsOptions.add_arguments(parser)
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     observability = parser.add_argument_group(
@@ -143,6 +150,10 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
     problem = token_problem(args.node_id)
     if problem is not None:
         raise ValueError(f"--node-id {args.node_id!r}: {problem}")
+    if not args.duplicate_check_interval >= 0:
+        raise ValueError(
+            f"--duplicate-check-interval {args.duplicate_check_interval!r}: must be 0 or more"
+        )
     try:
         galleries = decode_galleries(args.galleries.strip())
     except (ValidationError, ValueError) as err:
@@ -159,6 +170,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         max_download_bytes=args.max_download_size,
         max_unpacked_bytes=args.max_unpacked_size,
         readiness_timeout=args.readiness_timeout,
+        duplicate_check_interval=args.duplicate_check_interval,
         nats=NatsOptions.from_args(args),
     )
 
@@ -173,6 +185,8 @@ async def run(config: AgentConfig) -> None:
     await agent.start()
     print(f"node agent {config.node_id} ready", flush=True)
     await agent.wait_stopped()
+    if agent.conflict:
+        raise DuplicateAgent(agent.conflict)
 
 
 def dump_tasks() -> None:
@@ -195,6 +209,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         asyncio.run(run(replace(config, telemetry=telemetry)))
+    except DuplicateAgent as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     finally:
         telemetry.shutdown()
     return 0

@@ -69,4 +69,8 @@ class AgentConfig:
     port_affinity: float = 300.0
     download_stall_timeout: float = 120.0
     index_fetch_timeout: float = 120.0
+    duplicate_check_interval: float = 15.0
+    """Seconds between asks whether another agent serves this node id; 0 turns it off."""
+    duplicate_check_window: float = 1.0
+    """How long one ask collects answers."""
     telemetry: Telemetry = field(default_factory=Telemetry)

@@ -154,6 +154,12 @@ def _content_range_start(header: str | None) -> tuple[int, int] | None:
     return int(match.group(1)), total
 
 
+def _unsatisfiable_size(header: str | None) -> int | None:
+    """The full size a 416 reports (``Content-Range: bytes */<size>``), if it does."""
+    match = re.fullmatch(r"bytes \*/(\d{1,20})", (header or "").strip())
+    return int(match.group(1)) if match is not None else None
+
+
 def _http_download(
     url: str,
     partial: Path,
@@ -186,6 +192,11 @@ def _http_download(
                     url = urllib.parse.urljoin(url, response.getheader("Location", ""))
                     continue
                 if status == 416 and offset:
+                    if _unsatisfiable_size(response.getheader("Content-Range")) == offset:
+                        # the partial is the whole file: a kill came between download and
+                        # extract. The caller verifies the sha256 as for any download.
+                        on_progress(offset, offset)
+                        return digest.hexdigest()
                     partial.unlink(missing_ok=True)  # stale partial; start over
                     digest, offset = hashlib.sha256(), 0
                     continue

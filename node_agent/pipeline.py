@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
+import os
 import shutil
 import time
 from collections.abc import Awaitable, Callable
@@ -30,8 +32,24 @@ from protocol.messages import ProgressPhase
 from telemetry import NodeMetrics, phase_span
 from telemetry.spans import BYTES
 
+log = logging.getLogger(__name__)
+
 TickFn = Callable[[Tick], None]
 """Receives progress on the event loop."""
+
+TEST_PAUSE_BEFORE_EXTRACT = "NODE_AGENT_TEST_PAUSE_BEFORE_EXTRACT"
+"""Test only: seconds to sleep between a verified download and its extraction.
+
+Tests set it to hold a subprocess agent in that window and SIGKILL it there; nothing else
+should. Unset (the default) costs nothing.
+"""
+
+
+def _test_pause() -> float:
+    try:
+        return max(0.0, float(os.environ.get(TEST_PAUSE_BEFORE_EXTRACT, "0")))
+    except ValueError:
+        return 0.0
 
 
 @dataclass(frozen=True)
@@ -204,6 +222,9 @@ class Pipeline:
                         f'SHA mismatch for file "{partial}" ( calculated: {digest} != '
                         f"metadata: {artifact.sha256} )"
                     )
+            if pause := _test_pause():
+                log.warning("pausing before extract for %gs (%s, test only)", pause, uri)
+                await asyncio.sleep(pause)
             extracting = _Throttle(
                 loop,
                 on_tick,

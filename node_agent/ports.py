@@ -99,8 +99,22 @@ class PortAllocator:
                 log.warning("port range exhausted; taking port %s released by another slot", port)
                 yield port
 
+    def reserve(self, port: int, key: str) -> bool:
+        """Hold ``port`` for ``key`` because a process already listens there (adoption).
+
+        False when another key holds it. A port outside the range is held all the same (the
+        range may have changed since the process started) and dropped when released.
+        """
+        holder = self._in_use.get(port)
+        if holder is not None and holder != key:
+            return False
+        self._released.pop(port, None)
+        self._in_use[port] = key
+        return True
+
     def release(self, port: int, key: str) -> None:
         """Return ``port`` (held by ``key``): quarantined for others, kept for ``key``."""
         if self._in_use.get(port) == key:
             del self._in_use[port]
-            self._released[port] = _Released(owner=key, at=self._clock())
+            if self.low <= port <= self.high:
+                self._released[port] = _Released(owner=key, at=self._clock())

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
+import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -88,6 +89,8 @@ class NodeService:
 
     def __init__(self, config: AgentConfig, publish: Publish) -> None:
         self.config = config
+        self.instance_id: str = uuid.uuid4().hex
+        """This run of the agent (another agent with the same node id has another one)."""
         self._publish = publish
         self.store = BackendStore(config.backends_dir, config.capability)
         self.ports = PortAllocator(
@@ -106,10 +109,12 @@ class NodeService:
 
     # --- life cycle --------------------------------------------------------------------------
 
-    def recover(self) -> None:
-        """Clean leftovers of installs interrupted by a crash or kill of a previous run."""
+    async def recover(self) -> None:
+        """Clean up after a crash or kill of a previous run: interrupted installs go, backend
+        processes it left running are adopted when healthy and killed otherwise."""
         self.config.backends_dir.mkdir(parents=True, exist_ok=True)
         self.store.recover()
+        await self.supervisor.recover()
 
     async def close(self) -> None:
         """Cancel in-flight work (cleaning its staging), stop every process."""

@@ -110,7 +110,7 @@ async def test_a_process_that_dies_on_its_own_releases_its_slot_and_is_respawned
     proc = node.agent.service.supervisor.get("m1#0")
     assert proc is not None
 
-    os.killpg(proc.process.pid, signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)
     await eventually(lambda: node.agent.service.supervisor.get("m1#0") is None, "slot released")
 
     assert await node.running_keys() == []

@@ -1,0 +1,100 @@
+"""A node agent as a real subprocess (``python -m node_agent``), for tests that SIGKILL it.
+
+The agent's log goes to a file (a pipe nobody drains could block it), and the process is
+killed in a ``finally`` so a failing assertion never leaves it running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from node_agent.sample_backend import Gallery
+from protocol.messages import encode_galleries
+from tests.node_agent.helpers import WAIT
+
+
+@dataclass
+class AgentProcess:
+    """One running ``python -m node_agent`` and where its log goes."""
+
+    process: asyncio.subprocess.Process
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    async def kill(self) -> None:
+        """SIGKILL: no clean-up of any kind."""
+        with contextlib.suppress(ProcessLookupError):
+            self.process.kill()
+        await self.process.wait()
+
+
+def agent_command(
+    node_id: str, backends_dir: Path, gallery: Gallery, nats_url: str, ports: tuple[int, int]
+) -> list[str]:
+    """The command line of an agent like the ``start_agent`` fixture's."""
+    return [
+        sys.executable,
+        "-m",
+        "node_agent",
+        "--node-id",
+        node_id,
+        "--backends-dir",
+        str(backends_dir),
+        "--galleries",
+        encode_galleries([gallery.config]),
+        "--advertise-host",
+        "127.0.0.1",
+        "--port-range",
+        f"{ports[0]}-{ports[1]}",
+        "--readiness-timeout",
+        "20",
+        "--nats-url",
+        nats_url,
+    ]
+
+
+async def spawn_agent(
+    command: list[str], log: Path, env: dict[str, str] | None = None
+) -> AgentProcess:
+    """Start the agent; stdout is a pipe (its ``ready`` line), stderr goes to ``log``."""
+    with log.open("ab") as err:
+        process = await asyncio.create_subprocess_exec(
+            *command,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=err,
+            env={**os.environ, **(env or {})},
+        )
+    return AgentProcess(process, log)
+
+
+async def wait_ready(agent: AgentProcess) -> None:
+    """Wait for the agent's ``ready`` line; fails with its log if it exits first."""
+    assert agent.process.stdout is not None
+    async with asyncio.timeout(WAIT):
+        line = await agent.process.stdout.readline()
+    assert b"ready" in line, f"agent did not start:\n{agent.log_text()}"
+
+
+@contextlib.asynccontextmanager
+async def running_agent(
+    command: list[str], log: Path, env: dict[str, str] | None = None
+) -> AsyncIterator[AgentProcess]:
+    """A started agent subprocess, SIGKILLed on exit if still running."""
+    agent = await spawn_agent(command, log, env)
+    try:
+        await wait_ready(agent)
+        yield agent
+    finally:
+        await agent.kill()
