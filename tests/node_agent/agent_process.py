@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from node_agent.sample_backend import Gallery
+from devstack.sample_backend import Gallery
 from protocol.messages import encode_galleries
 from tests.node_agent.helpers import WAIT
 

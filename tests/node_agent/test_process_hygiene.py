@@ -12,8 +12,8 @@ from pathlib import Path
 
 from nats.aio.client import Client as NATS
 
+from devstack.sample_backend import Gallery, SampleBackend
 from node_agent.records import ProcessRecord, ProcessRecords, proc_stat
-from node_agent.sample_backend import Gallery, SampleBackend
 from protocol import subjects
 from protocol.messages import (
     BackendInstallReply,

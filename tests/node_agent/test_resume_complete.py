@@ -7,8 +7,8 @@ from pathlib import Path
 
 from nats.aio.client import Client as NATS
 
+from devstack.sample_backend import Gallery, SampleBackend, build_archive
 from node_agent.pipeline import TEST_PAUSE_BEFORE_EXTRACT
-from node_agent.sample_backend import Gallery, SampleBackend, build_archive
 from protocol import subjects
 from protocol.messages import BackendInstallRequest
 from tests.node_agent.agent_process import agent_command, running_agent
