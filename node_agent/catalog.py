@@ -9,8 +9,13 @@ index must not be able to make the agent write outside its backends directory.
 
 from __future__ import annotations
 
+import http.client
 import logging
+import urllib.error
 from dataclasses import dataclass
+
+import yaml
+from pydantic import ValidationError
 
 from node_agent.errors import InstallError
 from node_agent.names import name_problem
@@ -38,14 +43,82 @@ class Resolution:
 
 
 def load_index(gallery: GalleryConfig, timeout: float) -> list[GalleryEntry]:
-    """Entries of one gallery, trying its URL then each mirror. Blocking."""
+    """Entries of one gallery, trying its URL then each mirror. Blocking.
+
+    Failure texts name the source and what went wrong (HTTP status, YAML line, entry field)
+    but never quote the fetched document: the parser's and urllib's own messages do (a YAML
+    error prints the offending line, an HTTP error its reason phrase), and the text travels
+    back to whoever sent the request. The full error goes to the agent's log.
+    """
     errors = []
     for source in (gallery.url, *gallery.mirrors):
         try:
-            return parse_index(read_index_source(source, timeout=timeout), source)
+            return _load_source(source, timeout)
         except GalleryIndexError as err:
             errors.append(str(err))
     raise GalleryIndexError("; ".join(errors))
+
+
+def _load_source(source: str, timeout: float) -> list[GalleryEntry]:
+    try:
+        data = read_index_source(source, timeout=timeout)
+    except GalleryIndexError as err:
+        log.warning("gallery index %s unreadable: %s", source, err)
+        raise GalleryIndexError(f"gallery {source}: {_read_problem(err.__cause__)}") from err
+    except (http.client.HTTPException, ValueError) as err:  # bad status line, invalid URL
+        log.warning("gallery index %s unreadable: %r", source, err)
+        raise GalleryIndexError(
+            f"gallery {source}: invalid HTTP response or URL ({type(err).__name__})"
+        ) from err
+    try:
+        return parse_index(data, source)
+    except GalleryIndexError as err:
+        log.warning("gallery index %s invalid: %s", source, err)
+        cause = err.__cause__
+        if isinstance(cause, yaml.MarkedYAMLError) and cause.problem_mark is not None:
+            line = cause.problem_mark.line + 1
+            raise GalleryIndexError(f"gallery {source} is not valid YAML at line {line}") from err
+        if isinstance(cause, yaml.YAMLError):
+            raise GalleryIndexError(f"gallery {source} is not valid YAML") from err
+        raise  # "must be a list of entries", "entry N has no name": no fetched text
+    except ValidationError as err:
+        log.warning("gallery index %s has an invalid entry: %s", source, err)
+        raise GalleryIndexError(f"gallery {source}: {_entry_problem(data, err)}") from err
+
+
+def _read_problem(cause: BaseException | None) -> str:
+    """What failed reading an index, from the OS or the HTTP status, never the server's text."""
+    if isinstance(cause, urllib.error.HTTPError):
+        return f"HTTP {cause.code}"
+    if isinstance(cause, urllib.error.URLError):
+        cause = cause.reason if isinstance(cause.reason, BaseException) else None
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror
+    return type(cause).__name__ if cause is not None else "unreadable"
+
+
+def _entry_problem(data: bytes, err: ValidationError) -> str:
+    """``entry <n>: <field> <problem>`` with only names the model declares, never values."""
+    first = err.errors()[0]
+    loc = first["loc"]
+    field_name = str(loc[0]) if loc and loc[0] in GalleryEntry.model_fields else "a field"
+    position = _failing_entry(data)
+    where = f"entry {position}: " if position is not None else ""
+    return f"{where}{field_name} is invalid ({first['type']})"
+
+
+def _failing_entry(data: bytes) -> int | None:
+    """The position of the first entry that does not validate (the index already parsed)."""
+    try:
+        items = yaml.safe_load(data)
+    except yaml.YAMLError:
+        return None
+    for position, item in enumerate(items if isinstance(items, list) else []):
+        try:
+            GalleryEntry.model_validate(item)
+        except ValidationError:
+            return position
+    return None
 
 
 def _checked(entry: GalleryEntry, gallery: GalleryConfig) -> GalleryEntry:
