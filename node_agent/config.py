@@ -46,6 +46,11 @@ class AgentConfig:
     ``backend_galleries``. ``advertise_host`` is the host part of the routable address the
     agent replies with; processes listen on ``bind_host`` and are health-checked on loopback.
     ``telemetry`` gives the agent its tracer and meter (everything off by default).
+
+    Trust (issue 11): a request's ``backend_galleries`` is used only when every gallery in it
+    is one of ``galleries`` or lies under a prefix of ``allow_request_galleries``; a request's
+    ``uri`` only under a prefix of ``allow_request_uris``; ``nodes.<node>.stop`` shuts the agent
+    down only with ``allow_remote_stop``. All are closed by default.
     """
 
     node_id: str
@@ -70,3 +75,6 @@ class AgentConfig:
     download_stall_timeout: float = 120.0
     index_fetch_timeout: float = 120.0
     telemetry: Telemetry = field(default_factory=Telemetry)
+    allow_request_galleries: tuple[str, ...] = ()
+    allow_request_uris: tuple[str, ...] = ()
+    allow_remote_stop: bool = False
