@@ -12,7 +12,10 @@ from __future__ import annotations
 import http.client
 import logging
 import urllib.error
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass
+from typing import Any
 
 import yaml
 from pydantic import ValidationError
@@ -27,7 +30,7 @@ from protocol.gallery import (
     parse_index,
     read_index_source,
 )
-from protocol.messages import GalleryConfig
+from protocol.messages import GalleryConfig, format_size
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +45,44 @@ class Resolution:
     meta: GalleryEntry | None = None
 
 
-def load_index(gallery: GalleryConfig, timeout: float) -> list[GalleryEntry]:
+MAX_INDEX_BYTES = 64 * 1024**2
+"""Default bound of one index document (LocalAI's own index is well under 1 MiB)."""
+
+
+class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow redirects to http(s) only (urllib would also follow one to ``ftp://``)."""
+
+    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str,
+                         headers: Any, newurl: str) -> urllib.request.Request | None:  # fmt: skip
+        if urllib.parse.urlsplit(newurl).scheme not in ("http", "https"):
+            raise urllib.error.HTTPError(req.full_url, code, "redirect refused", headers, fp)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_OPENER = urllib.request.build_opener(_HttpOnlyRedirects)
+
+
+def _read_bounded(source: str, timeout: float, limit: int) -> bytes:
+    """An index's bytes, refusing more than ``limit``; ``file://`` goes through the reader of
+    :mod:`protocol.gallery` (only the agent's own galleries can be local files)."""
+    if urllib.parse.urlsplit(source).scheme not in ("http", "https"):
+        data = read_index_source(source, timeout=timeout)
+    else:
+        try:
+            with _OPENER.open(source, timeout=timeout) as response:
+                data = response.read(limit + 1)
+        except OSError as err:
+            raise GalleryIndexError(f"fetching gallery index {source}: {err}") from err
+    if len(data) > limit:
+        raise GalleryIndexError(
+            f"gallery {source} is larger than the limit of {format_size(limit)}"
+        )
+    return data
+
+
+def load_index(
+    gallery: GalleryConfig, timeout: float, limit: int = MAX_INDEX_BYTES
+) -> list[GalleryEntry]:
     """Entries of one gallery, trying its URL then each mirror. Blocking.
 
     Failure texts name the source and what went wrong (HTTP status, YAML line, entry field)
@@ -53,17 +93,19 @@ def load_index(gallery: GalleryConfig, timeout: float) -> list[GalleryEntry]:
     errors = []
     for source in (gallery.url, *gallery.mirrors):
         try:
-            return _load_source(source, timeout)
+            return _load_source(source, timeout, limit)
         except GalleryIndexError as err:
             errors.append(str(err))
     raise GalleryIndexError("; ".join(errors))
 
 
-def _load_source(source: str, timeout: float) -> list[GalleryEntry]:
+def _load_source(source: str, timeout: float, limit: int) -> list[GalleryEntry]:
     try:
-        data = read_index_source(source, timeout=timeout)
+        data = _read_bounded(source, timeout, limit)
     except GalleryIndexError as err:
         log.warning("gallery index %s unreadable: %s", source, err)
+        if err.__cause__ is None:  # our own text (size limit): no fetched content in it
+            raise
         raise GalleryIndexError(f"gallery {source}: {_read_problem(err.__cause__)}") from err
     except (http.client.HTTPException, ValueError) as err:  # bad status line, invalid URL
         log.warning("gallery index %s unreadable: %r", source, err)
@@ -140,7 +182,11 @@ def _by_alias(entries: list[GalleryEntry], alias: str, capability: str) -> Galle
 
 
 def resolve(
-    name: str, galleries: list[GalleryConfig], capability: str, timeout: float = 120.0
+    name: str,
+    galleries: list[GalleryConfig],
+    capability: str,
+    timeout: float = 120.0,
+    limit: int = MAX_INDEX_BYTES,
 ) -> Resolution:
     """Resolve ``name`` (``<gallery>@<name>`` allowed) to a concrete entry. Blocking.
 
@@ -153,7 +199,7 @@ def resolve(
     load_errors = []
     for gallery in selected:
         try:
-            entries = load_index(gallery, timeout)
+            entries = load_index(gallery, timeout, limit)
         except GalleryIndexError as err:
             log.warning("gallery %s unavailable: %s", gallery.name, err)
             load_errors.append(str(err))

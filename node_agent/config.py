@@ -74,6 +74,7 @@ class AgentConfig:
     port_affinity: float = 300.0
     download_stall_timeout: float = 120.0
     index_fetch_timeout: float = 120.0
+    max_index_bytes: int = 64 * 1024**2
     telemetry: Telemetry = field(default_factory=Telemetry)
     allow_request_galleries: tuple[str, ...] = ()
     allow_request_uris: tuple[str, ...] = ()

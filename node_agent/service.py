@@ -182,7 +182,11 @@ class NodeService:
             self._executor,
             Abort(),
             lambda: catalog.resolve(
-                backend, galleries, config.capability, config.index_fetch_timeout
+                backend,
+                galleries,
+                config.capability,
+                config.index_fetch_timeout,
+                config.max_index_bytes,
             ),
         )
         entry = resolution.concrete

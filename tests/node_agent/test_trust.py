@@ -33,6 +33,7 @@ class PageServer:
 
     def __init__(self, status: int, body: bytes, reason: str = "") -> None:
         self.status, self.body, self.reason = status, body, reason
+        self.headers: dict[str, str] = {}
         self.hits = 0
         page = self
 
@@ -43,6 +44,8 @@ class PageServer:
             def do_GET(self) -> None:
                 page.hits += 1
                 self.send_response(page.status, page.reason or None)
+                for name, value in page.headers.items():
+                    self.send_header(name, value)
                 self.send_header("Content-Length", str(len(page.body)))
                 self.end_headers()
                 self.wfile.write(page.body)
@@ -455,3 +458,37 @@ def test_allow_list_entries_that_cannot_be_matched_safely_are_refused_at_start(
 ) -> None:
     with pytest.raises(ValueError, match="--allow-request-"):
         _trust(**{flag: (entry,)})
+
+
+# --- bounded index reads ----------------------------------------------------------------------
+
+
+async def test_an_index_larger_than_the_limit_is_refused_without_reading_it_all(
+    start_agent: AgentFactory, artifact_server: ArtifactServer, archives: Path
+) -> None:
+    index = archives / "big.yaml"
+    index.parent.mkdir(parents=True, exist_ok=True)
+    index.write_text("- name: a\n" + "# padding\n" * 2000)
+    index_url = artifact_server.publish("/big.yaml", index)
+    node = await start_agent(
+        galleries=(GalleryConfig(name="big", url=index_url),), max_index_bytes=1024
+    )
+
+    reply = await node.install("a")
+
+    assert reply.error == f"{GALLERY}gallery {index_url} is larger than the limit of 1.0 KiB"
+
+
+async def test_an_index_redirecting_to_another_scheme_is_not_followed(
+    start_agent: AgentFactory, tmp_path: Path
+) -> None:
+    secret = tmp_path / "secret.yaml"
+    secret.write_text(f"- name: {SECRET}\n")
+
+    with PageServer(302, b"") as server:
+        server.headers = {"Location": secret.as_uri()}
+        node = await start_agent(galleries=(GalleryConfig(name="r", url=server.url("/i.yaml")),))
+
+        reply = await node.install(SECRET)
+
+    assert reply.error == f"{GALLERY}gallery {server.url('/i.yaml')}: HTTP 302"
