@@ -42,6 +42,12 @@ class SourceKind(Enum):
     OTHER = "other"
 
 
+GALLERY_KINDS = (SourceKind.HTTP, SourceKind.GITHUB)
+"""What ``--allow-request-galleries`` can admit (the agent reads http(s) indexes)."""
+URI_KINDS = (SourceKind.HTTP, SourceKind.OCI)
+"""What ``--allow-request-uri`` can admit: archives over http(s), OCI references."""
+
+
 class UntrustedSource(ValueError):
     """A string that cannot be matched safely (userinfo, dot segments, control characters)."""
 
@@ -194,7 +200,7 @@ def shown(text: str) -> str:
 def suggestion(text: str) -> str:
     """The prefix an operator would allow for ``text``: its directory, or the ref's repository."""
     kind = source_kind(text)
-    if kind is SourceKind.HTTP and "@" not in text:
+    if kind is SourceKind.HTTP:
         try:
             parts = urllib.parse.urlsplit(text)
         except ValueError:
@@ -224,8 +230,8 @@ class Trust:
         """Parse the allow-lists; raises ValueError naming the flag of a bad entry."""
         return cls(
             own_galleries,
-            parse_prefixes(GALLERIES_FLAG, gallery_prefixes, (SourceKind.HTTP, SourceKind.GITHUB)),
-            parse_prefixes(URIS_FLAG, uri_prefixes, (SourceKind.HTTP, SourceKind.OCI)),
+            parse_prefixes(GALLERIES_FLAG, gallery_prefixes, GALLERY_KINDS),
+            parse_prefixes(URIS_FLAG, uri_prefixes, URI_KINDS),
         )
 
     def is_own(self, gallery: GalleryConfig) -> bool:
@@ -241,30 +247,17 @@ class Trust:
         if self.is_own(gallery):
             return
         for source in (gallery.url, *gallery.mirrors):
-            if source_kind(source) is SourceKind.LOCAL:
+            reason = _refusal(self.gallery_prefixes, GALLERY_KINDS, GALLERIES_FLAG, source)
+            if reason is not None:
                 raise InstallError(
-                    "request galleries are not allowed on this node: "
-                    f"{shown(source)} (local paths and file:// URLs from a request are never "
-                    "allowed; configure the gallery with --galleries instead)"
-                )
-            if not _admitted(self.gallery_prefixes, source):
-                raise InstallError(
-                    f"request galleries are not allowed on this node: {shown(source)} "
-                    f"(start the agent with {GALLERIES_FLAG} {suggestion(source)} to allow)"
+                    f"request galleries are not allowed on this node: {shown(source)} ({reason})"
                 )
 
     def check_uri(self, uri: str) -> None:
         """Refuse a request ``uri`` (external install) unless the URI allow-list admits it."""
-        if source_kind(uri) is SourceKind.LOCAL:
-            raise InstallError(
-                f"request uri is not allowed on this node: {shown(uri)} (local paths and "
-                "file:// URLs from a request are never allowed)"
-            )
-        if not _admitted(self.uri_prefixes, uri):
-            raise InstallError(
-                f"request uri is not allowed on this node: {shown(uri)} "
-                f"(start the agent with {URIS_FLAG} {suggestion(uri)} to allow)"
-            )
+        reason = _refusal(self.uri_prefixes, URI_KINDS, URIS_FLAG, uri)
+        if reason is not None:
+            raise InstallError(f"request uri is not allowed on this node: {shown(uri)} ({reason})")
 
     def check_entry_sources(self, gallery: GalleryConfig, sources: tuple[str, ...]) -> None:
         """A request gallery's index may not point at files on the node."""
@@ -279,9 +272,20 @@ class Trust:
                 )
 
 
-def _admitted(prefixes: tuple[Location, ...], text: str) -> bool:
+def _refusal(
+    prefixes: tuple[Location, ...], kinds: tuple[SourceKind, ...], flag: str, text: str
+) -> str | None:
+    """Why ``text`` from a request is refused (what would allow it), or None if admitted."""
+    kind = source_kind(text)
+    if kind is SourceKind.LOCAL:
+        return "local paths and file:// URLs from a request are never allowed"
+    if kind not in kinds:
+        accepted = " or ".join(k.value for k in kinds)
+        return f"only {accepted} sources can be allowed with {flag}"
     try:
         candidate = location(text)
-    except UntrustedSource:
-        return False
-    return any(admits(prefix, candidate) for prefix in prefixes)
+    except UntrustedSource as err:
+        return f"it {err}, which is never allowed"
+    if any(admits(prefix, candidate) for prefix in prefixes):
+        return None
+    return f"start the agent with {flag} {suggestion(text)} to allow"
