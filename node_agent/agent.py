@@ -78,6 +78,18 @@ def decode(model: type[M], data: bytes) -> M:
         raise AgentError(f"invalid request: {where}: {first['msg']}") from err
 
 
+def node_stop_body_ok(data: bytes) -> bool:
+    """Whether a ``nodes.<node>.stop`` body asks for a stop: empty, ``null`` or ``{}``."""
+    body = data.strip()
+    if body in (b"", b"null"):
+        return True
+    try:
+        parsed: object = json.loads(body)
+    except (ValueError, RecursionError):
+        return False
+    return parsed == {}
+
+
 class Agent:
     """One node agent: a :class:`NodeService` answering on ``nodes.<node_id>.…``.
 
@@ -268,7 +280,7 @@ class Agent:
             except Exception as err:  # one bad message must never stop the agent
                 set_outcome("internal_error")
                 log.exception("handling %s failed", msg.subject)
-                await self._respond(msg, error_body(f"internal error: {err}"))
+                await self._respond(msg, error_body(f"internal error: {type(err).__name__}"))
 
     async def _respond(self, msg: Msg, body: bytes) -> None:
         if not msg.reply:
@@ -335,7 +347,24 @@ class Agent:
         await self._respond(msg, json.dumps(ack).encode())
 
     async def _on_node_stop(self, msg: Msg) -> None:
-        log.info("nodes.%s.stop received; shutting down", self.config.node_id)
+        """Publish-only: shut down, but only if started with ``--allow-remote-stop``.
+
+        Off by default: with NATS's default (no auth) anyone who can publish could otherwise
+        take a node out of the cluster with one message. A body other than empty, ``null``
+        or ``{}`` is malformed and ignored, as on ``backend.stop``.
+        """
+        node = self.config.node_id
+        if not self.config.allow_remote_stop:
+            log.warning(
+                "ignoring nodes.%s.stop: remote stop is off (start the agent with "
+                "--allow-remote-stop to obey it)",
+                node,
+            )
+            return
+        if not node_stop_body_ok(msg.data):
+            log.warning("ignoring malformed nodes.%s.stop (body is not null or {})", node)
+            return
+        log.info("nodes.%s.stop received; shutting down", node)
         current = asyncio.current_task()
         if current is not None:
             self._tasks.discard(current)  # stop() waits for handlers; not for this one

@@ -9,10 +9,14 @@ behind, which the caller removes.
 
 from __future__ import annotations
 
+import gzip
+import logging
+import lzma
 import os
 import posixpath
 import shutil
 import tarfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,10 +24,20 @@ from node_agent.blocking import Abort
 from protocol.messages import format_size
 
 ProgressFn = Callable[[int, int], None]
+log = logging.getLogger(__name__)
 
 
 class UnsafeArchive(Exception):
-    """The archive contains a member that must not be unpacked, or is not an archive."""
+    """The archive contains a member that must not be unpacked, or is not an archive.
+
+    The message never quotes the archive (member names, link targets, compressor messages
+    that show its first bytes): it reaches the requester. :func:`_refuse` logs the member.
+    """
+
+
+def _refuse(problem: str, member: tarfile.TarInfo) -> UnsafeArchive:
+    log.warning("refusing archive member %r (link %r): %s", member.name, member.linkname, problem)
+    return UnsafeArchive(problem)
 
 
 def _inside(base: str, relative: str, root: str | None = None) -> bool:
@@ -38,22 +52,22 @@ def check_member(member: tarfile.TarInfo) -> None:
     name = member.name
     root = "/staging"
     if name.startswith("/") or os.path.isabs(name):
-        raise UnsafeArchive(f"member {name!r} has an absolute path")
+        raise _refuse("a member has an absolute path", member)
     if ".." in name.replace("\\", "/").split("/"):
-        raise UnsafeArchive(f"member {name!r} contains '..'")
+        raise _refuse("a member path contains '..'", member)
     if not _inside(root, name):
-        raise UnsafeArchive(f"member {name!r} is outside the archive root")
+        raise _refuse("a member is outside the archive root", member)
     if member.isdev() or member.isfifo():
-        raise UnsafeArchive(f"member {name!r} is a device or FIFO")
+        raise _refuse("a member is a device or FIFO", member)
     if member.issym():
         target = member.linkname
         parent = posixpath.dirname(posixpath.join(root, name))
         if target.startswith("/") or not _inside(parent, target, root):
-            raise UnsafeArchive(f"symlink {name!r} points outside the archive ({target!r})")
+            raise _refuse("a symlink points outside the archive", member)
     if member.islnk():
         target = member.linkname
         if target.startswith("/") or ".." in target.split("/") or not _inside(root, target):
-            raise UnsafeArchive(f"hard link {name!r} points outside the archive ({target!r})")
+            raise _refuse("a hard link points outside the archive", member)
 
 
 def extract(
@@ -76,8 +90,10 @@ def extract(
                 tar.extract(member, staging, filter="data")
                 position = _raw_position(raw, archive_size)
                 on_progress(position, archive_size)
-    except (tarfile.TarError, EOFError) as err:
-        raise UnsafeArchive(f"cannot unpack {archive.name}: {err}") from err
+    except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error, lzma.LZMAError) as err:
+        # gzip's own message shows the file's first bytes; say only what kind of failure it was
+        log.warning("cannot unpack %s: %s", archive.name, err)
+        raise UnsafeArchive(f"not a readable tar archive ({type(err).__name__})") from err
     on_progress(archive_size, archive_size)
 
 

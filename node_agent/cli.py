@@ -1,7 +1,9 @@
-"""``python -m node_agent``: run a node agent until SIGTERM/SIGINT or ``nodes.<node>.stop``.
+"""``python -m node_agent``: run a node agent until SIGTERM/SIGINT (or an allowed remote stop).
 
 Secrets can come from the environment instead of the command line (where ``ps`` shows them):
-``NATS_URL``, ``NATS_TOKEN``, ``NATS_USER``, ``NATS_PASSWORD``, ``NATS_CREDS``.
+``NATS_URL``, ``NATS_TOKEN``, ``NATS_USER``, ``NATS_PASSWORD``, ``NATS_CREDS``. The trust
+options have environment forms too (``NODE_AGENT_ALLOW_REQUEST_GALLERIES``,
+``NODE_AGENT_ALLOW_REQUEST_URIS``: comma-separated; ``NODE_AGENT_ALLOW_REMOTE_STOP``: 1/true).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pydantic import ValidationError
 from node_agent.agent import Agent
 from node_agent.config import AgentConfig, detect_capability
 from node_agent.duplicates import DuplicateAgent
+from node_agent.trust import Trust
 from protocol.connection import NatsOptions
 from protocol.messages import decode_galleries
 from protocol.subjects import token_problem
@@ -121,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=15.0,
         help="seconds between checks that no other agent serves this node id (0: only at start)",
     )
+    _add_trust_arguments(parser)
     NatsOptions.add_arguments(parser)
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     observability = parser.add_argument_group(
@@ -144,6 +148,52 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_TRUE = ("1", "true", "yes", "on")
+
+
+def _env_list(name: str) -> list[str]:
+    return [item.strip() for item in os.environ.get(name, "").split(",") if item.strip()]
+
+
+def _add_trust_arguments(parser: argparse.ArgumentParser) -> None:
+    trust = parser.add_argument_group(
+        "trust",
+        "What a request over NATS may make this node do. Everything is closed by default: the "
+        "agent installs only from its own --galleries, refuses a request's uri and ignores "
+        "nodes.<node-id>.stop. Prefixes are URL prefixes compared on scheme, host, port and "
+        "path at a '/' boundary (https://good.example admits https://good.example/x, never "
+        "https://good.example.evil.com). Local paths and file:// URLs from a request are never "
+        "accepted, whatever the allow-lists say.",
+    )
+    trust.add_argument(
+        "--allow-request-galleries",
+        action="append",
+        metavar="PREFIX",
+        default=None,
+        help="accept a request's backend_galleries when every gallery URL and mirror lies under "
+        "one of these http(s):// (or github:) prefixes; repeatable. A gallery equal to one of "
+        "--galleries is always accepted, so a stock LocalAI controller sending the same galleries "
+        "works without it (env NODE_AGENT_ALLOW_REQUEST_GALLERIES, comma-separated; "
+        "default: none)",
+    )
+    trust.add_argument(
+        "--allow-request-uri",
+        action="append",
+        metavar="PREFIX",
+        default=None,
+        help="accept a request's uri (external install) under one of these http(s):// URL or "
+        "OCI reference (quay.io/org/) prefixes; repeatable (env NODE_AGENT_ALLOW_REQUEST_URIS, "
+        "comma-separated; default: none)",
+    )
+    trust.add_argument(
+        "--allow-remote-stop",
+        action="store_true",
+        default=os.environ.get("NODE_AGENT_ALLOW_REMOTE_STOP", "").lower() in _TRUE,
+        help="shut down on nodes.<node-id>.stop as a LocalAI worker does; without it the "
+        "message is logged and ignored (env NODE_AGENT_ALLOW_REMOTE_STOP=1; default: off)",
+    )
+
+
 def config_from_args(args: argparse.Namespace) -> AgentConfig:
     """Validate the parsed options into an :class:`AgentConfig`; raises ValueError."""
     env = os.environ
@@ -158,6 +208,11 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         galleries = decode_galleries(args.galleries.strip())
     except (ValidationError, ValueError) as err:
         raise ValueError(f"--galleries is not a JSON list of galleries: {err}") from err
+    allow_galleries = tuple(
+        args.allow_request_galleries or _env_list("NODE_AGENT_ALLOW_REQUEST_GALLERIES")
+    )
+    allow_uris = tuple(args.allow_request_uri or _env_list("NODE_AGENT_ALLOW_REQUEST_URIS"))
+    Trust.build(tuple(galleries), allow_galleries, allow_uris)  # ValueError names the flag
     return AgentConfig(
         node_id=args.node_id,
         backends_dir=args.backends_dir.resolve(),
@@ -172,11 +227,14 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         readiness_timeout=args.readiness_timeout,
         duplicate_check_interval=args.duplicate_check_interval,
         nats=NatsOptions.from_args(args),
+        allow_request_galleries=allow_galleries,
+        allow_request_uris=allow_uris,
+        allow_remote_stop=args.allow_remote_stop,
     )
 
 
 async def run(config: AgentConfig) -> None:
-    """Run until a signal or ``nodes.<node>.stop``; backend processes are stopped on exit."""
+    """Run until a signal or an allowed ``nodes.<node>.stop``; backend processes stop on exit."""
     agent = Agent(config)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

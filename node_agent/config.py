@@ -46,6 +46,11 @@ class AgentConfig:
     ``backend_galleries``. ``advertise_host`` is the host part of the routable address the
     agent replies with; processes listen on ``bind_host`` and are health-checked on loopback.
     ``telemetry`` gives the agent its tracer and meter (everything off by default).
+
+    Trust (issue 11): a request's ``backend_galleries`` is used only when every gallery in it
+    is one of ``galleries`` or lies under a prefix of ``allow_request_galleries``; a request's
+    ``uri`` only under a prefix of ``allow_request_uris``; ``nodes.<node>.stop`` shuts the agent
+    down only with ``allow_remote_stop``. All are closed by default.
     """
 
     node_id: str
@@ -73,4 +78,8 @@ class AgentConfig:
     """Seconds between asks whether another agent serves this node id; 0 turns it off."""
     duplicate_check_window: float = 1.0
     """How long one ask collects answers."""
+    max_index_bytes: int = 64 * 1024**2
     telemetry: Telemetry = field(default_factory=Telemetry)
+    allow_request_galleries: tuple[str, ...] = ()
+    allow_request_uris: tuple[str, ...] = ()
+    allow_remote_stop: bool = False

@@ -90,6 +90,19 @@ def fetch(
     raise DownloadError(f"unsupported source {uri!r}")
 
 
+def describe(err: BaseException) -> str:
+    """An I/O failure in words that never quote what the server sent.
+
+    ``http.client`` exceptions carry the received bytes (``BadStatusLine`` holds the line);
+    OS errors carry only the OS's text (and the local file name, which is ours).
+    """
+    if isinstance(err, http.client.HTTPException):
+        return f"invalid HTTP response ({type(err).__name__})"
+    if isinstance(err, OSError) and err.strerror:
+        return str(err)
+    return type(err).__name__
+
+
 def _limit_error(limit: int) -> DownloadError:
     return DownloadError(f"download exceeds the configured size limit of {format_size(limit)}")
 
@@ -100,7 +113,7 @@ def _copy_file(
     try:
         total = source.stat().st_size
     except OSError as err:
-        raise DownloadError(str(err)) from err
+        raise DownloadError(describe(err)) from err
     if total > limit:
         raise _limit_error(limit)
     digest = hashlib.sha256()
@@ -114,7 +127,7 @@ def _copy_file(
                 done += len(chunk)
                 on_progress(done, total)
     except OSError as err:
-        raise DownloadError(str(err)) from err
+        raise DownloadError(describe(err)) from err
     return digest.hexdigest()
 
 
@@ -130,16 +143,20 @@ def _hash_prefix(partial: Path) -> tuple[hashlib._Hash, int]:
 
 
 def _connect(url: str, timeout: float) -> tuple[http.client.HTTPConnection, str]:
-    parsed = urllib.parse.urlsplit(url)
-    if not parsed.hostname:
-        raise DownloadError(f"invalid URL {url!r}")
+    try:
+        parsed = urllib.parse.urlsplit(url)
+        port = parsed.port
+    except ValueError as err:
+        raise DownloadError("invalid URL (or redirect target)") from err
+    if not parsed.hostname or parsed.scheme not in ("http", "https"):
+        raise DownloadError("invalid URL (or redirect target): not http(s) with a host")
     conn: http.client.HTTPConnection
     if parsed.scheme == "https":
         conn = http.client.HTTPSConnection(
-            parsed.hostname, parsed.port, timeout=timeout, context=ssl.create_default_context()
+            parsed.hostname, port, timeout=timeout, context=ssl.create_default_context()
         )
     else:
-        conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=timeout)
+        conn = http.client.HTTPConnection(parsed.hostname, port, timeout=timeout)
     target = parsed.path or "/"
     if parsed.query:
         target += "?" + parsed.query
@@ -176,7 +193,7 @@ def _http_download(
             try:
                 conn.connect()
             except OSError as err:
-                raise DownloadError(str(err)) from err
+                raise DownloadError(describe(err)) from err
             with abort.watching(conn.sock):
                 headers = {"User-Agent": "node-agent", "Accept-Encoding": "identity"}
                 if offset:
@@ -186,7 +203,7 @@ def _http_download(
                     response = conn.getresponse()
                 except (OSError, http.client.HTTPException) as err:
                     abort.check()
-                    raise DownloadError(str(err)) from err
+                    raise DownloadError(describe(err)) from err
                 status = response.status
                 if status in (301, 302, 303, 307, 308) and response.getheader("Location"):
                     url = urllib.parse.urljoin(url, response.getheader("Location", ""))
@@ -211,7 +228,7 @@ def _http_download(
                 )
         finally:
             conn.close()
-    raise DownloadError(f"too many redirects fetching {url!r}")
+    raise DownloadError(f"too many redirects (more than {MAX_REDIRECTS})")
 
 
 def _accept_status(response: http.client.HTTPResponse, offset: int) -> tuple[bool, int]:
@@ -224,7 +241,7 @@ def _accept_status(response: http.client.HTTPResponse, offset: int) -> tuple[boo
     if response.status == 200:
         length = response.getheader("Content-Length")
         return False, int(length) if length and length.isdigit() else 0
-    raise DownloadError(f"HTTP {response.status} {response.reason}")
+    raise DownloadError(f"HTTP {response.status}")  # the reason phrase is the server's text
 
 
 def _stream(
@@ -245,7 +262,7 @@ def _stream(
                 chunk = response.read1(CHUNK)
             except (OSError, http.client.HTTPException) as err:
                 abort.check()
-                raise DownloadError(f"reading response: {err}") from err
+                raise DownloadError(f"reading response: {describe(err)}") from err
             abort.check()
             if not chunk:
                 break

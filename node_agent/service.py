@@ -39,6 +39,7 @@ from node_agent.ports import PortAllocator
 from node_agent.progress import ProgressPublisher, Tick
 from node_agent.store import BackendStore, Installed, Metadata
 from node_agent.supervisor import Proc, ProcState, Supervisor
+from node_agent.trust import Trust
 from protocol import subjects
 from protocol.messages import (
     BackendDeleteReply,
@@ -92,6 +93,9 @@ class NodeService:
         self.instance_id: str = uuid.uuid4().hex
         """This run of the agent (another agent with the same node id has another one)."""
         self._publish = publish
+        self.trust = Trust.build(
+            config.galleries, config.allow_request_galleries, config.allow_request_uris
+        )
         self.store = BackendStore(config.backends_dir, config.capability)
         self.ports = PortAllocator(
             *config.port_range, quarantine=config.port_quarantine, affinity=config.port_affinity
@@ -128,12 +132,18 @@ class NodeService:
     # --- helpers -----------------------------------------------------------------------------
 
     def _galleries(self, text: str) -> list[GalleryConfig]:
+        """The request's galleries when the agent trusts every one of them, else a refusal."""
         if not text:
             return list(self.config.galleries)
         try:
-            return decode_galleries(text)
-        except (ValidationError, ValueError) as err:
-            raise AgentError(f"decoding backend galleries: {err}") from err
+            galleries = decode_galleries(text)
+        except ValidationError as err:
+            first = err.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "body"
+            raise AgentError(f"decoding backend galleries: {where}: {first['msg']}") from err
+        for gallery in galleries:
+            self.trust.check_gallery(gallery)
+        return galleries
 
     def _progress(self, flight_ops: Callable[[], dict[str, str]]) -> ProgressPublisher:
         node = self.config.node_id
@@ -177,13 +187,19 @@ class NodeService:
             self._executor,
             Abort(),
             lambda: catalog.resolve(
-                backend, galleries, config.capability, config.index_fetch_timeout
+                backend,
+                galleries,
+                config.capability,
+                config.index_fetch_timeout,
+                config.max_index_bytes,
             ),
         )
         entry = resolution.concrete
+        sources = tuple(s for s in (entry.uri, *entry.mirrors) if s)
+        self.trust.check_entry_sources(resolution.gallery, sources)
         artifact = Artifact(
             name=entry.name,
-            sources=tuple(s for s in (entry.uri, *entry.mirrors) if s),
+            sources=sources,
             sha256=entry.sha256,
             alias=entry.alias,
             version=entry.version,
@@ -200,27 +216,30 @@ class NodeService:
         return Plan(lock_name=entry.name, artifact=artifact, meta=meta)
 
     async def _external_plan(self, uri: str, name: str, alias: str, galleries: str) -> Plan:
-        """``uri`` set on the request: a local directory or archive, else a gallery name."""
-        kind = fetch.classify(uri)
-        path = fetch.local_path(uri)
-        if kind is SourceKind.ARCHIVE_FILE and "/" not in uri and not path.exists():
+        """``uri`` set on the request: a gallery name, or an external source the agent trusts.
+
+        A bare name (no ``/``, ``\\`` or scheme) is looked up in the galleries. Anything else
+        must pass the ``--allow-request-uri`` allow-list, which never admits a local path or
+        ``file://`` URL, so the filesystem is not even looked at for a request's ``uri``.
+        """
+        if _is_gallery_name(uri):
             if name or alias:
                 raise InstallError(
                     "specifying a name or alias is not supported for gallery backends"
                 )
             return await self._gallery_plan(uri, galleries)
+        self.trust.check_uri(uri)
+        kind = fetch.classify(uri)
         if kind is SourceKind.OCI:
             if not name:
                 raise InstallError(
                     f"error installing backend {uri}: specifying a name is required for OCI images"
                 )
             raise InstallError(f'OCI image "{uri}" is not supported by this agent')
-        if kind is SourceKind.UNSUPPORTED:
+        if kind is not SourceKind.ARCHIVE_HTTP:  # the allow-list admits only http(s) and OCI
             raise InstallError(f'source "{uri}" is not supported by this agent')
         file_name = uri.rsplit("/", 1)[-1].split("?", 1)[0]
-        target = name or _archive_stem(
-            path.name if kind is not SourceKind.ARCHIVE_HTTP else file_name
-        )
+        target = name or _archive_stem(file_name)
         problem = name_problem(target)
         if problem is not None:
             raise AgentError(f'invalid request: invalid backend name "{target}": {problem}')
@@ -292,7 +311,7 @@ class NodeService:
             return BackendInstallReply(success=False, error=_cancelled_text(_reason(err)))
         except Exception as err:
             log.exception("install of %s failed unexpectedly", key)
-            return BackendInstallReply(success=False, error=f"internal error: {err}")
+            return BackendInstallReply(success=False, error=_internal_error(err))
         finally:
             await flight.publisher.flush()
 
@@ -430,7 +449,7 @@ class NodeService:
             return _upgrade_reply(stopped, _cancelled_text(_reason(err)))
         except Exception as err:
             log.exception("upgrade of %s failed unexpectedly", req.backend)
-            return _upgrade_reply(stopped, f"internal error: {err}")
+            return _upgrade_reply(stopped, _internal_error(err))
         finally:
             await flight.publisher.flush()
 
@@ -559,6 +578,17 @@ def _upgrade_reply(stopped: list[str], error: str = "") -> BackendUpgradeReply:
         stopped_process_keys=stopped,
         reports_stopped_processes=True,
     )
+
+
+def _internal_error(err: BaseException) -> str:
+    """An unexpected failure's reply text: its type only, since its message may quote fetched
+    bytes (an HTTP status line, a parser's view of a document); the log has the details."""
+    return f"internal error: {type(err).__name__} (see the node agent's log)"
+
+
+def _is_gallery_name(uri: str) -> bool:
+    """A request ``uri`` that names a gallery entry rather than a source (reference §10.5)."""
+    return "/" not in uri and "\\" not in uri and ":" not in uri
 
 
 def _cancelled_text(reason: str) -> str:

@@ -11,12 +11,18 @@ import json
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import Field, TypeAdapter
+from pydantic import Field, StrictBool, StrictInt, TypeAdapter
 
 from protocol.wire import OmitEmpty, WireModel
 
-Int32 = Annotated[int, Field(ge=0, le=2**31 - 1)]
-"""A replica index: a non-negative 32-bit integer on the wire."""
+Int32 = Annotated[StrictInt, Field(ge=0, le=2**31 - 1)]
+"""A replica index: a non-negative 32-bit integer on the wire.
+
+Strict, like Go's encoding/json: ``"1"``, ``true`` and ``1.0`` are refused, not coerced.
+"""
+
+Bool = StrictBool
+"""A request flag: only JSON ``true``/``false``; ``"yes"`` or ``1`` is refused as Go does."""
 
 
 # --- Gallery configuration (what ``backend_galleries`` carries) -------------------------------
@@ -75,7 +81,7 @@ class BackendInstallRequest(WireModel):
     name: OmitEmpty[str] = ""
     alias: OmitEmpty[str] = ""
     replica_index: OmitEmpty[Int32] = 0
-    force: OmitEmpty[bool] = False
+    force: OmitEmpty[Bool] = False
     op_id: OmitEmpty[str] = ""
 
 
@@ -222,7 +228,7 @@ class BackendStopRequest(WireModel):
     """Stop processes by backend name, model id or exact process key; empty = all."""
 
     backend: str = ""
-    force: OmitEmpty[bool] = False
+    force: OmitEmpty[Bool] = False
 
 
 # --- Install status (node agent extension, preferred by the probe) -----------------------------

@@ -290,6 +290,17 @@ async def test_cancelling_the_activity_unsubscribes_and_asks_the_node_to_cancel_
             'installing backend from gallery: source "oci://x" is not supported by this agent',
             INSTALL_REJECTED,
         ),
+        (
+            "installing backend from gallery: request galleries are not allowed on this node: "
+            "https://x/index.yaml (start the agent with --allow-request-galleries https://x/ "
+            "to allow)",
+            INSTALL_REJECTED,
+        ),
+        (
+            "upgrading backend from gallery: request uri is not allowed on this node: "
+            "file:///x (local paths and file:// URLs from a request are never allowed)",
+            INSTALL_REJECTED,
+        ),
         ("cancelled", INSTALL_CANCELLED),
     ],
 )

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from nats.aio.client import Client as NATS
 
 from devstack.sample_backend import Gallery, SampleBackend
@@ -28,6 +29,9 @@ OPTIONS = [
     "--max-download-size",
     "--max-unpacked-size",
     "--readiness-timeout",
+    "--allow-request-galleries",
+    "--allow-request-uri",
+    "--allow-remote-stop",
     "--nats-url",
     "--nats-creds",
     "--nats-token",
@@ -63,6 +67,46 @@ def test_help_explains_every_option() -> None:
     for option in OPTIONS:
         assert option in result.stdout, option
     assert "NATS_URL" in result.stdout
+    for env in (
+        "NODE_AGENT_ALLOW_REQUEST_GALLERIES",
+        "NODE_AGENT_ALLOW_REQUEST_URIS",
+        "NODE_AGENT_ALLOW_REMOTE_STOP",
+    ):
+        assert env in result.stdout, env
+
+
+def test_a_file_url_allow_list_entry_is_refused_in_one_line(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "node_agent", "--node-id", "n", "--backends-dir", str(tmp_path),
+         "--allow-request-uri", "file:///srv/"],
+        capture_output=True,
+        text=True,
+    )  # fmt: skip
+
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: --allow-request-uri 'file:///srv/': local paths and file:// URLs are never "
+        "accepted from requests"
+    ]
+
+
+def test_allow_lists_come_from_the_environment_when_no_flag_is_given(tmp_path: Path) -> None:
+    from node_agent.cli import build_parser, config_from_args
+
+    env = {
+        "NODE_AGENT_ALLOW_REQUEST_GALLERIES": "https://a.example/g/, https://b.example",
+        "NODE_AGENT_ALLOW_REQUEST_URIS": "https://c.example/",
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        patch.setenv("NODE_AGENT_ALLOW_REMOTE_STOP", "1")
+        args = build_parser().parse_args(["--node-id", "n", "--backends-dir", str(tmp_path)])
+        config = config_from_args(args)
+
+    assert config.allow_request_galleries == ("https://a.example/g/", "https://b.example")
+    assert config.allow_request_uris == ("https://c.example/",)
+    assert config.allow_remote_stop
 
 
 def test_an_invalid_node_id_is_refused_with_a_clear_message(tmp_path: Path) -> None:

@@ -142,11 +142,12 @@ async def test_backend_stop_accepts_key_model_backend_and_null(
 
 
 async def test_install_from_a_json_index_over_http(
-    node: NodeClient, archives: Path, artifact_server
+    start_agent, archives: Path, artifact_server
 ) -> None:
     from devstack.sample_backend import Gallery, build_archive
     from protocol.messages import GalleryConfig, encode_galleries
 
+    node = await start_agent(allow_request_galleries=(artifact_server.url("/"),))
     built = build_archive(archives / "web.tar", SampleBackend("web-echo"))
     url = artifact_server.publish("/web.tar", built.path)
     index = Gallery(path=archives / "index.json", name="web")
@@ -161,8 +162,9 @@ async def test_install_from_a_json_index_over_http(
 
 
 async def test_node_stop_shuts_the_agent_down_and_stops_its_processes(
-    node: NodeClient, archives: Path
+    start_agent, archives: Path
 ) -> None:
+    node = await start_agent(allow_remote_stop=True)
     node.gallery.add_backend(SampleBackend("cpu-echo"), archives)
     await node.install("cpu-echo", model_id="m1")
     proc = node.agent.service.supervisor.get("m1#0")

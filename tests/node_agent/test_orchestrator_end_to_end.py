@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from temporalio.client import Client
+import pytest
+from temporalio.client import Client, WorkflowFailureError
+from temporalio.exceptions import ApplicationError
 
 from devstack.sample_backend import Gallery, SampleBackend, build_archive
 from tests.node_agent.conftest import ADVERTISE_HOST, AgentFactory
@@ -70,3 +72,27 @@ async def test_slow_install_is_probed_through_the_status_extension_and_downloads
     assert result.attempts == 2, "one more install once the agent said the slot runs"
     assert [r.path for r in artifact_server.requests] == ["/cpu-slow.tar.gz"]
     await assert_replays(handle)
+
+
+async def test_an_install_from_an_untrusted_uri_fails_at_once_as_rejected(
+    client: Client,
+    task_queue: str,
+    start_agent: AgentFactory,
+    archives: Path,
+    artifact_server: ArtifactServer,
+) -> None:
+    built = build_archive(archives / "evil.tar.gz", SampleBackend("evil"))
+    uri = artifact_server.publish("/evil.tar.gz", built.path)
+    node = await start_agent()
+
+    handle = await start_install(
+        client, task_queue, install_input(node.node_id, backend="evil", uri=uri, name="evil")
+    )
+    with pytest.raises(WorkflowFailureError) as failure:
+        await handle.result()
+
+    cause = failure.value.cause
+    assert isinstance(cause, ApplicationError)
+    assert cause.type == "InstallRejected" and cause.non_retryable
+    assert "--allow-request-uri" in cause.message
+    assert artifact_server.requests == []
