@@ -76,17 +76,20 @@ def fetch(
     stall_timeout: float,
     on_progress: ProgressFn,
     abort: Abort,
+    check_redirect: Callable[[str], None] | None = None,
 ) -> str:
     """Bring the archive at ``uri`` into ``partial``; returns its sha256 (hex).
 
     ``partial`` is kept on transport failures (for a later resume) and removed when the
-    size limit is exceeded.
+    size limit is exceeded. ``check_redirect`` raises for a redirect target not to follow.
     """
     kind = classify(uri)
     if kind is SourceKind.ARCHIVE_FILE:
         return _copy_file(local_path(uri), partial, limit, on_progress, abort)
     if kind is SourceKind.ARCHIVE_HTTP:
-        return _http_download(uri, partial, limit, stall_timeout, on_progress, abort)
+        return _http_download(
+            uri, partial, limit, stall_timeout, on_progress, abort, check_redirect
+        )
     raise DownloadError(f"unsupported source {uri!r}")
 
 
@@ -184,6 +187,7 @@ def _http_download(
     timeout: float,
     on_progress: ProgressFn,
     abort: Abort,
+    check_redirect: Callable[[str], None] | None = None,
 ) -> str:
     digest, offset = _hash_prefix(partial)
     for _ in range(MAX_REDIRECTS + 1):
@@ -207,6 +211,8 @@ def _http_download(
                 status = response.status
                 if status in (301, 302, 303, 307, 308) and response.getheader("Location"):
                     url = urllib.parse.urljoin(url, response.getheader("Location", ""))
+                    if check_redirect is not None:
+                        check_redirect(url)
                     continue
                 if status == 416 and offset:
                     if _unsatisfiable_size(response.getheader("Content-Range")) == offset:

@@ -62,6 +62,9 @@ class Artifact:
     alias: str = ""
     version: str = ""
     gallery_url: str = ""
+    check_redirect: Callable[[str], None] | None = None
+    """Raises for a redirect target the source may not lead to (set for request ``uri``s, so an
+    allowed server cannot redirect the agent somewhere the allow-list does not admit)."""
 
 
 class _Throttle:
@@ -211,6 +214,7 @@ class Pipeline:
                         stall_timeout=self._config.download_stall_timeout,
                         on_progress=downloading,
                         abort=abort,
+                        check_redirect=artifact.check_redirect,
                     ),
                 )
                 size = partial.stat().st_size

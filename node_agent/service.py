@@ -243,7 +243,10 @@ class NodeService:
         problem = name_problem(target)
         if problem is not None:
             raise AgentError(f'invalid request: invalid backend name "{target}": {problem}')
-        return Plan(lock_name=target, artifact=Artifact(name=target, sources=(uri,), alias=alias))
+        artifact = Artifact(
+            name=target, sources=(uri,), alias=alias, check_redirect=self.trust.check_redirect
+        )
+        return Plan(lock_name=target, artifact=artifact)
 
     async def _run_pipeline(
         self,

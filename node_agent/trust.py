@@ -259,6 +259,15 @@ class Trust:
         if reason is not None:
             raise InstallError(f"request uri is not allowed on this node: {shown(uri)} ({reason})")
 
+    def check_redirect(self, target: str) -> None:
+        """A download of a request ``uri`` follows a redirect only where the allow-list admits."""
+        reason = _refusal(self.uri_prefixes, URI_KINDS, URIS_FLAG, target)
+        if reason is not None:
+            raise InstallError(
+                f"request uri redirected to a location not allowed on this node: "
+                f"{shown(target)} ({reason})"
+            )
+
     def check_entry_sources(self, gallery: GalleryConfig, sources: tuple[str, ...]) -> None:
         """A request gallery's index may not point at files on the node."""
         if self.is_own(gallery):

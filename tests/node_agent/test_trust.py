@@ -127,6 +127,24 @@ async def test_a_request_uri_outside_the_allowed_path_is_refused(
     assert artifact_server.requests == []
 
 
+async def test_a_request_uri_is_not_followed_to_a_redirect_outside_the_allow_list(
+    start_agent: AgentFactory, artifact_server: ArtifactServer, archives: Path
+) -> None:
+    elsewhere, _ = _published_backend(artifact_server, archives, "elsewhere")
+    with PageServer(302, b"") as trusted:
+        trusted.headers = {"Location": elsewhere}
+        node = await start_agent(allow_request_uris=(trusted.url("/"),))
+
+        reply = await node.install("x", uri=trusted.url("/x.tar.gz"), name="x")
+
+    assert reply.error.startswith(
+        f"{GALLERY}request uri redirected to a location not allowed on this node: {elsewhere} "
+    )
+    assert classify_node_error(reply.error) == INSTALL_REJECTED
+    assert artifact_server.requests == []
+    assert not (node.backends_dir / "x").exists()
+
+
 @pytest.mark.parametrize("form", ["file-url", "path", "directory", "ocifile"])
 async def test_local_paths_and_file_urls_from_a_request_are_never_installed(
     start_agent: AgentFactory, archives: Path, tmp_path: Path, form: str
