@@ -44,6 +44,7 @@ from node_agent.config import AgentConfig
 from node_agent.errors import AgentError
 from node_agent.service import NodeService
 from protocol import subjects
+from protocol.connection import NatsStartupError, permissions_violation
 from protocol.messages import (
     BackendDeleteRequest,
     BackendInstallRequest,
@@ -53,6 +54,7 @@ from protocol.messages import (
     error_body,
     process_key,
 )
+from protocol.nats_auth import node_inbox_prefix
 from protocol.wire import WireModel
 from telemetry import bind_fields, context_from_headers, server_span
 from telemetry.propagation import workflow_id_of
@@ -110,9 +112,12 @@ class Agent:
     async def start(self) -> None:
         """Clean leftovers, connect, subscribe; returns once the server knows the subscriptions."""
         self.service.recover()
-        if self._nc is None:
-            self._nc = await self.config.nats.connect(f"node-agent-{self.config.node_id}")
         node = self.config.node_id
+        if self._nc is None:
+            self._nc = await self.config.nats.connect(
+                f"node-agent-{node}", inbox_prefix=node_inbox_prefix(node)
+            )
+        before = self.nc.last_error
         routes: list[tuple[str, Handler]] = [
             (subjects.install(node), self._on_install),
             (subjects.upgrade(node), self._on_upgrade),
@@ -129,8 +134,31 @@ class Agent:
             self._subscriptions.append(
                 await self.nc.subscribe(subject, cb=self._dispatcher(handler, operation))
             )
-        await self._confirm_subscriptions()
+        await self._refuse_if_denied(before, [subject for subject, _ in routes])
+        try:
+            await self._confirm_subscriptions()
+        except (RuntimeError, nats.errors.Error):
+            await self._refuse_if_denied(before, [subjects.models_running(node)])
+            raise
         log.info("node agent %s listening", node)
+
+    async def _refuse_if_denied(self, before: Exception | None, wanted: list[str]) -> None:
+        """Refuse to start when the server denied one of our subjects (it says so only async).
+
+        A node whose user may not subscribe its own subjects would look healthy and never
+        answer; the message names the subject and the permission the node's user needs.
+        """
+        denied = await permissions_violation(self.nc, before)
+        if denied is None:
+            return
+        subject = next((s for s in wanted if f'"{s}"' in denied), "one of its subjects")
+        node = self.config.node_id
+        raise NatsStartupError(
+            f"NATS refused node {node} the use of {subject} (permissions violation): its NATS "
+            f"user must be allowed to subscribe nodes.{node}.> and publish "
+            f"nodes.{node}.models.running and nodes.{node}.agent.> (python -m protocol.nats_auth "
+            "writes such a configuration)"
+        )
 
     async def _confirm_subscriptions(self) -> None:
         """Round-trip a request through the server to ourselves before declaring readiness.

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from node_agent.agent import Agent
 from node_agent.config import AgentConfig, detect_capability
-from protocol.connection import NatsOptions
+from protocol.connection import NatsOptions, NatsStartupError
 from protocol.messages import decode_galleries
 from protocol.subjects import token_problem
 from telemetry import LOG_FORMATS, configure_logging, telemetry_from_env
@@ -195,6 +195,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         asyncio.run(run(replace(config, telemetry=telemetry)))
+    except NatsStartupError as err:  # refused credentials, TLS, permissions: one line
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     finally:
         telemetry.shutdown()
     return 0
