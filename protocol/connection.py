@@ -139,7 +139,12 @@ class NatsOptions:
                 refused.set_result(err)
             # other errors while connecting: retried, and the final error says it all
 
+        async def on_disconnected() -> None:
+            if not connecting:
+                await _log_disconnected()
+
         kwargs["error_cb"] = on_error
+        kwargs["disconnected_cb"] = on_disconnected
         nc = NATS()
         attempt = asyncio.ensure_future(nc.connect(**kwargs))
         try:
