@@ -20,11 +20,15 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from temporalio.client import Client
+from temporalio.testing import ActivityEnvironment
 
+from activities.install import InstallActivities
+from activities.models import InstallActivityInput
 from node_agent import Agent
 from node_agent.sample_backend import Gallery, SampleBackend
-from protocol import nats_auth
+from protocol import nats_auth, subjects
 from protocol.connection import NatsOptions, NatsStartupError
+from protocol.messages import BackendInstallReply, BackendInstallRequest
 from protocol.nats_auth import Fleet, TlsFiles, User
 from tests.node_agent.conftest import ADVERTISE_HOST, fast_config
 from tests.servers import CertFiles, free_port, make_tls_files, nats_server
@@ -291,6 +295,59 @@ async def test_an_install_through_the_real_agent_and_worker_succeeds_with_progre
 
     assert result.address.startswith(f"{ADVERTISE_HOST}:")
     assert result.progress_events > 0, "progress crossed the bus under the node's permissions"
+
+
+@pytest.fixture(scope="module")
+def worker_without_progress(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredNats]:
+    """A server whose orchestrator user was left without ``subscribe ...progress``."""
+    auth_dir = tmp_path_factory.mktemp("nats-auth-narrow")
+    fleet = nats_auth.make_fleet(NODES)
+    narrow = dataclasses.replace(
+        fleet.orchestrator,
+        permissions=dataclasses.replace(
+            nats_auth.ORCHESTRATOR_PERMISSIONS, subscribe=("_INBOX.>",)
+        ),
+    )
+    fleet = dataclasses.replace(fleet, orchestrator=narrow)
+    config = auth_dir / nats_auth.CONFIG_FILE
+    config.write_text(nats_auth.server_config(fleet, cost=LOW_COST))
+    with nats_server(config=config) as url:
+        yield SecuredNats(url, fleet, auth_dir)
+
+
+async def test_the_install_activity_warns_when_its_progress_subscription_is_refused(
+    worker_without_progress: SecuredNats, caplog: pytest.LogCaptureFixture
+) -> None:
+    bus = worker_without_progress
+    node = await bus.options(bus.node("node-1")).connect("scripted-node-1")
+    worker_nc = await bus.options(bus.fleet.orchestrator).connect("worker")
+
+    async def installed(msg: Msg) -> None:
+        await msg.respond(BackendInstallReply(success=True, address="10.0.0.7:1").to_wire())
+
+    await node.subscribe(subjects.install("node-1"), cb=installed)
+    await node.flush()
+    activity_input = InstallActivityInput(
+        node_id="node-1",
+        request=BackendInstallRequest(backend="llama-cpp", op_id="op-narrow"),
+        install_timeout_seconds=10,
+        heartbeat_interval_seconds=5,
+        progress_report_interval_seconds=0,
+    )
+    try:
+        result = await ActivityEnvironment().run(
+            InstallActivities(worker_nc).install_backend, activity_input
+        )
+    finally:
+        await node.close()
+        await worker_nc.close()
+
+    assert result.address == "10.0.0.7:1", "a refused progress subscription is not fatal"
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(
+        "NATS refused the subscription to nodes.node-1.backend.install.op-narrow.progress" in w
+        for w in warnings
+    ), warnings
 
 
 # --- TLS -----------------------------------------------------------------------------------
