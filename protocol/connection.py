@@ -4,6 +4,11 @@ The orchestrator's worker and the node agent share these options, flags and envi
 fallbacks (``NATS_URL``, ``NATS_CREDS``, ``NATS_TOKEN``, ``NATS_USER``, ``NATS_PASSWORD``,
 ``NATS_TLS_*``), so both run unchanged against a local ``nats-server`` or a secured cluster.
 Secrets come from the environment by preference and are never shown in ``--help``.
+
+A first connection that fails raises :class:`NatsStartupError`, one line that says what to
+set (a refused credential or an untrusted certificate fails at once instead of being retried
+like a network error). A client given a CA insists on TLS. The server refuses subjects a user
+may not use only asynchronously; :func:`permissions_violation` makes that visible.
 """
 
 from __future__ import annotations
@@ -131,12 +136,15 @@ class NatsOptions:
             kwargs["inbox_prefix"] = inbox_prefix
         refused: asyncio.Future[Exception] = asyncio.get_running_loop().create_future()
         connecting = True
+        tls_errors: list[ssl.SSLError] = []
 
         async def on_error(err: Exception) -> None:
             if not connecting:
                 await _log_error(err)
             elif _is_refusal(err) and not refused.done():
                 refused.set_result(err)
+            elif isinstance(err, ssl.SSLError):
+                tls_errors.append(err)
             # other errors while connecting: retried, and the final error says it all
 
         async def on_disconnected() -> None:
@@ -165,7 +173,8 @@ class NatsOptions:
         except Exception as err:
             with contextlib.suppress(Exception):
                 await nc.close()
-            raise NatsStartupError(self._explain(err)) from err
+            cause = tls_errors[-1] if tls_errors else err  # "no servers" hides a TLS failure
+            raise NatsStartupError(self._explain(cause)) from err
         # nats-py upgrades to TLS only when the server asks; a client given a CA must not
         # silently talk in clear to a server that does not (INFO has no public accessor).
         if (self.tls_ca or self.tls_cert) and not nc._server_info.get("tls_required"):
@@ -194,6 +203,11 @@ class NatsOptions:
                 f"{where}: the server certificate is not trusted ({err.verify_message}) — "
                 "set NATS_TLS_CA (or --nats-tls-ca) to the CA that signed it"
             )
+        if isinstance(err, ssl.SSLError) and _client_certificate_refused(err):
+            return (
+                f"{where} refused the TLS connection: it requires a client certificate its CA "
+                "signed — set NATS_TLS_CERT/NATS_TLS_KEY (or --nats-tls-cert/--nats-tls-key)"
+            )
         if isinstance(err, ssl.SSLError):
             return f"{where}: TLS failed ({err.reason or type(err).__name__})"
         if "tls" in text or "secure connection" in text:
@@ -218,7 +232,17 @@ def _is_refusal(err: Exception) -> bool:
     """A refusal that retrying cannot fix: credentials or TLS trust."""
     if isinstance(err, nats.errors.AuthorizationError | ssl.SSLCertVerificationError):
         return True
+    if isinstance(err, ssl.SSLError) and _client_certificate_refused(err):
+        return True
     return AUTHORIZATION_VIOLATION in str(err).lower()
+
+
+def _client_certificate_refused(err: ssl.SSLError) -> bool:
+    """The server's TLS alert says our client certificate is missing or not trusted."""
+    reason = err.reason or ""
+    return any(
+        alert in reason for alert in ("CERTIFICATE_REQUIRED", "BAD_CERTIFICATE", "UNKNOWN_CA")
+    )
 
 
 def _redact(url: str) -> str:

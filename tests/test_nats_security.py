@@ -31,7 +31,7 @@ from protocol.connection import NatsOptions, NatsStartupError
 from protocol.messages import BackendInstallReply, BackendInstallRequest
 from protocol.nats_auth import Fleet, TlsFiles, User
 from tests.node_agent.conftest import ADVERTISE_HOST, fast_config
-from tests.servers import CertFiles, free_port, make_tls_files, nats_server
+from tests.servers import CertFiles, find_binary, free_port, make_tls_files, nats_server
 from tests.worker_process import ROOT, worker_command
 from tests.workflow_helpers import install_input, start_install, wait_for
 from worker_main import create_worker
@@ -361,6 +361,24 @@ async def test_tls_without_the_ca_is_refused_with_one_line(tls_nats: SecuredNats
     assert "NATS_TLS_CA" in str(refused.value)
 
 
+async def test_mutual_tls_admits_a_client_certificate_signed_by_the_ca(
+    tmp_path: Path, certs: CertFiles
+) -> None:
+    tls = TlsFiles(certs.server_cert, certs.server_key, ca=certs.ca)
+    fleet = nats_auth.write_auth_dir(tmp_path, NODES, tls=tls, cost=LOW_COST)
+    with nats_server(config=tmp_path / nats_auth.CONFIG_FILE) as url:
+        bus = SecuredNats(url, fleet, tmp_path, tls_ca=str(certs.ca))
+        with_cert = bus.options(
+            bus.node("node-1"), tls_cert=str(certs.client_cert), tls_key=str(certs.client_key)
+        )
+        nc = await with_cert.connect("mtls")
+        await nc.close()
+        # The server's "certificate required" alert can lose the race with its closing the
+        # socket on every attempt; then the client only saw a dead connection.
+        with pytest.raises(NatsStartupError, match=r"NATS_TLS_CERT|no server answered"):
+            await bus.options(bus.node("node-1")).connect("no-client-cert")
+
+
 async def test_a_client_asking_for_tls_refuses_a_server_without_it(
     secured_nats: SecuredNats, certs: CertFiles
 ) -> None:
@@ -435,6 +453,26 @@ def test_an_unreachable_nats_still_gives_one_line(tmp_path: Path) -> None:
         f"error: cannot connect to NATS at {url}: no server answered after 3 attempts — "
         "is nats-server running there? set NATS_URL (or --nats-url)"
     ]
+
+
+def test_the_generator_command_writes_a_config_the_server_accepts(tmp_path: Path) -> None:
+    code = nats_auth.main(["--out", str(tmp_path / "auth"), "--node", "gpu-1", "--node", "gpu-2"])
+
+    assert code == 0
+    assert sorted(p.name for p in (tmp_path / "auth").iterdir()) == [
+        "nats-server.conf",
+        "node-gpu-1.env",
+        "node-gpu-2.env",
+        "orchestrator.env",
+    ]
+    check = subprocess.run(
+        [find_binary("nats-server"), "-c", str(tmp_path / "auth" / "nats-server.conf"), "-t"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert check.returncode == 0, check.stderr
 
 
 async def test_the_generator_refuses_a_node_named_like_the_orchestrator() -> None:
