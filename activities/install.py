@@ -244,7 +244,7 @@ class InstallActivities:
             before = self._nc.last_error
             subscription = await self._nc.subscribe(subject, cb=tracker.on_message)
             await self._nc.flush(timeout=SUBSCRIBE_FLUSH_TIMEOUT)
-            denied = await permissions_violation(self._nc, before)
+            denied = await permissions_violation(self._nc, before, flushes=1)
         except Exception as err:  # subscription problems must not fail the install
             activity.logger.warning("no progress for op %s: subscribing failed: %s", op_id, err)
             return None

@@ -255,15 +255,17 @@ def _redact(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=f"***@{host}"))
 
 
-async def permissions_violation(nc: NATS, before: Exception | None) -> str | None:
+async def permissions_violation(nc: NATS, before: Exception | None, flushes: int = 2) -> str | None:
     """The server's "permissions violation" text for this connection since ``before``, if any.
 
     The server refuses a subscription or publish it does not allow with an asynchronous
     ``-ERR``; nats-py then only calls its error callback and keeps the subscription as if it
-    worked. Two round trips make sure the ``-ERR`` has been read (one was seen to miss it about
-    one time in five). ``before`` is ``nc.last_error`` taken before the operation.
+    worked. nats-py writes the PING of ``flush()`` straight to the socket, ahead of commands
+    still queued for its flusher task, so one round trip can overtake the SUB (seen about one
+    time in five); the second goes after it. A caller that has just flushed once passes
+    ``flushes=1``. ``before`` is ``nc.last_error`` taken before the operation.
     """
-    for _ in range(2):
+    for _ in range(flushes):
         await nc.flush()
     err = nc.last_error
     if err is None or err is before or PERMISSIONS_VIOLATION not in str(err).lower():
