@@ -2,6 +2,8 @@
 
 Everything a newcomer needs to watch an install happen, with state (Temporal's SQLite
 history, the nodes' backends) kept under one directory so a restart keeps past workflows.
+NATS runs with a user per node and one for the worker (:mod:`protocol.nats_auth`), their
+credentials written to ``<state>/nats/`` on every start and handed over in the environment.
 """
 
 from __future__ import annotations
