@@ -36,7 +36,7 @@ from activities.install_slots import install_slots
 from activities.probe import ProbeActivities
 from contracts.names import DEFAULT_TASK_QUEUE
 from contracts.search_attributes import SEARCH_ATTRIBUTES
-from protocol.connection import NatsOptions
+from protocol.connection import NatsOptions, NatsStartupError
 from telemetry import LOG_FORMATS, Telemetry, configure_logging, telemetry_from_env
 from telemetry.temporal import client_traces, temporal_interceptors, temporal_runtime
 from workflows.install_backend import InstallBackendWorkflow
@@ -248,8 +248,8 @@ async def run(args: argparse.Namespace) -> int:
     nats_options = NatsOptions.from_args(args)
     try:
         nc = await nats_options.connect(f"backend-install-worker-{os.getpid()}")
-    except Exception as err:
-        print(f"error: cannot connect to NATS at {nats_options.url}: {err!r}", file=sys.stderr)
+    except NatsStartupError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
 
     if not args.no_register_search_attributes:

@@ -37,6 +37,7 @@ from contracts.failures import (
 )
 from contracts.names import INSTALL_ACTIVITY, PROGRESS_SIGNAL
 from protocol import subjects
+from protocol.connection import permissions_violation
 from protocol.messages import BackendInstallProgressEvent, BackendInstallReply, process_key
 from telemetry import InstallMetrics, Telemetry, bind_fields, request_span
 from telemetry.spans import outcome_of
@@ -239,11 +240,21 @@ class InstallActivities:
             return None
         subject = subjects.progress(node_id, op_id)
         try:
+            before = self._nc.last_error
             subscription = await self._nc.subscribe(subject, cb=tracker.on_message)
             await self._nc.flush(timeout=SUBSCRIBE_FLUSH_TIMEOUT)
+            denied = await permissions_violation(self._nc, before, flushes=1)
         except Exception as err:  # subscription problems must not fail the install
             activity.logger.warning("no progress for op %s: subscribing failed: %s", op_id, err)
             return None
+        if denied is not None and f'"{subject}"' in denied:
+            activity.logger.warning(
+                "no progress for op %s: NATS refused the subscription to %s (permissions "
+                "violation); the worker's NATS user must be allowed to subscribe "
+                "nodes.*.backend.install.*.progress",
+                op_id,
+                subject,
+            )
         return subscription
 
     async def _pump(self, tracker: ProgressTracker, input: InstallActivityInput) -> None:

@@ -52,6 +52,12 @@ def parse_args(argv: Sequence[str] | None = None) -> StackConfig:
     parser.add_argument("--nodes", type=int, default=defaults.nodes, help="node agents to run")
     parser.add_argument("--task-queue", default=defaults.task_queue)
     parser.add_argument("--no-sample", action="store_true", help="do not start the sample install")
+    parser.add_argument(
+        "--no-nats-auth",
+        action="store_true",
+        help="run NATS open to anyone on loopback; by default every node and the worker get "
+        "their own user with per-subject permissions (credentials in STATE_DIR/nats/)",
+    )
     args = parser.parse_args(argv)
     if args.nodes < 2:
         parser.error("--nodes must be at least 2 (the printed commands use node-2)")
@@ -66,6 +72,7 @@ def parse_args(argv: Sequence[str] | None = None) -> StackConfig:
         task_queue=args.task_queue,
         sample=not args.no_sample,
         artifact_rate=args.artifact_rate,
+        nats_auth=not args.no_nats_auth,
     )
 
 

@@ -2,6 +2,8 @@
 
 Everything a newcomer needs to watch an install happen, with state (Temporal's SQLite
 history, the nodes' backends) kept under one directory so a restart keeps past workflows.
+NATS runs with a user per node and one for the worker (:mod:`protocol.nats_auth`), their
+credentials written to ``<state>/nats/`` on every start and handed over in the environment.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from contracts.search_attributes import SEARCH_ATTRIBUTES
 from devstack.binaries import find_binary
 from devstack.gallery import THROTTLE_BYTES_PER_SECOND, ThrottledFileServer, prepare_gallery
 from devstack.processes import ProcessGroup, check_port_free, wait_for_line, wait_for_port
+from protocol import nats_auth
 from protocol.messages import encode_galleries
 from worker_main import connect_temporal
 from workflows.install_backend import InstallBackendWorkflow
@@ -43,6 +46,13 @@ class StackConfig:
     sample: bool = True
     artifact_rate: int = THROTTLE_BYTES_PER_SECOND
     """Bytes per second for the slow demo backend's download."""
+    nats_auth: bool = True
+    """A user per node and one for the worker, with per-subject permissions; off: open bus."""
+
+    @property
+    def nats_dir(self) -> Path:
+        """Where the NATS server configuration and the credential env files are written."""
+        return self.state_dir / "nats"
 
     @property
     def temporal_address(self) -> str:
@@ -111,11 +121,20 @@ class Stack:
             temporal,
             ready=lambda c: wait_for_port(config.temporal_port, 60, c.proc),
         )
-        self.group.start(
-            "nats",
-            [find_binary("nats-server"), "-a", "127.0.0.1", "-p", str(config.nats_port)],
-            ready=lambda c: wait_for_port(config.nats_port, 20, c.proc),
-        )
+        nats = [find_binary("nats-server"), "-a", "127.0.0.1", "-p", str(config.nats_port)]
+        credentials: dict[str, dict[str, str]] = {}
+        if config.nats_auth:
+            nats_dir = self.state / "nats"
+            nats_auth.write_auth_dir(nats_dir, config.node_ids())
+            nats += ["-c", str(nats_dir / nats_auth.CONFIG_FILE)]
+            credentials = {
+                name: nats_auth.read_env_file(nats_dir / file)
+                for name, file in [
+                    ("worker", nats_auth.ORCHESTRATOR_ENV_FILE),
+                    *((node, nats_auth.node_env_file(node)) for node in config.node_ids()),
+                ]
+            }
+        self.group.start("nats", nats, ready=lambda c: wait_for_port(config.nats_port, 20, c.proc))
         for position, node_id in enumerate(config.node_ids()):
             low = config.backend_port_base + 20 * position
             self.group.start(
@@ -139,6 +158,7 @@ class Stack:
                     "--nats-url",
                     config.nats_url,
                 ],
+                env=credentials.get(node_id),  # env, not flags: ps shows flags to everyone
                 ready=lambda c: wait_for_line(c.log, "ready", 30, c.proc),
             )
         self.group.start(
@@ -153,7 +173,7 @@ class Stack:
                 "--task-queue",
                 config.task_queue,
             ],
-            env={"PYTHONUNBUFFERED": "1"},
+            env={"PYTHONUNBUFFERED": "1", **credentials.get("worker", {})},
             ready=lambda c: wait_for_line(c.log, "worker polling", 60, c.proc),
         )
 
@@ -190,7 +210,8 @@ def next_steps(config: StackConfig, sample_id: str | None) -> str:
         f"Stack is up. State: {config.state_dir}  Logs: {config.state_dir / 'logs'}",
         f"  Temporal web UI   {config.ui_url}",
         f"  Temporal          {config.temporal_address}   task queue {config.task_queue}",
-        f"  NATS              {config.nats_url}",
+        f"  NATS              {config.nats_url}"
+        + ("   users and permissions on" if config.nats_auth else "   open: no auth"),
         f"  nodes             {', '.join(config.node_ids())}   backends: cpu-echo (alias echo), "
         "cpu-large (slow download)",
     ]
@@ -202,6 +223,8 @@ def next_steps(config: StackConfig, sample_id: str | None) -> str:
             f"  watch it:  {python} -m backendctl --address {config.temporal_address} "
             f"watch {shlex.quote(sample_id)}",
         ]
+    if config.nats_auth:
+        lines += _nats_auth_lines(config, python)
     lines += [
         "",
         "Try next:",
@@ -215,6 +238,24 @@ def next_steps(config: StackConfig, sample_id: str | None) -> str:
         "Ctrl-C stops everything.",
     ]
     return "\n".join(lines)
+
+
+def _nats_auth_lines(config: StackConfig, python: str) -> list[str]:
+    """How to talk to the secured NATS: which file holds whose credentials, and a command."""
+    nats_dir = config.nats_dir
+    orchestrator = shlex.quote(str(nats_dir / nats_auth.ORCHESTRATOR_ENV_FILE))
+    worker = shlex.quote(_relative(str(ROOT / "worker_main.py")))
+    return [
+        "",
+        f"NATS auth is on (--no-nats-auth turns it off); new passwords every start, in {nats_dir}:",
+        f"  server config     {nats_dir / nats_auth.CONFIG_FILE}   (bcrypt hashes, permissions)",
+        f"  worker            {nats_dir / nats_auth.ORCHESTRATOR_ENV_FILE}   "
+        f"nodes: {nats_dir}/node-<id>.env",
+        "  the temporal and backendctl commands below talk to Temporal only: no NATS login.",
+        "  one more worker, with the worker credentials (NATS_USER/NATS_PASSWORD from the file):",
+        f"  env $(cat {orchestrator}) {python} {worker} --temporal-address "
+        f"{config.temporal_address} --nats-url {config.nats_url} --task-queue {config.task_queue}",
+    ]
 
 
 def _relative(path: str) -> str:

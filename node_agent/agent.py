@@ -48,6 +48,7 @@ from node_agent.duplicates import DuplicateAgent, Instance, instance_subject, ot
 from node_agent.errors import AgentError
 from node_agent.service import NodeService
 from protocol import subjects
+from protocol.connection import NatsStartupError, permissions_violation
 from protocol.messages import (
     BackendDeleteRequest,
     BackendInstallRequest,
@@ -57,6 +58,7 @@ from protocol.messages import (
     error_body,
     process_key,
 )
+from protocol.nats_auth import node_inbox_prefix
 from protocol.wire import WireModel
 from telemetry import bind_fields, context_from_headers, server_span
 from telemetry.propagation import workflow_id_of
@@ -133,11 +135,15 @@ class Agent:
         """Connect, make sure no other agent serves this node id, clean leftovers, subscribe.
 
         Returns once the server knows the subscriptions. Raises :class:`DuplicateAgent`
-        (before touching the backends directory) when another agent answers for the node id.
+        (before touching the backends directory) when another agent answers for the node id,
+        and :class:`NatsStartupError` when the server denies one of the node's subjects.
         """
-        if self._nc is None:
-            self._nc = await self.config.nats.connect(f"node-agent-{self.config.node_id}")
         node = self.config.node_id
+        if self._nc is None:
+            self._nc = await self.config.nats.connect(
+                f"node-agent-{node}", inbox_prefix=node_inbox_prefix(node)
+            )
+        before = self.nc.last_error
         await self._refuse_if_taken()
         self._subscriptions.append(
             await self.nc.subscribe(instance_subject(node), cb=self._on_instance)
@@ -159,7 +165,14 @@ class Agent:
             self._subscriptions.append(
                 await self.nc.subscribe(subject, cb=self._dispatcher(handler, operation))
             )
-        await self._confirm_subscriptions()
+        await self._refuse_if_denied(
+            before, [instance_subject(node), *(subject for subject, _ in routes)]
+        )
+        try:
+            await self._confirm_subscriptions()
+        except (RuntimeError, nats.errors.Error):
+            await self._refuse_if_denied(before, [subjects.models_running(node)])
+            raise
         if self.config.duplicate_check_interval > 0:
             self._duplicate_watch = asyncio.create_task(self._watch_duplicates())
         log.info("node agent %s listening (%s)", node, self.instance.describe())
@@ -213,6 +226,24 @@ class Agent:
                     node,
                     other.describe(),
                 )
+
+    async def _refuse_if_denied(self, before: Exception | None, wanted: list[str]) -> None:
+        """Refuse to start when the server denied one of our subjects (it says so only async).
+
+        A node whose user may not subscribe its own subjects would look healthy and never
+        answer; the message names the subject and the permission the node's user needs.
+        """
+        denied = await permissions_violation(self.nc, before)
+        if denied is None:
+            return
+        subject = next((s for s in wanted if f'"{s}"' in denied), "one of its subjects")
+        node = self.config.node_id
+        raise NatsStartupError(
+            f"NATS refused node {node} the use of {subject} (permissions violation): its NATS "
+            f"user must be allowed to subscribe nodes.{node}.> and publish "
+            f"nodes.{node}.models.running and nodes.{node}.agent.> (python -m protocol.nats_auth "
+            "writes such a configuration)"
+        )
 
     async def _confirm_subscriptions(self) -> None:
         """Round-trip a request through the server to ourselves before declaring readiness.

@@ -24,7 +24,7 @@ from node_agent.agent import Agent
 from node_agent.config import AgentConfig, detect_capability
 from node_agent.duplicates import DuplicateAgent
 from node_agent.trust import Trust
-from protocol.connection import NatsOptions
+from protocol.connection import NatsOptions, NatsStartupError
 from protocol.messages import decode_galleries
 from protocol.subjects import token_problem
 from telemetry import LOG_FORMATS, configure_logging, telemetry_from_env
@@ -267,7 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         asyncio.run(run(replace(config, telemetry=telemetry)))
-    except DuplicateAgent as err:
+    except (DuplicateAgent, NatsStartupError) as err:  # one line, never a traceback
         print(f"error: {err}", file=sys.stderr)
         return 2
     finally:

@@ -2,7 +2,8 @@
 
 Depends on nothing else in this project. ``protocol.subjects`` builds subjects and validates
 their tokens, ``protocol.messages`` holds the wire messages, ``protocol.gallery`` the gallery
-index format.
+index format, ``protocol.connection`` how both sides connect, ``protocol.nats_auth`` who may use
+which subject (the nats-server users and permissions per role).
 """
 
 from protocol import subjects

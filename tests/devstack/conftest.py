@@ -34,6 +34,17 @@ class RunningStack:
     ports: list[int]
     lines: list[str] = field(default_factory=list)
 
+    @property
+    def nats_url(self) -> str:
+        return f"nats://127.0.0.1:{self.ports[1]}"
+
+    def printed_line(self, start: str) -> str:
+        """The first printed line that begins with ``start`` (after indentation)."""
+        for line in self.lines:
+            if line.strip().startswith(start):
+                return line.strip()
+        raise AssertionError(f"no line starting {start!r} in:\n{self.printed()}")
+
     def printed(self) -> str:
         return "\n".join(self.lines)
 
@@ -61,9 +72,17 @@ class RunningStack:
                 cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
             except OSError:
                 continue
-            if "pytest" not in cmdline and any(marker in cmdline for marker in markers):
+            if not _is_pytest(cmdline) and any(marker in cmdline for marker in markers):
                 found.append(cmdline)
         return found
+
+
+def _is_pytest(cmdline: str) -> bool:
+    """A test runner process (its paths, under pytest's tmp directory, contain "pytest")."""
+    head = cmdline.split(" ")[:3]
+    return any(Path(word).name in ("pytest", "py.test") for word in head) or "-m pytest" in (
+        " ".join(head)
+    )
 
 
 @pytest.fixture(scope="module")

@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
 from urllib.parse import quote
 
+import pytest
 from playwright.async_api import Page
 from playwright.async_api import TimeoutError as PlaywrightTimeout
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from contracts.install import InstallBackendInput, install_workflow_id
+from devstack.__main__ import parse_args
+from devstack.stack import next_steps
+from protocol import nats_auth
+from protocol.connection import NatsOptions, NatsStartupError
 from tests.devstack.browser import browser_page, screenshot
 from tests.devstack.conftest import ROOT, RunningStack
 from workflows.install_backend import InstallBackendWorkflow
@@ -56,6 +64,71 @@ def run_printed(command: list[str]) -> subprocess.CompletedProcess[str]:
 
 def start_id(command: list[str]) -> str:
     return command[command.index("--workflow-id") + 1]
+
+
+async def test_the_stack_nats_refuses_anonymous_clients(stack: RunningStack) -> None:
+    with pytest.raises(NatsStartupError, match="authorization violation"):
+        await NatsOptions(url=stack.nats_url).connect("anonymous")
+
+
+def test_no_process_of_the_stack_shows_a_nats_password(stack: RunningStack) -> None:
+    nats_dir = stack.state_dir / "nats"
+    passwords = [nats_auth.read_env_file(path)["NATS_PASSWORD"] for path in nats_dir.glob("*.env")]
+    assert len(passwords) == 4, "the worker and three nodes each have their own credentials"
+    assert all(path.stat().st_mode & 0o777 == 0o600 for path in nats_dir.iterdir())
+    cmdlines = all_command_lines()
+    assert any("node_agent" in c and str(stack.state_dir) in c for c in cmdlines)
+    assert not [c for c in cmdlines if any(password in c for password in passwords)]
+
+
+def all_command_lines() -> list[str]:
+    """What ``ps`` shows every user: the command line of every process."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                found.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+    return found
+
+
+def test_the_printed_extra_worker_command_connects_with_the_printed_credentials(
+    stack: RunningStack,
+) -> None:
+    line = stack.printed_line("env $(cat ")
+    proc = subprocess.Popen(
+        ["bash", "-c", line],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        output = []
+        for out_line in proc.stdout:
+            output.append(out_line)
+            if "worker polling" in out_line:
+                break
+        assert "worker polling" in "".join(output), "".join(output)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # graceful: no install of another test is lost
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_no_nats_auth_runs_an_open_bus_and_prints_no_credentials() -> None:
+    config = parse_args(["--no-nats-auth"])
+
+    printed = next_steps(config, None)
+
+    assert config.nats_auth is False and parse_args([]).nats_auth is True
+    assert "open: no auth" in printed
+    assert ".env" not in printed
 
 
 def test_a_port_in_use_is_named_with_the_flag_that_moves_it() -> None:
