@@ -7,6 +7,7 @@ history, the nodes' backends) kept under one directory so a restart keeps past w
 from __future__ import annotations
 
 import asyncio
+import os
 import shlex
 import signal
 import sys
@@ -151,7 +152,16 @@ class Stack:
                 "--task-queue",
                 config.task_queue,
             ],
-            env={"PYTHONUNBUFFERED": "1"},
+            # One fixed version that takes all new work on every start, so installs left
+            # running by a previous run resume on the new code (README, "Deploying a new
+            # worker version"); the environment overrides both.
+            env={
+                "PYTHONUNBUFFERED": "1",
+                "TEMPORAL_WORKER_BUILD_ID": os.environ.get("TEMPORAL_WORKER_BUILD_ID", "dev"),
+                "TEMPORAL_WORKER_SET_CURRENT": os.environ.get(
+                    "TEMPORAL_WORKER_SET_CURRENT", "always"
+                ),
+            },
             ready=lambda c: wait_for_line(c.log, "worker polling", 60, c.proc),
         )
 
