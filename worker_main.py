@@ -51,6 +51,7 @@ from worker_versioning import (
     VersioningError,
     default_build_id,
     make_current,
+    warn_if_routed_to_a_version,
 )
 from workflows.install_backend import InstallBackendWorkflow
 from workflows.models import SEARCH_ATTRIBUTES
@@ -267,6 +268,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+OFF = ("0", "off", "false", "no")
+ON = ("1", "on", "true", "yes")
+"""Values of ``TEMPORAL_WORKER_VERSIONING``; anything else stops the worker at start-up."""
+
+
 def add_versioning_arguments(parser: argparse.ArgumentParser) -> None:
     env = os.environ.get
     group = parser.add_argument_group(
@@ -302,10 +308,6 @@ def add_versioning_arguments(parser: argparse.ArgumentParser) -> None:
         "'temporal worker deployment set-current-version') "
         "(env TEMPORAL_WORKER_SET_CURRENT; default %(default)s)",
     )
-
-
-OFF = ("0", "off", "false", "no")
-ON = ("1", "on", "true", "yes")
 
 
 def versioning_from_args(args: argparse.Namespace) -> Versioning | None:
@@ -382,7 +384,9 @@ async def run(args: argparse.Namespace) -> int:
         max_concurrent_activities=args.max_concurrent_activities,
     )
     async with worker:
-        if versioning is not None:
+        if versioning is None:
+            await warn_if_routed_to_a_version(client, args.deployment_name)
+        else:
             try:
                 await make_current(client, versioning, client.identity)
             except VersioningError as err:

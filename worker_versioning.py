@@ -206,6 +206,27 @@ async def make_current(client: Client, versioning: Versioning, identity: str) ->
     log.info("made version %s current (was %s)", versioning, current or "none")
 
 
+async def warn_if_routed_to_a_version(client: Client, deployment_name: str) -> None:
+    """For an unversioned worker: warn when the deployment routes new work to a version.
+
+    Unversioned workers then receive nothing on the deployment's task queues, a silent stall
+    after turning versioning off. Servers without worker deployments say nothing here.
+    """
+    try:
+        current, _ = await _current_build_id(client, deployment_name)
+    except RPCError:
+        return
+    if current:
+        log.warning(
+            "deployment %s routes new workflows to build id %s, not to unversioned workers "
+            "like this one; to route them here: temporal worker deployment "
+            "set-current-version --deployment-name %s --unversioned",
+            deployment_name,
+            current,
+            deployment_name,
+        )
+
+
 async def _current_build_id(client: Client, deployment_name: str) -> tuple[str, bytes]:
     """The deployment's current build id ("" for none) and the description's conflict token."""
     try:

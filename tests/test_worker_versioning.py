@@ -42,6 +42,7 @@ from worker_versioning import (
     git_commit,
     make_current,
     package_version,
+    warn_if_routed_to_a_version,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -308,3 +309,16 @@ async def test_if_unset_leaves_another_current_version_alone(client: Client, nc:
             always = Versioning(deployment, "later", SetCurrent.ALWAYS)
             await make_current(client, always, "test")
             assert await current_build_id(client, deployment) == "later"
+
+
+async def test_unversioned_worker_warns_when_its_deployment_routes_to_a_version(
+    client: Client, nc: NATS, caplog: pytest.LogCaptureFixture
+) -> None:
+    deployment = deployment_name()
+    versioning = Versioning(deployment, "A")
+    async with versioned_worker(client, nc, f"versioned-{uuid.uuid4().hex[:8]}", versioning):
+        await make_current(client, versioning, "test")
+
+    await warn_if_routed_to_a_version(client, deployment)
+
+    assert f"--deployment-name {deployment} --unversioned" in caplog.text
