@@ -38,10 +38,12 @@ from worker_main import create_worker
 from worker_versioning import (
     SetCurrent,
     Versioning,
+    VersioningError,
     default_build_id,
     git_commit,
     make_current,
     package_version,
+    set_current_command,
     warn_if_routed_to_a_version,
 )
 
@@ -322,3 +324,31 @@ async def test_unversioned_worker_warns_when_its_deployment_routes_to_a_version(
     await warn_if_routed_to_a_version(client, deployment)
 
     assert f"--deployment-name {deployment} --unversioned" in caplog.text
+
+
+async def test_a_refused_routing_change_names_the_command_to_run_by_hand(
+    temporal_address: str,
+) -> None:
+    elsewhere = await Client.connect(temporal_address, namespace=f"missing-{uuid.uuid4().hex[:8]}")
+    versioning = Versioning(deployment_name(), "A")
+
+    with pytest.raises(VersioningError) as refused:
+        await make_current(elsewhere, versioning, "test")
+
+    assert "--set-current never" in str(refused.value)
+    assert set_current_command(versioning) in str(refused.value)
+
+
+def test_help_explains_the_versioning_options_and_their_environment() -> None:
+    out = subprocess.run(worker_command("--help"), capture_output=True, text=True, check=True)
+    for option in (
+        "--deployment-name",
+        "TEMPORAL_DEPLOYMENT_NAME",
+        "--build-id",
+        "TEMPORAL_WORKER_BUILD_ID",
+        "--set-current",
+        "TEMPORAL_WORKER_SET_CURRENT",
+        "--no-versioning",
+        "TEMPORAL_WORKER_VERSIONING",
+    ):
+        assert option in out.stdout
