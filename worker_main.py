@@ -5,6 +5,11 @@ Temporal settings follow Temporal's environment configuration (``TEMPORAL_ADDRES
 TOML config file), NATS settings ``NATS_URL`` and friends. One NATS connection is shared by
 all activities and reconnects on its own. SIGINT/SIGTERM stop polling, let running activities
 finish within the grace period, then drain NATS.
+
+The worker runs as one version of a Temporal Worker Deployment (``worker_versioning``):
+installs and rollouts are PINNED to the version that started them, so a new worker version
+takes new installs while running ones finish on the old code. ``--no-versioning`` turns this
+off for servers without worker deployments.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from datetime import timedelta
+from typing import Any
 
 from nats.aio.client import Client as NATS
 from temporalio.api.enums.v1 import IndexedValueType
@@ -25,6 +31,7 @@ from temporalio.api.operatorservice.v1 import (
     ListSearchAttributesRequest,
 )
 from temporalio.client import Client
+from temporalio.common import VersioningBehavior
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.envconfig import ClientConfig
 from temporalio.runtime import Runtime
@@ -39,6 +46,15 @@ from contracts.search_attributes import SEARCH_ATTRIBUTES
 from protocol.connection import NatsOptions, NatsStartupError
 from telemetry import LOG_FORMATS, Telemetry, configure_logging, telemetry_from_env
 from telemetry.temporal import client_traces, temporal_interceptors, temporal_runtime
+from worker_versioning import (
+    DEFAULT_DEPLOYMENT_NAME,
+    SetCurrent,
+    Versioning,
+    VersioningError,
+    default_build_id,
+    make_current,
+    warn_if_routed_to_a_version,
+)
 from workflows.install_backend import InstallBackendWorkflow
 from workflows.rollout import RolloutBackendWorkflow
 
@@ -46,28 +62,60 @@ DEFAULT_TEMPORAL_ADDRESS = "localhost:7233"
 
 log = logging.getLogger("worker_main")
 
+WORKFLOW_BEHAVIORS: dict[type[Any], VersioningBehavior] = {
+    InstallBackendWorkflow: VersioningBehavior.PINNED,
+    RolloutBackendWorkflow: VersioningBehavior.PINNED,
+}
+"""Every workflow type the worker runs, with its behavior on a versioned worker.
+
+PINNED: an execution stays on the version that started it until it finishes (continue-as-new
+included), so hours-long installs and rollouts never move to code they did not start on; see
+the classes' docstrings. Declared here, not with ``@workflow.defn(versioning_behavior=...)``:
+temporalio 1.35 sends a declared behavior with every workflow task, and the server refuses it
+from an unversioned worker ("versioning behavior cannot be specified without deployment
+options being set with versioned mode"), which would hang every workflow under
+``--no-versioning`` and on the tests' unversioned workers. A versioned worker applies the
+behavior as its default, one per worker, so every type listed here must share it.
+"""
+
+
+def default_behavior() -> VersioningBehavior:
+    """The one behavior all workflow types share; a new type must be added with one."""
+    behaviors = set(WORKFLOW_BEHAVIORS.values())
+    if len(behaviors) != 1 or VersioningBehavior.UNSPECIFIED in behaviors:
+        raise ValueError(
+            "every workflow type in WORKFLOW_BEHAVIORS needs the same, specified behavior"
+        )
+    return behaviors.pop()
+
 
 def create_worker(
     client: Client,
     nc: NATS,
     task_queue: str = DEFAULT_TASK_QUEUE,
     telemetry: Telemetry | None = None,
+    *,
+    versioning: Versioning | None = None,
     **worker_options: object,
 ) -> Worker:
     """A worker with every workflow and activity of this project registered.
 
     With ``telemetry`` tracing, workflows and activities are traced: by the client's tracing
-    interceptor when it has one (workers inherit it), else by one added here.
+    interceptor when it has one (workers inherit it), else by one added here. With
+    ``versioning`` the worker polls as that Worker Deployment Version; without it, unversioned
+    (what the in-process test workers use: each test's own task queue needs no deployment).
     """
     telemetry = telemetry or Telemetry()
     install = InstallActivities(nc, telemetry)
     probe = ProbeActivities(nc, telemetry)
     if telemetry.tracing and not client_traces(client) and "interceptors" not in worker_options:
         worker_options["interceptors"] = temporal_interceptors(telemetry)
+    if versioning is not None:
+        worker_options["deployment_config"] = versioning.deployment_config(default_behavior())
     return Worker(
         client,
         task_queue=task_queue,
-        workflows=[InstallBackendWorkflow, RolloutBackendWorkflow],
+        workflows=list(WORKFLOW_BEHAVIORS),
         activities=[install.install_backend, probe.probe_slot, await_install, install_slots],
         **worker_options,  # type: ignore[arg-type]
     )
@@ -185,6 +233,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="do not register the NodeId, BackendName, ModelId and InstallPhase attributes",
     )
+    add_versioning_arguments(parser)
     NatsOptions.add_arguments(parser)
     parser.add_argument(
         "--log-level",
@@ -219,6 +268,72 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+OFF = ("0", "off", "false", "no")
+ON = ("1", "on", "true", "yes")
+"""Values of ``TEMPORAL_WORKER_VERSIONING``; anything else stops the worker at start-up."""
+
+
+def add_versioning_arguments(parser: argparse.ArgumentParser) -> None:
+    env = os.environ.get
+    group = parser.add_argument_group(
+        "worker versioning",
+        "The worker polls as one version (deployment name + build id) of a Temporal Worker "
+        "Deployment. New installs and rollouts go to the deployment's current version and stay "
+        "PINNED to it until they finish. See README, 'Deploying a new worker version'.",
+    )
+    group.add_argument(
+        "--no-versioning",
+        action="store_true",
+        default=env("TEMPORAL_WORKER_VERSIONING", "on").strip().lower() in OFF,
+        help="poll unversioned, for servers without worker deployments "
+        "(env TEMPORAL_WORKER_VERSIONING=off)",
+    )
+    group.add_argument(
+        "--deployment-name",
+        default=env("TEMPORAL_DEPLOYMENT_NAME", DEFAULT_DEPLOYMENT_NAME),
+        help="Worker Deployment name, no '.' (env TEMPORAL_DEPLOYMENT_NAME; default %(default)s)",
+    )
+    group.add_argument(
+        "--build-id",
+        default=env("TEMPORAL_WORKER_BUILD_ID", ""),
+        help="this worker's build id (env TEMPORAL_WORKER_BUILD_ID; default "
+        "<package version>+<git commit>, with a hash of local changes if any)",
+    )
+    group.add_argument(
+        "--set-current",
+        default=env("TEMPORAL_WORKER_SET_CURRENT", SetCurrent.IF_UNSET.value),
+        metavar="{" + ",".join(SetCurrent) + "}",
+        help="make this version the deployment's current one on start: if-unset (only when "
+        "there is none), always, or never (the operator runs "
+        "'temporal worker deployment set-current-version') "
+        "(env TEMPORAL_WORKER_SET_CURRENT; default %(default)s)",
+    )
+
+
+def versioning_from_args(args: argparse.Namespace) -> Versioning | None:
+    """The worker's version from flags and environment; None when versioning is off.
+
+    Raises ValueError naming the flag (and its environment variable) that is wrong.
+    """
+    switch = os.environ.get("TEMPORAL_WORKER_VERSIONING", "on").strip().lower()
+    if switch not in OFF + ON:
+        raise ValueError(f"TEMPORAL_WORKER_VERSIONING must be on or off, not {switch[:40]!r}")
+    if args.no_versioning:
+        return None
+    try:
+        set_current = SetCurrent(args.set_current)
+    except ValueError:
+        raise ValueError(
+            f"--set-current (TEMPORAL_WORKER_SET_CURRENT) must be one of "
+            f"{', '.join(SetCurrent)}, not {args.set_current[:40]!r}"
+        ) from None
+    return Versioning(
+        deployment_name=args.deployment_name,
+        build_id=args.build_id or default_build_id(),
+        set_current=set_current,
+    )
+
+
 async def run(args: argparse.Namespace) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -232,6 +347,11 @@ async def run(args: argparse.Namespace) -> int:
         runtime = temporal_runtime(args.metrics_address)
     except (ValueError, RuntimeError, OSError) as err:
         print(f"error: telemetry: {err}", file=sys.stderr)
+        return 2
+    try:
+        versioning = versioning_from_args(args)
+    except ValueError as err:
+        print(f"error: worker versioning: {err}", file=sys.stderr)
         return 2
     try:
         client = await connect_temporal(
@@ -259,16 +379,26 @@ async def run(args: argparse.Namespace) -> int:
         nc,
         args.task_queue,
         telemetry,
+        versioning=versioning,
         graceful_shutdown_timeout=timedelta(seconds=args.graceful_shutdown_seconds),
         max_concurrent_activities=args.max_concurrent_activities,
     )
-    log.info(
-        "worker polling task queue %s in namespace %s; NATS %s",
-        args.task_queue,
-        client.namespace,
-        nats_options.url,
-    )
     async with worker:
+        if versioning is None:
+            await warn_if_routed_to_a_version(client, args.deployment_name)
+        else:
+            try:
+                await make_current(client, versioning, client.identity)
+            except VersioningError as err:
+                print(f"error: {err}", file=sys.stderr)
+                return 2
+        log.info(
+            "worker polling task queue %s in namespace %s as %s; NATS %s",
+            args.task_queue,
+            client.namespace,
+            f"version {versioning}" if versioning else "unversioned",
+            nats_options.url,
+        )
         await stop.wait()
         log.info("shutting down: finishing running activities")
     await nc.drain()

@@ -9,6 +9,7 @@ credentials written to ``<state>/nats/`` on every start and handed over in the e
 from __future__ import annotations
 
 import asyncio
+import os
 import shlex
 import signal
 import sys
@@ -173,7 +174,17 @@ class Stack:
                 "--task-queue",
                 config.task_queue,
             ],
-            env={"PYTHONUNBUFFERED": "1", **credentials.get("worker", {})},
+            # One fixed version that takes all new work on every start, so installs left
+            # running by a previous run resume on the new code (README, "Deploying a new
+            # worker version"); the environment overrides both.
+            env={
+                "PYTHONUNBUFFERED": "1",
+                "TEMPORAL_WORKER_BUILD_ID": os.environ.get("TEMPORAL_WORKER_BUILD_ID", "dev"),
+                "TEMPORAL_WORKER_SET_CURRENT": os.environ.get(
+                    "TEMPORAL_WORKER_SET_CURRENT", "always"
+                ),
+                **credentials.get("worker", {}),
+            },
             ready=lambda c: wait_for_line(c.log, "worker polling", 60, c.proc),
         )
 
@@ -252,9 +263,10 @@ def _nats_auth_lines(config: StackConfig, python: str) -> list[str]:
         f"  worker            {nats_dir / nats_auth.ORCHESTRATOR_ENV_FILE}   "
         f"nodes: {nats_dir}/node-<id>.env",
         "  the temporal and backendctl commands below talk to Temporal only: no NATS login.",
-        "  one more worker, with the worker credentials (NATS_USER/NATS_PASSWORD from the file):",
+        "  one more worker of the same version (dev), with the worker credentials:",
         f"  env $(cat {orchestrator}) {python} {worker} --temporal-address "
-        f"{config.temporal_address} --nats-url {config.nats_url} --task-queue {config.task_queue}",
+        f"{config.temporal_address} --nats-url {config.nats_url} --task-queue {config.task_queue} "
+        "--build-id dev",
     ]
 
 

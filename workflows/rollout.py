@@ -68,7 +68,13 @@ BATCH_HEARTBEAT_TIMEOUT = timedelta(seconds=10)
 
 @workflow.defn(name=ROLLOUT_WORKFLOW, failure_exception_types=[pydantic.ValidationError])
 class RolloutBackendWorkflow:
-    """Install a backend on every target slot and report each slot's outcome."""
+    """Install a backend on every target slot and report each slot's outcome.
+
+    Runs PINNED on a versioned worker (``worker_main.WORKFLOW_BEHAVIORS``), like each install:
+    a fleet rollout runs for hours and finishes on the worker version that started it
+    (continue-as-new keeps the version). The installs it starts are workflows of their own
+    and go to the version that is current when each one starts.
+    """
 
     @workflow.init
     def __init__(self, input: RolloutInput) -> None:
