@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from dataclasses import fields
 from datetime import UTC, datetime
 
 from nats.aio.client import Client as NATS
@@ -116,6 +117,27 @@ def _resume_point(input: InstallActivityInput) -> InstallProgress:
     return previous.model_copy(update={"attempt": info.attempt})
 
 
+def workflow_asked_to_cancel() -> bool:
+    """Whether this attempt's cancellation is the workflow's wish, so the node may stop the op.
+
+    Temporal also cancels an attempt it has given up on: heartbeat timeout after a pause or a
+    Temporal outage, not found (another attempt owns the op now), worker shutdown, activity
+    paused or reset. The op is shared with the attempt that takes over, so telling the node to
+    cancel it then would fail the install or restart its download from zero.
+    """
+    details = activity.cancellation_details()
+    if details is not None and details.cancel_requested:
+        return True
+    reasons = (
+        [] if details is None else [f.name for f in fields(details) if getattr(details, f.name)]
+    )
+    activity.logger.info(
+        "attempt cancelled (%s), not by the workflow: the node keeps the op",
+        ", ".join(reasons) or "no reason given",
+    )
+    return False
+
+
 class InstallActivities:
     """Activities that send installs; holds the worker's shared NATS connection."""
 
@@ -196,7 +218,7 @@ class InstallActivities:
                 tracker.snapshot(),
             ) from err
         except asyncio.CancelledError:
-            if not activity.is_worker_shutdown() and op_id:
+            if op_id and workflow_asked_to_cancel():
                 await self._ask_node_to_cancel(node_id, op_id)
             raise
         finally:
