@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
+import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -103,6 +104,9 @@ class NodeService:
         self._locks = KeyedLocks()
         self._installs: FlightTable[BackendInstallReply] = FlightTable()
         self._upgrades: FlightTable[BackendUpgradeReply] = FlightTable()
+        self.instance_id: str = uuid.uuid4().hex
+        """This process's identity, new on every start: the status extension reports it, so
+        an install waiting on us sees a restart (which forgot its request) as a changed id."""
 
     # --- life cycle --------------------------------------------------------------------------
 
@@ -495,7 +499,13 @@ class NodeService:
         return ModelsRunningReply(models=models)
 
     def status(self, req: InstallStatusRequest) -> InstallStatusReply:
-        """The status extension: running / in_flight / installed / absent for one slot."""
+        """The status extension: running / in_flight / installed / absent for one slot.
+
+        Every answer carries :attr:`instance_id`.
+        """
+        return self._slot_status(req).model_copy(update={"instance_id": self.instance_id})
+
+    def _slot_status(self, req: InstallStatusRequest) -> InstallStatusReply:
         key = process_key(req.backend, req.model_id, req.replica_index)
         proc = self._reusable(self.supervisor.get(key), req.backend)
         if proc is not None:
