@@ -14,6 +14,7 @@ import logging
 import time
 from dataclasses import fields
 from datetime import UTC, datetime
+from typing import Any
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -22,6 +23,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from pydantic import ValidationError
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from activities.errors import (
     INSTALL_FAILED,
@@ -30,8 +32,16 @@ from activities.errors import (
     classify_node_error,
     node_failure,
 )
+from activities.liveness import (
+    ANSWER_TIMEOUT,
+    CONFIRM_DELAY,
+    Finding,
+    Liveness,
+    NodeWatch,
+)
 from activities.models import (
     INSTALL_ACTIVITY,
+    LIVENESS_INTERVAL_RANGE,
     PROGRESS_SIGNAL,
     InstallActivityInput,
     InstallActivityResult,
@@ -39,7 +49,12 @@ from activities.models import (
     progress_from_details,
 )
 from protocol import subjects
-from protocol.messages import BackendInstallProgressEvent, BackendInstallReply, process_key
+from protocol.messages import (
+    BackendInstallProgressEvent,
+    BackendInstallReply,
+    InstallStatusRequest,
+    process_key,
+)
 from telemetry import InstallMetrics, Telemetry, bind_fields, request_span
 from telemetry.spans import outcome_of
 
@@ -115,6 +130,17 @@ def _resume_point(input: InstallActivityInput) -> InstallProgress:
         previous.event_count,
     )
     return previous.model_copy(update={"attempt": info.attempt})
+
+
+async def _stop(task: asyncio.Task[Any]) -> None:
+    """Cancel ``task`` if it still runs and wait for it; its outcome no longer matters."""
+    if task.done():
+        if not task.cancelled():
+            task.exception()  # retrieved, so asyncio does not log it as never retrieved
+        return
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await task
 
 
 def workflow_asked_to_cancel() -> bool:
@@ -196,13 +222,17 @@ class InstallActivities:
 
         subscription = await self._subscribe_progress(node_id, op_id, tracker)
         pump = asyncio.create_task(self._pump(tracker, input), name=f"progress-pump-{op_id}")
-        try:
-            msg = await self._nc.request(
+        reply_task = asyncio.create_task(
+            self._nc.request(
                 install_subject,
                 request.to_wire(),
                 timeout=input.install_timeout_seconds,
                 headers=headers,
-            )
+            ),
+            name=f"install-request-{op_id}",
+        )
+        try:
+            msg = await self._await_reply(reply_task, input, tracker, slot)
         except NoRespondersError as err:
             raise node_failure(
                 NODE_UNREACHABLE,
@@ -223,6 +253,7 @@ class InstallActivities:
             raise
         finally:
             tracker.stopped = True
+            await _stop(reply_task)
             pump.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await pump
@@ -252,6 +283,88 @@ class InstallActivities:
             attempt=activity.info().attempt,
             progress=tracker.snapshot(),
             elapsed_seconds=time.monotonic() - started,
+        )
+
+    async def _await_reply(
+        self,
+        reply: asyncio.Task[Msg],
+        input: InstallActivityInput,
+        tracker: ProgressTracker,
+        slot: str,
+    ) -> Msg:
+        """The node's reply, unless the node restarted or went silent while we waited.
+
+        While no progress event arrives, the node is asked every liveness interval whether it
+        still has the op (see ``activities/liveness.py``). A node that forgot the op raises
+        ``WorkerStillInstalling`` and one that nothing answers for raises ``NodeUnreachable``
+        at once, so the workflow probes (or backs off) instead of waiting out the timeout.
+        """
+        interval = input.liveness_check_interval_seconds
+        if interval <= 0:
+            return await reply
+        interval = max(interval, LIVENESS_INTERVAL_RANGE[0])
+        request = input.request
+        watch = NodeWatch(
+            self._nc,
+            input.node_id,
+            InstallStatusRequest(
+                op_id=request.op_id,
+                backend=request.backend,
+                model_id=request.model_id,
+                replica_index=request.replica_index,
+            ),
+            timeout=min(ANSWER_TIMEOUT, interval),
+        )
+        events_seen = tracker.event_count
+        wait = interval
+        while True:
+            done, _ = await asyncio.wait({reply}, timeout=wait)
+            if done:
+                return reply.result()
+            if tracker.event_count != events_seen:  # the node is working on the op
+                events_seen = tracker.event_count
+                watch.working()
+                wait = interval
+                continue
+            check = asyncio.create_task(watch.check(), name=f"liveness-{request.op_id}")
+            try:
+                await asyncio.wait({reply, check}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                await _stop(check)
+            if reply.done():
+                return reply.result()
+            finding = check.result()
+            if finding.liveness is Liveness.ALIVE:
+                wait = interval
+            elif finding.liveness is Liveness.SUSPECT:
+                wait = min(CONFIRM_DELAY, interval)
+            else:
+                raise self._node_gone(input, finding, tracker, slot)
+
+    def _node_gone(
+        self,
+        input: InstallActivityInput,
+        finding: Finding,
+        tracker: ProgressTracker,
+        slot: str,
+    ) -> ApplicationError:
+        """The failure that ends the wait: the workflow probes or backs off next."""
+        node_id = input.node_id
+        request = input.request
+        log.warning("stopped waiting for node %s: %s", node_id, finding.reason)
+        if finding.liveness is Liveness.UNREACHABLE:
+            return node_failure(
+                NODE_UNREACHABLE,
+                f"node {node_id} became unreachable during the install of {request.backend} "
+                f"for slot {slot}: {finding.reason}",
+                tracker.snapshot(),
+            )
+        return node_failure(
+            WORKER_STILL_INSTALLING,
+            f"node {node_id} no longer has op {request.op_id} for slot {slot} in flight: "
+            f"{finding.reason}; the workflow probes before sending the install again "
+            f"({tracker.event_count} progress events so far)",
+            tracker.snapshot(),
         )
 
     async def _subscribe_progress(
