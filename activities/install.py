@@ -180,6 +180,9 @@ class InstallActivities:
         A timeout raises ``WorkerStillInstalling`` (the node keeps working after we stop
         waiting), no responders raises ``NodeUnreachable``, a ``success:false`` reply is
         classified by the node's error text. The workflow decides what happens next.
+        Without progress the node is checked on every liveness interval: a node agent that
+        restarted and forgot the op raises ``WorkerStillInstalling``, a node nothing answers
+        for any more ``NodeUnreachable``, both long before the timeout.
 
         The request is a span whose context travels to the node in the NATS headers, every
         log line names the workflow, op, node and slot, and the outcome is counted.
@@ -300,9 +303,10 @@ class InstallActivities:
         at once, so the workflow probes (or backs off) instead of waiting out the timeout.
         """
         interval = input.liveness_check_interval_seconds
-        if interval <= 0:
+        if not interval > 0:  # off (the workflow refuses anything else out of bounds)
             return await reply
-        interval = max(interval, LIVENESS_INTERVAL_RANGE[0])
+        low, high = LIVENESS_INTERVAL_RANGE
+        interval = min(max(interval, low), high)
         request = input.request
         watch = NodeWatch(
             self._nc,
