@@ -34,10 +34,6 @@ from pydantic import ValidationError
 from protocol import subjects
 from protocol.messages import InstallStatusReply, InstallStatusRequest, SlotState
 
-MIN_INTERVAL = 1.0
-MAX_INTERVAL = 3600.0
-"""Bounds of ``liveness_check_interval_seconds`` (0 turns the checks off)."""
-
 CONFIRM_DELAY = 2.0
 """How soon a suspicious answer is checked again; only two in a row end the wait."""
 
@@ -83,7 +79,6 @@ class NodeWatch:
         self._instance_id: str | None = None
         """The instance id of the agent's first answer ("" for an agent that sends none)."""
         self._suspect: Finding | None = None
-        self.checks = 0
 
     def working(self) -> None:
         """A progress event arrived: the node has the op, whatever a check said before."""
@@ -91,7 +86,6 @@ class NodeWatch:
 
     async def check(self) -> Finding:
         """Ask the node; an inconclusive finding counts only when seen twice in a row."""
-        self.checks += 1
         finding = await self._observe()
         if finding.liveness is Liveness.ALIVE:
             self._suspect = None
