@@ -12,7 +12,9 @@ import asyncio
 import contextlib
 import logging
 import time
+from dataclasses import fields
 from datetime import UTC, datetime
+from typing import Any
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -21,8 +23,17 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from pydantic import ValidationError
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
+from activities.liveness import (
+    ANSWER_TIMEOUT,
+    CONFIRM_DELAY,
+    Finding,
+    Liveness,
+    NodeWatch,
+)
 from contracts.activities import (
+    LIVENESS_INTERVAL_RANGE,
     InstallActivityInput,
     InstallActivityResult,
     InstallProgress,
@@ -38,7 +49,12 @@ from contracts.failures import (
 from contracts.names import INSTALL_ACTIVITY, PROGRESS_SIGNAL
 from protocol import subjects
 from protocol.connection import permissions_violation
-from protocol.messages import BackendInstallProgressEvent, BackendInstallReply, process_key
+from protocol.messages import (
+    BackendInstallProgressEvent,
+    BackendInstallReply,
+    InstallStatusRequest,
+    process_key,
+)
 from telemetry import InstallMetrics, Telemetry, bind_fields, request_span
 from telemetry.spans import outcome_of
 
@@ -116,6 +132,38 @@ def _resume_point(input: InstallActivityInput) -> InstallProgress:
     return previous.model_copy(update={"attempt": info.attempt})
 
 
+async def _stop(task: asyncio.Task[Any]) -> None:
+    """Cancel ``task`` if it still runs and wait for it; its outcome no longer matters."""
+    if task.done():
+        if not task.cancelled():
+            task.exception()  # retrieved, so asyncio does not log it as never retrieved
+        return
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await task
+
+
+def workflow_asked_to_cancel() -> bool:
+    """Whether this attempt's cancellation is the workflow's wish, so the node may stop the op.
+
+    Temporal also cancels an attempt it has given up on: heartbeat timeout after a pause or a
+    Temporal outage, not found (another attempt owns the op now), worker shutdown, activity
+    paused or reset. The op is shared with the attempt that takes over, so telling the node to
+    cancel it then would fail the install or restart its download from zero.
+    """
+    details = activity.cancellation_details()
+    if details is not None and details.cancel_requested:
+        return True
+    reasons = (
+        [] if details is None else [f.name for f in fields(details) if getattr(details, f.name)]
+    )
+    activity.logger.info(
+        "attempt cancelled (%s), not by the workflow: the node keeps the op",
+        ", ".join(reasons) or "no reason given",
+    )
+    return False
+
+
 class InstallActivities:
     """Activities that send installs; holds the worker's shared NATS connection."""
 
@@ -132,6 +180,9 @@ class InstallActivities:
         A timeout raises ``WorkerStillInstalling`` (the node keeps working after we stop
         waiting), no responders raises ``NodeUnreachable``, a ``success:false`` reply is
         classified by the node's error text. The workflow decides what happens next.
+        Without progress the node is checked on every liveness interval: a node agent that
+        restarted and forgot the op raises ``WorkerStillInstalling``, a node nothing answers
+        for any more ``NodeUnreachable``, both long before the timeout.
 
         The request is a span whose context travels to the node in the NATS headers, every
         log line names the workflow, op, node and slot, and the outcome is counted.
@@ -174,13 +225,17 @@ class InstallActivities:
 
         subscription = await self._subscribe_progress(node_id, op_id, tracker)
         pump = asyncio.create_task(self._pump(tracker, input), name=f"progress-pump-{op_id}")
-        try:
-            msg = await self._nc.request(
+        reply_task = asyncio.create_task(
+            self._nc.request(
                 install_subject,
                 request.to_wire(),
                 timeout=input.install_timeout_seconds,
                 headers=headers,
-            )
+            ),
+            name=f"install-request-{op_id}",
+        )
+        try:
+            msg = await self._await_reply(reply_task, input, tracker, slot)
         except NoRespondersError as err:
             raise node_failure(
                 NODE_UNREACHABLE,
@@ -196,11 +251,12 @@ class InstallActivities:
                 tracker.snapshot(),
             ) from err
         except asyncio.CancelledError:
-            if not activity.is_worker_shutdown() and op_id:
+            if op_id and workflow_asked_to_cancel():
                 await self._ask_node_to_cancel(node_id, op_id)
             raise
         finally:
             tracker.stopped = True
+            await _stop(reply_task)
             pump.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await pump
@@ -230,6 +286,89 @@ class InstallActivities:
             attempt=activity.info().attempt,
             progress=tracker.snapshot(),
             elapsed_seconds=time.monotonic() - started,
+        )
+
+    async def _await_reply(
+        self,
+        reply: asyncio.Task[Msg],
+        input: InstallActivityInput,
+        tracker: ProgressTracker,
+        slot: str,
+    ) -> Msg:
+        """The node's reply, unless the node restarted or went silent while we waited.
+
+        While no progress event arrives, the node is asked every liveness interval whether it
+        still has the op (see ``activities/liveness.py``). A node that forgot the op raises
+        ``WorkerStillInstalling`` and one that nothing answers for raises ``NodeUnreachable``
+        at once, so the workflow probes (or backs off) instead of waiting out the timeout.
+        """
+        interval = input.liveness_check_interval_seconds
+        if not interval > 0:  # off (the workflow refuses anything else out of bounds)
+            return await reply
+        low, high = LIVENESS_INTERVAL_RANGE
+        interval = min(max(interval, low), high)
+        request = input.request
+        watch = NodeWatch(
+            self._nc,
+            input.node_id,
+            InstallStatusRequest(
+                op_id=request.op_id,
+                backend=request.backend,
+                model_id=request.model_id,
+                replica_index=request.replica_index,
+            ),
+            timeout=min(ANSWER_TIMEOUT, interval),
+        )
+        events_seen = tracker.event_count
+        wait = interval
+        while True:
+            done, _ = await asyncio.wait({reply}, timeout=wait)
+            if done:
+                return reply.result()
+            if tracker.event_count != events_seen:  # the node is working on the op
+                events_seen = tracker.event_count
+                watch.working()
+                wait = interval
+                continue
+            check = asyncio.create_task(watch.check(), name=f"liveness-{request.op_id}")
+            try:
+                await asyncio.wait({reply, check}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                await _stop(check)
+            if reply.done():
+                return reply.result()
+            finding = check.result()
+            if finding.liveness is Liveness.ALIVE:
+                wait = interval
+            elif finding.liveness is Liveness.SUSPECT:
+                wait = min(CONFIRM_DELAY, interval)
+            else:
+                raise self._node_gone(input, finding, tracker, slot)
+
+    def _node_gone(
+        self,
+        input: InstallActivityInput,
+        finding: Finding,
+        tracker: ProgressTracker,
+        slot: str,
+    ) -> ApplicationError:
+        """The failure that ends the wait: the workflow probes or backs off next."""
+        node_id = input.node_id
+        request = input.request
+        log.warning("stopped waiting for node %s: %s", node_id, finding.reason)
+        if finding.liveness is Liveness.UNREACHABLE:
+            return node_failure(
+                NODE_UNREACHABLE,
+                f"node {node_id} became unreachable during the install of {request.backend} "
+                f"for slot {slot}: {finding.reason}",
+                tracker.snapshot(),
+            )
+        return node_failure(
+            WORKER_STILL_INSTALLING,
+            f"node {node_id} no longer has op {request.op_id} for slot {slot} in flight: "
+            f"{finding.reason}; the workflow probes before sending the install again "
+            f"({tracker.event_count} progress events so far)",
+            tracker.snapshot(),
         )
 
     async def _subscribe_progress(

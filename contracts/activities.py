@@ -11,6 +11,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from protocol.messages import BackendInstallProgressEvent, BackendInstallRequest, RunningModelInfo
 
+LIVENESS_INTERVAL_RANGE = (1.0, 3600.0)
+"""Seconds between liveness checks of a node during an install request; 0 turns them off.
+Under a second would flood the node with status requests; over an hour defeats the point."""
+
+
+def liveness_interval_problem(seconds: float) -> str | None:
+    """Why ``seconds`` is not a valid liveness check interval, or None."""
+    low, high = LIVENESS_INTERVAL_RANGE
+    if seconds == 0 or low <= seconds <= high:
+        return None
+    return f"must be 0 (off) or between {low:g} and {high:g}"
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
@@ -26,6 +38,9 @@ class InstallActivityInput(_Model):
     """Heartbeat at least this often even when the node sends no progress event."""
     progress_report_interval_seconds: float = 5.0
     """Report progress to the workflow (a signal) at most this often; 0 disables reports."""
+    liveness_check_interval_seconds: float = 15.0
+    """Without a progress event for this long, ask whether the node still has the op (see
+    ``activities/liveness.py``); 0 turns the checks off."""
 
 
 class InstallProgress(_Model):

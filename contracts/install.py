@@ -13,7 +13,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict
 
-from contracts.activities import InstallProgress, ProbeResult
+from contracts.activities import InstallProgress, ProbeResult, liveness_interval_problem
 from protocol.messages import BackendInstallProgressEvent, GalleryConfig, process_key
 from protocol.subjects import token_problem
 
@@ -99,6 +99,9 @@ class InstallBackendInput(BaseModel):
     """How long a probe listens for progress events of the op."""
     progress_report_interval_seconds: float = 5.0
     """How often the install activity reports progress to the workflow; 0 turns it off."""
+    liveness_check_interval_seconds: float = 15.0
+    """Without progress for this long, the install activity asks whether the node still has
+    the op; a node that restarted or went silent ends the wait at once. 0 turns it off."""
     rollout_id: str = ""
     """Set by rollouts: the rollout's workflow id. The install signals it when the slot goes
     between installing and still installing, and is findable by the ``RolloutId`` search
@@ -142,6 +145,8 @@ class InstallBackendInput(BaseModel):
                 found.append((field, "must be greater than 0"))
         if self.progress_report_interval_seconds < 0:
             found.append(("progress_report_interval_seconds", "must not be negative"))
+        if liveness := liveness_interval_problem(self.liveness_check_interval_seconds):
+            found.append(("liveness_check_interval_seconds", liveness))
         if self.max_failed_attempts < 1:
             found.append(("max_failed_attempts", "must be at least 1"))
         for position, gallery in enumerate(self.backend_galleries or []):

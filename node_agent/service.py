@@ -91,7 +91,9 @@ class NodeService:
     def __init__(self, config: AgentConfig, publish: Publish) -> None:
         self.config = config
         self.instance_id: str = uuid.uuid4().hex
-        """This run of the agent (another agent with the same node id has another one)."""
+        """This run of the agent, new on every start: another agent with the same node id has
+        another one, and the status extension reports it, so an install waiting on us sees a
+        restart (which forgot its request) as a changed id."""
         self._publish = publish
         self.trust = Trust.build(
             config.galleries, config.allow_request_galleries, config.allow_request_uris
@@ -522,7 +524,13 @@ class NodeService:
         return ModelsRunningReply(models=models)
 
     def status(self, req: InstallStatusRequest) -> InstallStatusReply:
-        """The status extension: running / in_flight / installed / absent for one slot."""
+        """The status extension: running / in_flight / installed / absent for one slot.
+
+        Every answer carries :attr:`instance_id`.
+        """
+        return self._slot_status(req).model_copy(update={"instance_id": self.instance_id})
+
+    def _slot_status(self, req: InstallStatusRequest) -> InstallStatusReply:
         key = process_key(req.backend, req.model_id, req.replica_index)
         proc = self._reusable(self.supervisor.get(key), req.backend)
         if proc is not None:

@@ -252,13 +252,21 @@ class InstallStatusRequest(WireModel):
     replica_index: OmitEmpty[Int32] = 0
 
 
+MAX_INSTANCE_ID_LENGTH = 128
+
+
 class InstallStatusReply(WireModel):
-    """A node agent's answer; ``address`` is the routable one when ``state`` is running."""
+    """A node agent's answer; ``address`` is the routable one when ``state`` is running.
+
+    ``instance_id`` names the agent process that answered (new on every start): a waiting
+    install sees a restart, which forgets every request in flight, as a changed id.
+    """
 
     state: SlotState
     address: OmitEmpty[str] = ""
     progress: OmitEmpty[BackendInstallProgressEvent | None] = None
     error: OmitEmpty[str] = ""
+    instance_id: OmitEmpty[Annotated[str, Field(max_length=MAX_INSTANCE_ID_LENGTH)]] = ""
 
 
 # --- Process keys ------------------------------------------------------------------------------

@@ -50,6 +50,8 @@ class FakeNode:
         self.running: list[RunningModelInfo] = []
         self.backends: list[NodeBackendInfo] | None = None
         self.script: InstallScript = self.reply_running
+        self.status_reply = InstallStatusReply(state="absent")
+        self.running_requests = 0
         self._subs: list[Subscription] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -77,11 +79,13 @@ class FakeNode:
         await self.stop()
 
     async def answer_status(self, reply: InstallStatusReply) -> None:
-        """Speak the node agent's status extension, always answering ``reply``."""
+        """Speak the node agent's status extension, answering ``reply`` until a test changes
+        :attr:`status_reply`."""
+        self.status_reply = reply
 
         async def respond(msg: Msg) -> None:
             self.status_requests.append(json.loads(msg.data))
-            await msg.respond(reply.to_wire())
+            await msg.respond(self.status_reply.to_wire())
 
         self._subs.append(
             await self.nc.subscribe(subjects.install_status(self.node_id), cb=respond)
@@ -167,6 +171,7 @@ class FakeNode:
         self.spawn(answer())
 
     async def _on_running(self, msg: Msg) -> None:
+        self.running_requests += 1
         await msg.respond(ModelsRunningReply(models=list(self.running)).to_wire())
 
     async def _on_list(self, msg: Msg) -> None:

@@ -273,6 +273,7 @@ class InstallBackendWorkflow:
                     install_timeout_seconds=request_timeout,
                     heartbeat_interval_seconds=min(5.0, input.heartbeat_timeout_seconds / 3),
                     progress_report_interval_seconds=input.progress_report_interval_seconds,
+                    liveness_check_interval_seconds=input.liveness_check_interval_seconds,
                 ),
                 result_type=InstallActivityResult,
                 start_to_close_timeout=timedelta(seconds=request_timeout) + ACTIVITY_MARGIN,
