@@ -47,9 +47,11 @@ with workflow.unsafe.imports_passed_through():
         progress_from_details,
     )
     from protocol.messages import BackendInstallRequest, encode_galleries
+    from workflows.limits import MAX_NAME_LENGTH
     from workflows.models import (
         BACKEND_NAME,
         INSTALL_PHASE,
+        MINIMAL_INSTALL_INPUT,
         MODEL_ID,
         NODE_ID,
         ROLLOUT_ID,
@@ -58,6 +60,7 @@ with workflow.unsafe.imports_passed_through():
         InstallCarryOver,
         InstallPhase,
         InstallStatus,
+        missing_input_message,
     )
     from workflows.rollout_models import SLOT_STATE_SIGNAL, SlotReport, SlotState
     from workflows.summary import describe_progress, details_markdown
@@ -106,6 +109,32 @@ async def _signal_quietly(
         workflow.logger.debug("could not report to the rollout: %s", err)
 
 
+MAX_BACKOFF_DOUBLINGS = 60
+"""The back-off doubles at most this often: 2**60 times any valid first wait is far beyond
+any valid cap, and a bounded exponent cannot overflow however long a node stays away."""
+
+
+def backoff_seconds(input: InstallBackendInput, streak: int) -> float:
+    """The wait before the ``streak``-th consecutive retry: doubling, capped."""
+    doublings = min(max(streak - 1, 0), MAX_BACKOFF_DOUBLINGS)
+    return min(input.retry_backoff_seconds * 2.0**doublings, input.retry_backoff_max_seconds)
+
+
+def _stand_in(input: InstallBackendInput | None) -> InstallBackendInput:
+    """A harmless input in place of an invalid one: the query and the UI still say what failed.
+
+    Only the identifying strings are kept, cut to their limits; no number of the invalid
+    input is used, so nothing can overflow or be NaN on the way to the failure.
+    """
+    if input is None:
+        return InstallBackendInput(node_id="", backend="")
+    return InstallBackendInput(
+        node_id=input.node_id[:MAX_NAME_LENGTH],
+        backend=input.backend[:MAX_NAME_LENGTH],
+        model_id=input.model_id[:MAX_NAME_LENGTH],
+    )
+
+
 def derive_op_id(workflow_id: str) -> str:
     """A stable op id for a workflow: the same across retries, resets and continue-as-new."""
     return str(uuid.uuid5(OP_ID_NAMESPACE, workflow_id))
@@ -116,8 +145,23 @@ class InstallBackendWorkflow:
     """Install a backend on one node and return the address of the slot's running process."""
 
     @workflow.init
-    def __init__(self, input: InstallBackendInput) -> None:
+    def __init__(self, input: InstallBackendInput | None = None) -> None:
+        """Validate first: nothing below may see a value out of bounds (NaN, 1e300, ...).
+
+        ``input`` is optional so that a start with no input reaches ``run`` and fails there
+        with ``InvalidInput``; a required parameter would fail every workflow task instead.
+        """
         now = workflow.now()
+        if input is None:
+            self._invalid = missing_input_message(MINIMAL_INSTALL_INPUT)
+            self._problems = [("input", "it is missing")]
+        else:
+            self._problems = input.problems()
+            reasons = "; ".join(f"{field}: {reason}" for field, reason in self._problems)
+            self._invalid = f"invalid input: {reasons}" if self._problems else ""
+        if self._invalid:
+            input = _stand_in(input)
+        assert input is not None
         carry = input.resume
         self._input = input
         self._found_running = carry.found_running if carry else False
@@ -155,16 +199,18 @@ class InstallBackendWorkflow:
             self._record_progress(carry.progress)
 
     @workflow.run
-    async def run(self, input: InstallBackendInput) -> InstallBackendResult:
+    async def run(self, input: InstallBackendInput | None = None) -> InstallBackendResult:
         """Install until the slot runs, the node rejects it, or the deadline passes."""
-        problems = input.problems()
-        if problems:
-            reasons = "; ".join(f"{field}: {reason}" for field, reason in problems)
-            self._status.last_error = f"invalid input: {reasons}"
-            self._set_phase(InstallPhase.FAILED)
+        if self._invalid:
+            # No search attribute is written: an oversized value would get the workflow
+            # terminated by the server instead of failed with the reason.
+            self._status.last_error = self._invalid
+            self._status.phase = InstallPhase.FAILED
+            self._publish_details()
             raise ApplicationError(
-                f"invalid input: {reasons}", problems, type=INVALID_INPUT, non_retryable=True
+                self._invalid, self._problems, type=INVALID_INPUT, non_retryable=True
             )
+        input = self._input
         attributes = [
             NODE_ID.value_set(input.node_id),
             BACKEND_NAME.value_set(input.backend),
@@ -223,12 +269,8 @@ class InstallBackendWorkflow:
                 step = _Next.PROBE
             else:
                 self._backoff_streak += 1
-                backoff = min(
-                    self._input.retry_backoff_seconds * 2 ** (self._backoff_streak - 1),
-                    self._input.retry_backoff_max_seconds,
-                )
                 await self._sleep(
-                    backoff,
+                    backoff_seconds(self._input, self._backoff_streak),
                     InstallPhase.BACKING_OFF,
                     f"back off after: {self._status.last_error[:120]}",
                 )

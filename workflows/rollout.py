@@ -28,8 +28,11 @@ with workflow.unsafe.imports_passed_through():
 
     from activities.errors import INVALID_INPUT
     from activities.models import INSTALL_SLOTS_ACTIVITY
+    from workflows.limits import MAX_ROLLOUT_SLOTS, MAX_SEARCH_ATTRIBUTE_BYTES, utf8_problem
+    from workflows.models import missing_input_message
     from workflows.rollout_models import (
         FINISHED_STATES,
+        MINIMAL_ROLLOUT_INPUT,
         SLOT_STATE_SIGNAL,
         SLOTS_STARTED_SIGNAL,
         AddTargetsResult,
@@ -65,7 +68,21 @@ class RolloutBackendWorkflow:
     """Install a backend on every target slot and report each slot's outcome."""
 
     @workflow.init
-    def __init__(self, input: RolloutInput) -> None:
+    def __init__(self, input: RolloutInput | None = None) -> None:
+        """Validate first; an invalid input keeps no slot and fails in ``run``.
+
+        ``input`` is optional so that a start with no input fails with ``InvalidInput``
+        instead of failing every workflow task.
+        """
+        if input is None:
+            self._problems = [("input", "it is missing")]
+            self._invalid = missing_input_message(MINIMAL_ROLLOUT_INPUT)
+        else:
+            self._problems = input.problems() + _workflow_id_problems()
+            reasons = "; ".join(f"{field}: {reason}" for field, reason in self._problems[:10])
+            self._invalid = f"invalid input: {reasons}" if self._problems else ""
+        if self._invalid or input is None:
+            input = RolloutInput(backend="")
         self._input = input
         slots = input.carried_slots or expand_slots(input.targets, input.backend)
         self._slots = {slot.workflow_id: slot for slot in slots}
@@ -82,13 +99,11 @@ class RolloutBackendWorkflow:
         self._changed = True
 
     @workflow.run
-    async def run(self, input: RolloutInput) -> RolloutStatus:
+    async def run(self, input: RolloutInput | None = None) -> RolloutStatus:
         """Install until every slot is finished, the policy stops it, or it is cancelled."""
-        problems = input.problems()
-        if problems:
-            reasons = "; ".join(f"{field}: {reason}" for field, reason in problems[:10])
+        if self._invalid:
             raise ApplicationError(
-                f"invalid input: {reasons}", type=INVALID_INPUT, non_retryable=True
+                self._invalid, self._problems[:10], type=INVALID_INPUT, non_retryable=True
             )
         try:
             await self._drive()
@@ -129,9 +144,14 @@ class RolloutBackendWorkflow:
 
     @add_targets.validator
     def _validate_targets(self, targets: list[RolloutTarget]) -> None:
-        if self._cancelled or self._stopped:
+        if self._cancelled or self._stopped or self._invalid:
             raise ValueError("the rollout no longer starts slots")
-        problems = self._input.model_copy(update={"targets": targets}).problems()
+        update = self._input.model_copy(update={"targets": targets})
+        if len(self._slots) + update.slot_count() > MAX_ROLLOUT_SLOTS:
+            raise ValueError(
+                f"targets: the rollout would track more than {MAX_ROLLOUT_SLOTS} slots"
+            )
+        problems = update.problems()
         if problems:
             raise ValueError("; ".join(f"{field}: {reason}" for field, reason in problems[:10]))
 
@@ -298,6 +318,12 @@ class RolloutBackendWorkflow:
                 self._input.backend, list(self._slots.values()), self._cancelled, self._stopped
             )
         )
+
+
+def _workflow_id_problems() -> list[tuple[str, str]]:
+    """The rollout's own id becomes every install's ``RolloutId`` search attribute."""
+    problem = utf8_problem(workflow.info().workflow_id, MAX_SEARCH_ATTRIBUTE_BYTES)
+    return [("workflow id", f"{problem} (it is every install's RolloutId)")] if problem else []
 
 
 def _counts(slots: Iterable[SlotStatus]) -> dict[str, int]:
