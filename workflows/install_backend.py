@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from enum import Enum
 
 from temporalio import workflow
@@ -120,6 +120,59 @@ def backoff_seconds(input: InstallBackendInput, streak: int) -> float:
     return min(input.retry_backoff_seconds * 2.0**doublings, input.retry_backoff_max_seconds)
 
 
+def install_deadline(input: InstallBackendInput, now: datetime) -> datetime:
+    """When the install gives up: carried over by continue-as-new, else from ``now``."""
+    if input.resume is not None:
+        return input.resume.deadline_at
+    return now + timedelta(seconds=max(input.deadline_seconds, 0.0))
+
+
+def install_activity_input(
+    input: InstallBackendInput, op_id: str, remaining: timedelta
+) -> InstallActivityInput:
+    """What one install request sends; its timeout never runs past the time left."""
+    request = BackendInstallRequest(
+        backend=input.backend,
+        model_id=input.model_id,
+        backend_galleries=encode_galleries(input.backend_galleries or []),
+        uri=input.uri,
+        name=input.name,
+        alias=input.alias,
+        replica_index=input.replica_index,
+        op_id=op_id,
+    )
+    return InstallActivityInput(
+        node_id=input.node_id,
+        request=request,
+        install_timeout_seconds=min(input.install_timeout_seconds, remaining.total_seconds()),
+        heartbeat_interval_seconds=min(5.0, input.heartbeat_timeout_seconds / 3),
+        progress_report_interval_seconds=input.progress_report_interval_seconds,
+    )
+
+
+def probe_activity_input(input: InstallBackendInput, op_id: str) -> ProbeInput:
+    """What one probe asks the node about the slot and its op."""
+    return ProbeInput(
+        node_id=input.node_id,
+        backend=input.backend,
+        model_id=input.model_id,
+        replica_index=input.replica_index,
+        op_id=op_id,
+        galleries_json=encode_galleries(input.backend_galleries or []),
+        listen_seconds=input.probe_listen_seconds,
+    )
+
+
+def probe_timeout(probe: ProbeInput) -> timedelta:
+    """The probe activity's start-to-close timeout: every step's own timeout, plus slack."""
+    budget = (
+        probe.status_timeout_seconds
+        + probe.listen_seconds
+        + max(probe.running_timeout_seconds, probe.list_timeout_seconds)
+    )
+    return timedelta(seconds=budget) + ACTIVITY_MARGIN
+
+
 def _stand_in(input: InstallBackendInput | None) -> InstallBackendInput:
     """A harmless input in place of an invalid one: the query and the UI still say what failed.
 
@@ -173,11 +226,7 @@ class InstallBackendWorkflow:
         self._rollout_reports: list[asyncio.Task[None]] = []
         self._backoff_streak = carry.backoff_streak if carry else 0
         op_id = carry.op_id if carry else (input.op_id or derive_op_id(workflow.info().workflow_id))
-        deadline = (
-            carry.deadline_at
-            if carry
-            else now + timedelta(seconds=max(input.deadline_seconds, 0.0))
-        )
+        deadline = install_deadline(input, now)
         self._status = InstallStatus(
             node_id=input.node_id,
             backend=input.backend,
@@ -282,27 +331,12 @@ class InstallBackendWorkflow:
         self._status.attempts += 1
         self._set_phase(InstallPhase.INSTALLING)
         remaining = self._remaining()
-        request_timeout = min(input.install_timeout_seconds, remaining.total_seconds())
-        request = BackendInstallRequest(
-            backend=input.backend,
-            model_id=input.model_id,
-            backend_galleries=encode_galleries(input.backend_galleries or []),
-            uri=input.uri,
-            name=input.name,
-            alias=input.alias,
-            replica_index=input.replica_index,
-            op_id=self._status.op_id,
-        )
+        activity_input = install_activity_input(input, self._status.op_id, remaining)
+        request_timeout = activity_input.install_timeout_seconds
         try:
             result: InstallActivityResult = await workflow.execute_activity(
                 INSTALL_ACTIVITY,
-                InstallActivityInput(
-                    node_id=input.node_id,
-                    request=request,
-                    install_timeout_seconds=request_timeout,
-                    heartbeat_interval_seconds=min(5.0, input.heartbeat_timeout_seconds / 3),
-                    progress_report_interval_seconds=input.progress_report_interval_seconds,
-                ),
+                activity_input,
                 result_type=InstallActivityResult,
                 start_to_close_timeout=timedelta(seconds=request_timeout) + ACTIVITY_MARGIN,
                 schedule_to_close_timeout=remaining + ACTIVITY_MARGIN,
@@ -361,26 +395,13 @@ class InstallBackendWorkflow:
         input = self._input
         self._status.probes += 1
         self._set_phase(InstallPhase.PROBING)
-        probe_input = ProbeInput(
-            node_id=input.node_id,
-            backend=input.backend,
-            model_id=input.model_id,
-            replica_index=input.replica_index,
-            op_id=self._status.op_id,
-            galleries_json=encode_galleries(input.backend_galleries or []),
-            listen_seconds=input.probe_listen_seconds,
-        )
-        budget = (
-            probe_input.status_timeout_seconds
-            + probe_input.listen_seconds
-            + max(probe_input.running_timeout_seconds, probe_input.list_timeout_seconds)
-        )
+        probe_input = probe_activity_input(input, self._status.op_id)
         try:
             probe = await workflow.execute_activity(
                 PROBE_ACTIVITY,
                 probe_input,
                 result_type=ProbeResult,
-                start_to_close_timeout=timedelta(seconds=budget) + ACTIVITY_MARGIN,
+                start_to_close_timeout=probe_timeout(probe_input),
                 retry_policy=PROBE_RETRY,
                 summary=f"probe {input.node_id} for {self._status.slot} "
                 f"(probe {self._status.probes})",
