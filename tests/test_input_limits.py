@@ -15,12 +15,23 @@ import uuid
 from typing import Any
 
 import pytest
+from nats.aio.client import Client as NATS
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+)
 from temporalio.exceptions import ApplicationError
 
 from tests.servers import find_binary
+from tests.test_rollout import HELD, Fleet, rollout, start_rollout
 from tests.workflow_helpers import assert_replays, wait_until
+from workflows.limits import MAX_ROLLOUT_SLOTS
+from workflows.rollout import RolloutBackendWorkflow
+from workflows.rollout_models import RolloutTarget
 
 INSTALL = "InstallBackendWorkflow"
 ROLLOUT = "RolloutBackendWorkflow"
@@ -155,3 +166,23 @@ async def test_an_out_of_bounds_or_null_rollout_input_fails_at_once_naming_the_f
     cause = await invalid_input_failure(handle)
 
     assert f"{field}" in cause.message
+
+
+async def test_targets_added_past_the_slot_limit_are_refused_and_the_rollout_goes_on(
+    client: Client, nc: NATS, task_queue: str
+) -> None:
+    async with Fleet(nc, count=1) as fleet:
+        fleet.release.clear()
+        handle = await start_rollout(client, task_queue, rollout(fleet.targets(["a"]), HELD))
+        try:
+            one_too_many = [RolloutTarget(node_id=f"n{i}") for i in range(MAX_ROLLOUT_SLOTS)]
+            with pytest.raises(WorkflowUpdateFailedError) as refused:
+                await handle.execute_update(RolloutBackendWorkflow.add_targets, one_too_many)
+            fleet.release.set()
+            result = await handle.result()
+        finally:
+            if (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
+                await handle.terminate("test cleanup")
+
+    assert f"more than {MAX_ROLLOUT_SLOTS} slots" in str(refused.value.cause)
+    assert result.counts["succeeded"] == 1 and len(result.slots) == 1
