@@ -8,7 +8,12 @@ import pytest
 
 from protocol.messages import BackendInstallProgressEvent, GalleryConfig
 from workflows.install_backend import backoff_seconds, derive_op_id
-from workflows.models import InstallBackendInput, InstallPhase, InstallStatus
+from workflows.models import (
+    InstallBackendInput,
+    InstallPhase,
+    InstallStatus,
+    describe_problems,
+)
 from workflows.summary import describe_progress, details_markdown
 
 
@@ -213,3 +218,11 @@ def test_details_summarise_phase_progress_and_probe() -> None:
     assert text.startswith("**still installing** · `llama-cpp` on node `n1` · slot `qwen3#0`")
     assert "downloading 40.3% (412.3 MiB / 1.0 GiB)" in text
     assert describe_progress(None) == ""
+
+
+def test_a_failure_message_lists_the_first_ten_problems_and_counts_the_rest() -> None:
+    problems = [(f"field_{n}", "is wrong") for n in range(25)]
+    text = describe_problems(problems)
+    assert text.startswith("field_0: is wrong; field_1: is wrong")
+    assert "field_9: is wrong" in text and "field_10" not in text
+    assert text.endswith("; and 15 more")

@@ -51,6 +51,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.models import (
         BACKEND_NAME,
         INSTALL_PHASE,
+        MAX_PROBLEMS_SHOWN,
         MINIMAL_INSTALL_INPUT,
         MODEL_ID,
         NODE_ID,
@@ -60,6 +61,7 @@ with workflow.unsafe.imports_passed_through():
         InstallCarryOver,
         InstallPhase,
         InstallStatus,
+        describe_problems,
         missing_input_message,
     )
     from workflows.rollout_models import SLOT_STATE_SIGNAL, SlotReport, SlotState
@@ -209,9 +211,9 @@ class InstallBackendWorkflow:
             self._invalid = missing_input_message(MINIMAL_INSTALL_INPUT)
             self._problems = [("input", "it is missing")]
         else:
-            self._problems = input.problems()
-            reasons = "; ".join(f"{field}: {reason}" for field, reason in self._problems)
-            self._invalid = f"invalid input: {reasons}" if self._problems else ""
+            problems = input.problems()
+            self._problems = problems[:MAX_PROBLEMS_SHOWN]
+            self._invalid = f"invalid input: {describe_problems(problems)}" if problems else ""
         if self._invalid:
             input = _stand_in(input)
         assert input is not None

@@ -57,6 +57,18 @@ MINIMAL_INSTALL_INPUT = {"node_id": "node-1", "backend": "llama-cpp"}
 """The smallest valid input, shown to whoever starts an install without one."""
 
 
+MAX_PROBLEMS_SHOWN = 10
+"""Problems a failure message lists; the rest are counted (a gallery list alone can have
+hundreds, and the message travels in the failure, the UI and logs)."""
+
+
+def describe_problems(problems: list[tuple[str, str]]) -> str:
+    """``field: reason; field: reason`` for the first few problems, then how many more."""
+    text = "; ".join(f"{field}: {reason}" for field, reason in problems[:MAX_PROBLEMS_SHOWN])
+    hidden = len(problems) - MAX_PROBLEMS_SHOWN
+    return f"{text}; and {hidden} more" if hidden > 0 else text
+
+
 def missing_input_message(minimal: Mapping[str, object]) -> str:
     """What a workflow started with no input (or ``null``) fails with: what to pass instead."""
     return (

@@ -29,7 +29,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.errors import INVALID_INPUT
     from activities.models import INSTALL_SLOTS_ACTIVITY
     from workflows.limits import MAX_ROLLOUT_SLOTS, MAX_SEARCH_ATTRIBUTE_BYTES, utf8_problem
-    from workflows.models import missing_input_message
+    from workflows.models import MAX_PROBLEMS_SHOWN, describe_problems, missing_input_message
     from workflows.rollout_models import (
         FINISHED_STATES,
         MINIMAL_ROLLOUT_INPUT,
@@ -78,9 +78,9 @@ class RolloutBackendWorkflow:
             self._problems = [("input", "it is missing")]
             self._invalid = missing_input_message(MINIMAL_ROLLOUT_INPUT)
         else:
-            self._problems = input.problems() + _workflow_id_problems()
-            reasons = "; ".join(f"{field}: {reason}" for field, reason in self._problems[:10])
-            self._invalid = f"invalid input: {reasons}" if self._problems else ""
+            problems = input.problems() + _workflow_id_problems()
+            self._problems = problems[:MAX_PROBLEMS_SHOWN]
+            self._invalid = f"invalid input: {describe_problems(problems)}" if problems else ""
         if self._invalid or input is None:
             input = RolloutInput(backend="")
         self._input = input
@@ -103,7 +103,7 @@ class RolloutBackendWorkflow:
         """Install until every slot is finished, the policy stops it, or it is cancelled."""
         if self._invalid:
             raise ApplicationError(
-                self._invalid, self._problems[:10], type=INVALID_INPUT, non_retryable=True
+                self._invalid, self._problems, type=INVALID_INPUT, non_retryable=True
             )
         try:
             await self._drive()
@@ -153,7 +153,7 @@ class RolloutBackendWorkflow:
             )
         problems = update.problems()
         if problems:
-            raise ValueError("; ".join(f"{field}: {reason}" for field, reason in problems[:10]))
+            raise ValueError(describe_problems(problems))
 
     @workflow.signal(name="cancel_rollout")
     def cancel_rollout(self) -> None:
