@@ -7,17 +7,65 @@ The input's field names are a public contract: other teams and ``temporal workfl
 
 from __future__ import annotations
 
+import json
 import urllib.parse
+from collections.abc import Mapping
 from datetime import datetime
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict
 
 from contracts.activities import InstallProgress, ProbeResult, liveness_interval_problem
-from protocol.messages import BackendInstallProgressEvent, GalleryConfig, process_key
+from contracts.limits import (
+    MAX_DEADLINE_SECONDS,
+    MAX_FAILED_ATTEMPTS,
+    MAX_GALLERIES,
+    MAX_GALLERIES_JSON_BYTES,
+    MAX_GALLERY_MIRRORS,
+    MAX_INTERVAL_SECONDS,
+    MAX_NAME_LENGTH,
+    MAX_PROBE_LISTEN_SECONDS,
+    MAX_SEARCH_ATTRIBUTE_BYTES,
+    MAX_URI_LENGTH,
+    MAX_VERIFICATION_LENGTH,
+    MAX_WORKFLOW_ID_LENGTH,
+    MIN_DURATION_SECONDS,
+    number_problem,
+    text_problem,
+    utf8_problem,
+)
+from protocol.messages import (
+    BackendInstallProgressEvent,
+    GalleryConfig,
+    encode_galleries,
+    process_key,
+)
 from protocol.subjects import token_problem
 
 MAX_REPLICA_INDEX = 2**31 - 1
+
+MINIMAL_INSTALL_INPUT = {"node_id": "node-1", "backend": "llama-cpp"}
+"""The smallest valid input, shown to whoever starts an install without one."""
+
+
+MAX_PROBLEMS_SHOWN = 10
+"""Problems a failure message lists; the rest are counted (a gallery list alone can have
+hundreds, and the message travels in the failure, the UI and logs)."""
+
+
+def describe_problems(problems: list[tuple[str, str]]) -> str:
+    """``field: reason; field: reason`` for the first few problems, then how many more."""
+    text = "; ".join(f"{field}: {reason}" for field, reason in problems[:MAX_PROBLEMS_SHOWN])
+    hidden = len(problems) - MAX_PROBLEMS_SHOWN
+    return f"{text}; and {hidden} more" if hidden > 0 else text
+
+
+def missing_input_message(minimal: Mapping[str, object]) -> str:
+    """What a workflow started with no input (or ``null``) fails with: what to pass instead."""
+    return (
+        "invalid input: the input is missing; pass a JSON object such as "
+        f"{json.dumps(minimal)} (temporal workflow start ... --input '<JSON>')"
+    )
 
 
 def install_workflow_id(node_id: str, backend: str, model_id: str, replica_index: int) -> str:
@@ -60,6 +108,30 @@ class InstallCarryOver(BaseModel):
     progress: InstallProgress | None = None
     last_probe: ProbeResult | None = None
     last_error: str = ""
+
+    def problems(self) -> list[tuple[str, str]]:
+        """What would break a resumed run: the op id's routing, and the deadline's arithmetic.
+
+        Written by continue-as-new, so normally valid; but it is part of the input anyone may
+        send. A naive datetime or a deadline centuries away would fail every workflow task.
+        """
+        found: list[tuple[str, str]] = []
+        op_problem = token_problem(self.op_id)
+        if op_problem:
+            found.append(("op_id", op_problem))
+        for field in ("started_at", "deadline_at"):
+            if getattr(self, field).utcoffset() is None:
+                found.append((field, "must carry a time zone"))
+        if not found:
+            span = (self.deadline_at - self.started_at).total_seconds()
+            if not 0 <= span <= MAX_DEADLINE_SECONDS:
+                found.append(
+                    (
+                        "deadline_at",
+                        f"must be between 0 and {MAX_DEADLINE_SECONDS:g} seconds after started_at",
+                    )
+                )
+        return found
 
 
 class InstallBackendInput(BaseModel):
@@ -115,44 +187,129 @@ class InstallBackendInput(BaseModel):
         return process_key(self.backend, self.model_id, self.replica_index)
 
     def problems(self) -> list[tuple[str, str]]:
-        """Every invalid field with the reason, in field order; empty when valid."""
-        found: list[tuple[str, str]] = []
-        node_problem = token_problem(self.node_id)
-        if node_problem:
-            found.append(("node_id", node_problem))
+        """Every invalid field with the reason, in field order; empty when valid.
+
+        Every field has finite bounds (``contracts/limits.py`` says why). NaN and ±Infinity
+        decode (pydantic reads ``"NaN"`` and ``"Infinity"`` as floats) and are refused here
+        like any other out-of-range number, so they fail as ``InvalidInput``.
+        """
+        found = slot_problems(self.node_id, self.model_id, self.replica_index)
         if self.op_id:
             op_problem = token_problem(self.op_id)
             if op_problem:
                 found.append(("op_id", op_problem))
-        for field in ("backend", "model_id", "name", "alias"):
-            value: str = getattr(self, field)
-            if field == "backend" and not value.strip():
-                found.append((field, "it is empty"))
-            elif any(not ch.isprintable() for ch in value):
-                found.append((field, "it contains control characters"))
-        if not 0 <= self.replica_index <= MAX_REPLICA_INDEX:
-            found.append(("replica_index", f"must be between 0 and {MAX_REPLICA_INDEX}"))
-        for field in (
-            "install_timeout_seconds",
-            "probe_interval_seconds",
-            "deadline_seconds",
-            "heartbeat_timeout_seconds",
-            "retry_backoff_seconds",
-            "retry_backoff_max_seconds",
-            "probe_listen_seconds",
+        for field, limit, required in (
+            ("backend", MAX_NAME_LENGTH, True),
+            ("name", MAX_NAME_LENGTH, False),
+            ("alias", MAX_NAME_LENGTH, False),
+            ("uri", MAX_URI_LENGTH, False),
         ):
-            if not getattr(self, field) > 0:
-                found.append((field, "must be greater than 0"))
-        if self.progress_report_interval_seconds < 0:
-            found.append(("progress_report_interval_seconds", "must not be negative"))
+            problem = text_problem(getattr(self, field), limit, required=required)
+            if problem:
+                found.append((field, problem))
+        found += gallery_problems(self.backend_galleries)
+        for field, (low, high) in DURATION_BOUNDS.items():
+            problem = number_problem(getattr(self, field), low, high, "seconds")
+            if problem:
+                found.append((field, problem))
+        report = self.progress_report_interval_seconds
+        if report != 0 and number_problem(report, MIN_DURATION_SECONDS, MAX_INTERVAL_SECONDS):
+            found.append(
+                (
+                    "progress_report_interval_seconds",
+                    f"must be 0 (off) or a finite number between {MIN_DURATION_SECONDS:g} "
+                    f"and {MAX_INTERVAL_SECONDS:g} seconds",
+                )
+            )
         if liveness := liveness_interval_problem(self.liveness_check_interval_seconds):
             found.append(("liveness_check_interval_seconds", liveness))
-        if self.max_failed_attempts < 1:
-            found.append(("max_failed_attempts", "must be at least 1"))
-        for position, gallery in enumerate(self.backend_galleries or []):
-            if not gallery.url or not gallery.name:
-                found.append((f"backend_galleries[{position}]", "needs both url and name"))
+        attempts_problem = number_problem(self.max_failed_attempts, 1, MAX_FAILED_ATTEMPTS)
+        if attempts_problem:
+            found.append(("max_failed_attempts", attempts_problem))
+        rollout_problem = text_problem(self.rollout_id, MAX_WORKFLOW_ID_LENGTH) or utf8_problem(
+            self.rollout_id, MAX_SEARCH_ATTRIBUTE_BYTES
+        )
+        if rollout_problem:
+            found.append(("rollout_id", rollout_problem))
+        if self.resume is not None:
+            found += [(f"resume.{field}", reason) for field, reason in self.resume.problems()]
         return found
+
+
+DURATION_BOUNDS: dict[str, tuple[float, float]] = {
+    "install_timeout_seconds": (MIN_DURATION_SECONDS, MAX_DEADLINE_SECONDS),
+    "probe_interval_seconds": (MIN_DURATION_SECONDS, MAX_INTERVAL_SECONDS),
+    "deadline_seconds": (1.0, MAX_DEADLINE_SECONDS),
+    "heartbeat_timeout_seconds": (1.0, MAX_INTERVAL_SECONDS),
+    "retry_backoff_seconds": (MIN_DURATION_SECONDS, MAX_INTERVAL_SECONDS),
+    "retry_backoff_max_seconds": (MIN_DURATION_SECONDS, MAX_INTERVAL_SECONDS),
+    "probe_listen_seconds": (MIN_DURATION_SECONDS, MAX_PROBE_LISTEN_SECONDS),
+}
+"""Inclusive bounds of the duration fields. Absolute, not relative to the deadline: the
+workflow cuts every wait and request to the time left, so a short deadline with the default
+install timeout is valid and means what it says."""
+
+
+def slot_problems(node_id: str, model_id: str, replica_index: int) -> list[tuple[str, str]]:
+    """What is wrong with a slot's identity: the node token, the model id, the replica."""
+    found: list[tuple[str, str]] = []
+    node_problem = token_problem(node_id)
+    if node_problem:
+        found.append(("node_id", node_problem))
+    model_problem = text_problem(model_id, MAX_NAME_LENGTH)
+    if model_problem:
+        found.append(("model_id", model_problem))
+    replica_problem = number_problem(replica_index, 0, MAX_REPLICA_INDEX)
+    if replica_problem:
+        found.append(("replica_index", replica_problem))
+    return found
+
+
+def gallery_problems(galleries: list[GalleryConfig] | None) -> list[tuple[str, str]]:
+    """What is wrong with a ``backend_galleries`` list: count, each string, encoded size."""
+    if not galleries:
+        return []
+    if len(galleries) > MAX_GALLERIES:
+        return [
+            ("backend_galleries", f"has {len(galleries)} galleries; the limit is {MAX_GALLERIES}")
+        ]
+    found: list[tuple[str, str]] = []
+    for position, gallery in enumerate(galleries):
+        field = f"backend_galleries[{position}]"
+        for part, value, limit in (
+            ("url", gallery.url, MAX_URI_LENGTH),
+            ("name", gallery.name, MAX_NAME_LENGTH),
+        ):
+            problem = text_problem(value, limit, required=True)
+            if problem:
+                found.append((f"{field}.{part}", problem))
+        if len(gallery.mirrors) > MAX_GALLERY_MIRRORS:
+            found.append(
+                (
+                    f"{field}.mirrors",
+                    f"has {len(gallery.mirrors)} mirrors; the limit is {MAX_GALLERY_MIRRORS}",
+                )
+            )
+            continue
+        for index, mirror in enumerate(gallery.mirrors):
+            problem = text_problem(mirror, MAX_URI_LENGTH, required=True)
+            if problem:
+                found.append((f"{field}.mirrors[{index}]", problem))
+        if gallery.verification is not None:
+            for part, value in gallery.verification.model_dump().items():
+                problem = text_problem(value, MAX_VERIFICATION_LENGTH)
+                if problem:
+                    found.append((f"{field}.verification.{part}", problem))
+    if not found:
+        size = len(encode_galleries(galleries).encode())
+        if size > MAX_GALLERIES_JSON_BYTES:
+            found.append(
+                (
+                    "backend_galleries",
+                    f"is {size} bytes long as JSON; the limit is {MAX_GALLERIES_JSON_BYTES}",
+                )
+            )
+    return found
 
 
 class InstallStatus(BaseModel):

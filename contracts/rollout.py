@@ -5,10 +5,22 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
+import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
-from contracts.install import InstallBackendInput, install_workflow_id
+from contracts.install import InstallBackendInput, install_workflow_id, slot_problems
+from contracts.limits import (
+    MAX_ROLLOUT_RUNS,
+    MAX_ROLLOUT_SLOTS,
+    MAX_URI_LENGTH,
+    MAX_WORKFLOW_ID_LENGTH,
+    number_problem,
+    text_problem,
+)
 from protocol.messages import GalleryConfig
+
+MINIMAL_ROLLOUT_INPUT = {"backend": "llama-cpp", "targets": [{"node_id": "node-1"}]}
+"""The smallest useful rollout input, shown to whoever starts a rollout without one."""
 
 
 class RolloutTarget(BaseModel):
@@ -130,23 +142,106 @@ class RolloutInput(BaseModel):
             }
         )
 
+    def slot_count(self) -> int:
+        """Slots the targets name, duplicates included (what bounds the work to check)."""
+        return sum(len(target.replica_indexes) or 1 for target in self.targets)
+
     def problems(self) -> list[tuple[str, str]]:
-        """Invalid fields with reasons, checked before anything starts."""
+        """Invalid fields with reasons, checked before anything starts.
+
+        The fields every slot shares (what to install, ``install_options``) are checked once
+        on a template install input, then each target's slot identity and derived workflow id.
+        """
         found: list[tuple[str, str]] = []
-        if self.max_in_flight < 1:
-            found.append(("max_in_flight", "must be at least 1"))
-        if self.max_failures < 1:
-            found.append(("max_failures", "must be at least 1"))
+        slots = self.slot_count()
+        if slots > MAX_ROLLOUT_SLOTS:
+            return [("targets", f"name {slots} slots; the limit is {MAX_ROLLOUT_SLOTS}")]
+        for field, value, high in (
+            ("max_in_flight", self.max_in_flight, MAX_ROLLOUT_SLOTS),
+            ("max_failures", self.max_failures, MAX_ROLLOUT_SLOTS),
+            ("carried_runs", self.carried_runs, MAX_ROLLOUT_RUNS),
+        ):
+            problem = number_problem(value, 0 if field == "carried_runs" else 1, high)
+            if problem:
+                found.append((field, problem))
+        if len(self.carried_slots) > MAX_ROLLOUT_SLOTS:
+            found.append(
+                (
+                    "carried_slots",
+                    f"has {len(self.carried_slots)}; the limit is {MAX_ROLLOUT_SLOTS}",
+                )
+            )
+        stopped_problem = text_problem(self.carried_stopped, MAX_URI_LENGTH)
+        if stopped_problem:
+            found.append(("carried_stopped", stopped_problem))
+        found += self._shared_problems()
+        if found:
+            return found
         for position, target in enumerate(self.targets):
             for replica in target.replica_indexes or [0]:
-                try:
-                    install = self.install_input(target.node_id, target.model_id, replica)
-                except ValueError as err:
-                    found.append(("install_options", str(err).splitlines()[0]))
-                    return found
-                for field, reason in install.problems():
-                    found.append((f"targets[{position}].{field}", reason))
+                slot = slot_problems(target.node_id, target.model_id, replica)
+                found += [(f"targets[{position}].{field}", reason) for field, reason in slot]
+                if slot:
+                    break
+                workflow_id = install_workflow_id(
+                    target.node_id, self.backend, target.model_id, replica
+                )
+                if len(workflow_id) > MAX_WORKFLOW_ID_LENGTH:
+                    found.append(
+                        (
+                            f"targets[{position}]",
+                            f"its install workflow id would be {len(workflow_id)} characters "
+                            f"long; the server's limit is {MAX_WORKFLOW_ID_LENGTH}",
+                        )
+                    )
+                    break
         return found
+
+    def _shared_problems(self) -> list[tuple[str, str]]:
+        """What is wrong with the fields every slot's install shares."""
+        found: list[tuple[str, str]] = []
+        for key in sorted(self.install_options):
+            if key in PER_SLOT_FIELDS:
+                found.append((f"install_options.{key}", "is set by the rollout for each slot"))
+            elif key in SHARED_FIELDS:
+                found.append((f"install_options.{key}", f"use the rollout's own {key!r} field"))
+        if found:
+            return found
+        try:
+            template = self.install_input(TEMPLATE_NODE, "", 0)
+        except pydantic.ValidationError as err:
+            return [
+                (_option_field(error["loc"]), error["msg"])
+                for error in err.errors(include_url=False, include_input=False)
+            ]
+        return [
+            (
+                field
+                if field.split("[")[0].split(".")[0] in SHARED_FIELDS
+                else f"install_options.{field}",
+                reason,
+            )
+            for field, reason in template.problems()
+        ]
+
+
+PER_SLOT_FIELDS = frozenset(
+    {"node_id", "model_id", "replica_index", "op_id", "rollout_id", "resume"}
+)
+"""Install input fields the rollout sets per slot (an op id shared by slots would mix up their
+progress); ``install_options`` may not set them."""
+
+SHARED_FIELDS = frozenset({"backend", "backend_galleries", "uri", "name", "alias"})
+"""Install input fields the rollout's own fields set for every slot."""
+
+TEMPLATE_NODE = "template"
+"""A valid node id for checking the shared fields once, before any target's own."""
+
+
+def _option_field(location: tuple[int | str, ...]) -> str:
+    """``install_options.<field>`` for a decoding error of a shared install option."""
+    path = ".".join(str(part) for part in location)
+    return f"install_options.{path}" if path else "install_options"
 
 
 def expand_slots(targets: list[RolloutTarget], backend: str) -> list[SlotStatus]:

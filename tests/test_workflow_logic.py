@@ -41,7 +41,7 @@ from contracts.install import InstallBackendInput, InstallBackendResult
 from contracts.names import INSTALL_ACTIVITY, PROBE_ACTIVITY
 from workflows.install_backend import InstallBackendWorkflow
 
-TICK = 0.05
+TICK = 0.1
 """Every interval of these tests, in seconds."""
 
 Outcome = Callable[[InstallActivityInput], InstallActivityResult]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from enum import Enum
 
 from temporalio import workflow
@@ -44,12 +44,17 @@ with workflow.unsafe.imports_passed_through():
         WORKER_STILL_INSTALLING,
     )
     from contracts.install import (
+        MAX_PROBLEMS_SHOWN,
+        MINIMAL_INSTALL_INPUT,
         InstallBackendInput,
         InstallBackendResult,
         InstallCarryOver,
         InstallPhase,
         InstallStatus,
+        describe_problems,
+        missing_input_message,
     )
+    from contracts.limits import MAX_NAME_LENGTH
     from contracts.names import (
         INSTALL_ACTIVITY,
         INSTALL_WORKFLOW,
@@ -84,6 +89,11 @@ to the workflow, which probes before anything is sent again."""
 
 PROBE_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=2)
 
+INVALID_INPUT_WRITES_NO_SEARCH_ATTRIBUTE = "invalid-input-writes-no-search-attribute"
+"""Patch id: an invalid input used to upsert ``InstallPhase=failed`` before failing; now it
+writes nothing (tests/histories/InstallBackendWorkflow/invalid_input.json replays the old way).
+Remove the old branch once no execution started before this change can still be replayed."""
+
 OP_ID_NAMESPACE = uuid.UUID("5f0c3d4e-6a39-4d8e-9a51-0d7e2b8c1f00")
 
 
@@ -113,6 +123,86 @@ async def _signal_quietly(
         workflow.logger.debug("could not report to the rollout: %s", err)
 
 
+MAX_BACKOFF_DOUBLINGS = 60
+"""The back-off doubles at most this often: 2**60 times any valid first wait is far beyond
+any valid cap, and a bounded exponent cannot overflow however long a node stays away."""
+
+
+def backoff_seconds(input: InstallBackendInput, streak: int) -> float:
+    """The wait before the ``streak``-th consecutive retry: doubling, capped."""
+    doublings = min(max(streak - 1, 0), MAX_BACKOFF_DOUBLINGS)
+    return min(input.retry_backoff_seconds * 2.0**doublings, input.retry_backoff_max_seconds)
+
+
+def install_deadline(input: InstallBackendInput, now: datetime) -> datetime:
+    """When the install gives up: carried over by continue-as-new, else from ``now``."""
+    if input.resume is not None:
+        return input.resume.deadline_at
+    return now + timedelta(seconds=max(input.deadline_seconds, 0.0))
+
+
+def install_activity_input(
+    input: InstallBackendInput, op_id: str, remaining: timedelta
+) -> InstallActivityInput:
+    """What one install request sends; its timeout never runs past the time left."""
+    request = BackendInstallRequest(
+        backend=input.backend,
+        model_id=input.model_id,
+        backend_galleries=encode_galleries(input.backend_galleries or []),
+        uri=input.uri,
+        name=input.name,
+        alias=input.alias,
+        replica_index=input.replica_index,
+        op_id=op_id,
+    )
+    return InstallActivityInput(
+        node_id=input.node_id,
+        request=request,
+        install_timeout_seconds=min(input.install_timeout_seconds, remaining.total_seconds()),
+        heartbeat_interval_seconds=min(5.0, input.heartbeat_timeout_seconds / 3),
+        progress_report_interval_seconds=input.progress_report_interval_seconds,
+        liveness_check_interval_seconds=input.liveness_check_interval_seconds,
+    )
+
+
+def probe_activity_input(input: InstallBackendInput, op_id: str) -> ProbeInput:
+    """What one probe asks the node about the slot and its op."""
+    return ProbeInput(
+        node_id=input.node_id,
+        backend=input.backend,
+        model_id=input.model_id,
+        replica_index=input.replica_index,
+        op_id=op_id,
+        galleries_json=encode_galleries(input.backend_galleries or []),
+        listen_seconds=input.probe_listen_seconds,
+    )
+
+
+def probe_timeout(probe: ProbeInput) -> timedelta:
+    """The probe activity's start-to-close timeout: every step's own timeout, plus slack."""
+    budget = (
+        probe.status_timeout_seconds
+        + probe.listen_seconds
+        + max(probe.running_timeout_seconds, probe.list_timeout_seconds)
+    )
+    return timedelta(seconds=budget) + ACTIVITY_MARGIN
+
+
+def _stand_in(input: InstallBackendInput | None) -> InstallBackendInput:
+    """A harmless input in place of an invalid one: the query and the UI still say what failed.
+
+    Only the identifying strings are kept, cut to their limits; no number of the invalid
+    input is used, so nothing can overflow or be NaN on the way to the failure.
+    """
+    if input is None:
+        return InstallBackendInput(node_id="", backend="")
+    return InstallBackendInput(
+        node_id=input.node_id[:MAX_NAME_LENGTH],
+        backend=input.backend[:MAX_NAME_LENGTH],
+        model_id=input.model_id[:MAX_NAME_LENGTH],
+    )
+
+
 def derive_op_id(workflow_id: str) -> str:
     """A stable op id for a workflow: the same across retries, resets and continue-as-new."""
     return str(uuid.uuid5(OP_ID_NAMESPACE, workflow_id))
@@ -129,8 +219,23 @@ class InstallBackendWorkflow:
     """
 
     @workflow.init
-    def __init__(self, input: InstallBackendInput) -> None:
+    def __init__(self, input: InstallBackendInput | None = None) -> None:
+        """Validate first: nothing below may see a value out of bounds (NaN, 1e300, ...).
+
+        ``input`` is optional so that a start with no input reaches ``run`` and fails there
+        with ``InvalidInput``; a required parameter would fail every workflow task instead.
+        """
         now = workflow.now()
+        if input is None:
+            self._invalid = missing_input_message(MINIMAL_INSTALL_INPUT)
+            self._problems = [("input", "it is missing")]
+        else:
+            problems = input.problems()
+            self._problems = problems[:MAX_PROBLEMS_SHOWN]
+            self._invalid = f"invalid input: {describe_problems(problems)}" if problems else ""
+        if self._invalid:
+            input = _stand_in(input)
+        assert input is not None
         carry = input.resume
         self._input = input
         self._found_running = carry.found_running if carry else False
@@ -142,11 +247,7 @@ class InstallBackendWorkflow:
         self._rollout_reports: list[asyncio.Task[None]] = []
         self._backoff_streak = carry.backoff_streak if carry else 0
         op_id = carry.op_id if carry else (input.op_id or derive_op_id(workflow.info().workflow_id))
-        deadline = (
-            carry.deadline_at
-            if carry
-            else now + timedelta(seconds=max(input.deadline_seconds, 0.0))
-        )
+        deadline = install_deadline(input, now)
         self._status = InstallStatus(
             node_id=input.node_id,
             backend=input.backend,
@@ -168,16 +269,21 @@ class InstallBackendWorkflow:
             self._record_progress(carry.progress)
 
     @workflow.run
-    async def run(self, input: InstallBackendInput) -> InstallBackendResult:
+    async def run(self, input: InstallBackendInput | None = None) -> InstallBackendResult:
         """Install until the slot runs, the node rejects it, or the deadline passes."""
-        problems = input.problems()
-        if problems:
-            reasons = "; ".join(f"{field}: {reason}" for field, reason in problems)
-            self._status.last_error = f"invalid input: {reasons}"
-            self._set_phase(InstallPhase.FAILED)
+        if self._invalid:
+            self._status.last_error = self._invalid
+            if workflow.patched(INVALID_INPUT_WRITES_NO_SEARCH_ATTRIBUTE):
+                # No search attribute is written: an oversized value would get the workflow
+                # terminated by the server instead of failed with the reason.
+                self._status.phase = InstallPhase.FAILED
+                self._publish_details()
+            else:  # executions started before the patch recorded the failed phase
+                self._set_phase(InstallPhase.FAILED)
             raise ApplicationError(
-                f"invalid input: {reasons}", problems, type=INVALID_INPUT, non_retryable=True
+                self._invalid, self._problems, type=INVALID_INPUT, non_retryable=True
             )
+        input = self._input
         attributes = [
             NODE_ID.value_set(input.node_id),
             BACKEND_NAME.value_set(input.backend),
@@ -236,12 +342,8 @@ class InstallBackendWorkflow:
                 step = _Next.PROBE
             else:
                 self._backoff_streak += 1
-                backoff = min(
-                    self._input.retry_backoff_seconds * 2 ** (self._backoff_streak - 1),
-                    self._input.retry_backoff_max_seconds,
-                )
                 await self._sleep(
-                    backoff,
+                    backoff_seconds(self._input, self._backoff_streak),
                     InstallPhase.BACKING_OFF,
                     f"back off after: {self._status.last_error[:120]}",
                 )
@@ -253,28 +355,12 @@ class InstallBackendWorkflow:
         self._status.attempts += 1
         self._set_phase(InstallPhase.INSTALLING)
         remaining = self._remaining()
-        request_timeout = min(input.install_timeout_seconds, remaining.total_seconds())
-        request = BackendInstallRequest(
-            backend=input.backend,
-            model_id=input.model_id,
-            backend_galleries=encode_galleries(input.backend_galleries or []),
-            uri=input.uri,
-            name=input.name,
-            alias=input.alias,
-            replica_index=input.replica_index,
-            op_id=self._status.op_id,
-        )
+        activity_input = install_activity_input(input, self._status.op_id, remaining)
+        request_timeout = activity_input.install_timeout_seconds
         try:
             result: InstallActivityResult = await workflow.execute_activity(
                 INSTALL_ACTIVITY,
-                InstallActivityInput(
-                    node_id=input.node_id,
-                    request=request,
-                    install_timeout_seconds=request_timeout,
-                    heartbeat_interval_seconds=min(5.0, input.heartbeat_timeout_seconds / 3),
-                    progress_report_interval_seconds=input.progress_report_interval_seconds,
-                    liveness_check_interval_seconds=input.liveness_check_interval_seconds,
-                ),
+                activity_input,
                 result_type=InstallActivityResult,
                 start_to_close_timeout=timedelta(seconds=request_timeout) + ACTIVITY_MARGIN,
                 schedule_to_close_timeout=remaining + ACTIVITY_MARGIN,
@@ -333,26 +419,13 @@ class InstallBackendWorkflow:
         input = self._input
         self._status.probes += 1
         self._set_phase(InstallPhase.PROBING)
-        probe_input = ProbeInput(
-            node_id=input.node_id,
-            backend=input.backend,
-            model_id=input.model_id,
-            replica_index=input.replica_index,
-            op_id=self._status.op_id,
-            galleries_json=encode_galleries(input.backend_galleries or []),
-            listen_seconds=input.probe_listen_seconds,
-        )
-        budget = (
-            probe_input.status_timeout_seconds
-            + probe_input.listen_seconds
-            + max(probe_input.running_timeout_seconds, probe_input.list_timeout_seconds)
-        )
+        probe_input = probe_activity_input(input, self._status.op_id)
         try:
             probe = await workflow.execute_activity(
                 PROBE_ACTIVITY,
                 probe_input,
                 result_type=ProbeResult,
-                start_to_close_timeout=timedelta(seconds=budget) + ACTIVITY_MARGIN,
+                start_to_close_timeout=probe_timeout(probe_input),
                 retry_policy=PROBE_RETRY,
                 summary=f"probe {input.node_id} for {self._status.slot} "
                 f"(probe {self._status.probes})",

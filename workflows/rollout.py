@@ -27,6 +27,8 @@ with workflow.unsafe.imports_passed_through():
     import pydantic
 
     from contracts.failures import INVALID_INPUT
+    from contracts.install import MAX_PROBLEMS_SHOWN, describe_problems, missing_input_message
+    from contracts.limits import MAX_ROLLOUT_SLOTS, MAX_SEARCH_ATTRIBUTE_BYTES, utf8_problem
     from contracts.names import (
         ADD_TARGETS_UPDATE,
         CANCEL_ROLLOUT_SIGNAL,
@@ -38,6 +40,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from contracts.rollout import (
         FINISHED_STATES,
+        MINIMAL_ROLLOUT_INPUT,
         AddTargetsResult,
         FailurePolicy,
         InstallSlotsInput,
@@ -77,7 +80,21 @@ class RolloutBackendWorkflow:
     """
 
     @workflow.init
-    def __init__(self, input: RolloutInput) -> None:
+    def __init__(self, input: RolloutInput | None = None) -> None:
+        """Validate first; an invalid input keeps no slot and fails in ``run``.
+
+        ``input`` is optional so that a start with no input fails with ``InvalidInput``
+        instead of failing every workflow task.
+        """
+        if input is None:
+            self._problems = [("input", "it is missing")]
+            self._invalid = missing_input_message(MINIMAL_ROLLOUT_INPUT)
+        else:
+            problems = input.problems() + _workflow_id_problems()
+            self._problems = problems[:MAX_PROBLEMS_SHOWN]
+            self._invalid = f"invalid input: {describe_problems(problems)}" if problems else ""
+        if self._invalid or input is None:
+            input = RolloutInput(backend="")
         self._input = input
         slots = input.carried_slots or expand_slots(input.targets, input.backend)
         self._slots = {slot.workflow_id: slot for slot in slots}
@@ -94,13 +111,11 @@ class RolloutBackendWorkflow:
         self._changed = True
 
     @workflow.run
-    async def run(self, input: RolloutInput) -> RolloutStatus:
+    async def run(self, input: RolloutInput | None = None) -> RolloutStatus:
         """Install until every slot is finished, the policy stops it, or it is cancelled."""
-        problems = input.problems()
-        if problems:
-            reasons = "; ".join(f"{field}: {reason}" for field, reason in problems[:10])
+        if self._invalid:
             raise ApplicationError(
-                f"invalid input: {reasons}", type=INVALID_INPUT, non_retryable=True
+                self._invalid, self._problems, type=INVALID_INPUT, non_retryable=True
             )
         try:
             await self._drive()
@@ -141,11 +156,16 @@ class RolloutBackendWorkflow:
 
     @add_targets.validator
     def _validate_targets(self, targets: list[RolloutTarget]) -> None:
-        if self._cancelled or self._stopped:
+        if self._cancelled or self._stopped or self._invalid:
             raise ValueError("the rollout no longer starts slots")
-        problems = self._input.model_copy(update={"targets": targets}).problems()
+        update = self._input.model_copy(update={"targets": targets})
+        if len(self._slots) + update.slot_count() > MAX_ROLLOUT_SLOTS:
+            raise ValueError(
+                f"targets: the rollout would track more than {MAX_ROLLOUT_SLOTS} slots"
+            )
+        problems = update.problems()
         if problems:
-            raise ValueError("; ".join(f"{field}: {reason}" for field, reason in problems[:10]))
+            raise ValueError(describe_problems(problems))
 
     @workflow.signal(name=CANCEL_ROLLOUT_SIGNAL)
     def cancel_rollout(self) -> None:
@@ -310,6 +330,12 @@ class RolloutBackendWorkflow:
                 self._input.backend, list(self._slots.values()), self._cancelled, self._stopped
             )
         )
+
+
+def _workflow_id_problems() -> list[tuple[str, str]]:
+    """The rollout's own id becomes every install's ``RolloutId`` search attribute."""
+    problem = utf8_problem(workflow.info().workflow_id, MAX_SEARCH_ATTRIBUTE_BYTES)
+    return [("workflow id", f"{problem} (it is every install's RolloutId)")] if problem else []
 
 
 def _counts(slots: Iterable[SlotStatus]) -> dict[str, int]:

@@ -210,6 +210,31 @@ async def invalid_input(stack: Stack) -> list[WorkflowHandle[Any, Any]]:
 
 
 @scenario
+async def out_of_bounds_input(stack: Stack) -> list[WorkflowHandle[Any, Any]]:
+    """Validated in the first task, failing without writing a search attribute (patched)."""
+    handle = await stack.client.start_workflow(
+        "InstallBackendWorkflow",
+        {"node_id": "node-1", "backend": "llama-cpp", "deadline_seconds": "NaN"},
+        id=f"install-bounds-{uuid.uuid4().hex[:8]}",
+        task_queue=stack.queue,
+    )
+    await _settle(handle)
+    return [handle]
+
+
+@scenario
+async def missing_input(stack: Stack) -> list[WorkflowHandle[Any, Any]]:
+    handle = await stack.client.start_workflow(
+        "InstallBackendWorkflow",
+        None,
+        id=f"install-missing-{uuid.uuid4().hex[:8]}",
+        task_queue=stack.queue,
+    )
+    await _settle(handle)
+    return [handle]
+
+
+@scenario
 async def install_continue_as_new(stack: Stack) -> list[WorkflowHandle[Any, Any]]:
     """A long pull on the small-history server: the first run continues as new."""
     node = await FakeNode(stack.nc, f"node-{uuid.uuid4().hex[:8]}").start()

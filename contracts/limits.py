@@ -1,0 +1,88 @@
+"""The bounds of every workflow input field, and the checks that name what is wrong.
+
+Why every field has finite bounds: input values end up in places that fail late and badly when
+a value is absurd. Durations become timers and timeouts (``timedelta`` overflows, NaN cannot
+become one at all: the workflow task fails and is retried forever); strings become search
+attributes (the server's default limit is 2 KiB per value; above it the server terminates the
+workflow), NATS subjects and messages (1 MiB default payload) and copies in every activity's
+input in the history. So each field is checked before the workflow writes or sends anything,
+and an out-of-bounds value fails the workflow at once with ``InvalidInput`` naming the field.
+
+Reasons never repeat the value itself: it may be huge, and it is the caller's anyway.
+"""
+
+from __future__ import annotations
+
+import math
+
+DAY = 86_400.0
+
+MAX_DEADLINE_SECONDS = 30 * DAY
+"""Longest overall bound of one install. Longer waits belong to a new install."""
+
+MAX_INTERVAL_SECONDS = DAY
+"""Longest single wait: a probe interval, a back-off, a heartbeat timeout."""
+
+MIN_DURATION_SECONDS = 0.1
+"""Shortest wait: anything shorter only spins the workflow and the node."""
+
+MAX_PROBE_LISTEN_SECONDS = 300.0
+"""A probe listens this long at most for progress events before it answers."""
+
+MAX_FAILED_ATTEMPTS = 1_000
+"""Most transient failures an install may retry."""
+
+MAX_NAME_LENGTH = 256
+"""Characters of a backend, model id, name, alias or gallery name. At 4 UTF-8 bytes per
+character that is 1 KiB, half the server's per-value search attribute limit."""
+
+MAX_URI_LENGTH = 4_096
+"""Characters of an external install URI or a gallery URL."""
+
+MAX_SEARCH_ATTRIBUTE_BYTES = 1_024
+"""UTF-8 bytes of any value the workflow writes as a search attribute: half the server's
+default ``limit.searchAttributeValueSize`` of 2 KiB."""
+
+MAX_GALLERIES = 16
+MAX_GALLERY_MIRRORS = 16
+MAX_VERIFICATION_LENGTH = 1_024
+MAX_GALLERIES_JSON_BYTES = 64 * 1_024
+"""The encoded gallery list travels in every install request and probe; keep it small."""
+
+MAX_WORKFLOW_ID_LENGTH = 1_000
+"""The server's default ``limit.maxIDLength``: a derived install workflow id must fit."""
+
+MAX_ROLLOUT_SLOTS = 10_000
+"""Most slots one rollout tracks, across its targets and ``add_targets`` updates."""
+
+MAX_ROLLOUT_RUNS = 1_000_000
+"""Most continue-as-new runs a rollout carries over (a sanity bound on a counter)."""
+
+
+def number_problem(value: float, low: float, high: float, unit: str = "") -> str | None:
+    """Why ``value`` is not a finite number in ``[low, high]``, or None when it is."""
+    suffix = f" {unit}" if unit else ""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"must be a finite number between {low:g} and {high:g}{suffix}"
+    if not low <= value <= high:
+        return f"must be between {low:g} and {high:g}{suffix}"
+    return None
+
+
+def text_problem(value: str, limit: int, *, required: bool = False) -> str | None:
+    """Why ``value`` is not a printable string of at most ``limit`` characters, or None."""
+    if required and not value.strip():
+        return "it is empty"
+    if len(value) > limit:
+        return f"it is {len(value)} characters long; the limit is {limit}"
+    if not value.isprintable():
+        return "it contains control characters"
+    return None
+
+
+def utf8_problem(value: str, limit: int) -> str | None:
+    """Why ``value`` does not fit in ``limit`` UTF-8 bytes, or None."""
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if size > limit:
+        return f"it is {size} bytes long in UTF-8; the limit is {limit}"
+    return None
