@@ -12,24 +12,33 @@ import contextlib
 import re
 import threading
 from collections import Counter
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, BinaryIO
+from io import BufferedIOBase
+from typing import Any
 
 
-class _CountingWriter:
+class _CountingWriter(BufferedIOBase):
     """Wraps a handler's ``wfile`` and counts the body bytes handed to the socket."""
 
-    def __init__(self, inner: BinaryIO, count: Any) -> None:
+    def __init__(self, inner: BufferedIOBase, count: Callable[[int], None]) -> None:
         self._inner = inner
         self._count = count
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: Any) -> int:
         written = self._inner.write(data)
-        self._count(len(data) if written is None else written)
-        return len(data) if written is None else written
+        self._count(written)
+        return written
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
+    def flush(self) -> None:
+        self._inner.flush()
+
+    def close(self) -> None:
+        self._inner.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._inner.closed
 
 
 class RangeFileServer:
@@ -99,7 +108,7 @@ class RangeFileServer:
                 self.end_headers()
                 self.wfile.flush()
                 path = self.path
-                self.wfile = _CountingWriter(self.wfile, lambda n: server._count(path, n))  # type: ignore[assignment]
+                self.wfile = _CountingWriter(self.wfile, lambda n: server._count(path, n))
                 with contextlib.suppress(OSError):  # the client went away; nothing to answer
                     server.write_body(self, body[start:])
 

@@ -10,7 +10,6 @@ still running, even when an assertion failed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
@@ -29,7 +28,7 @@ from devstack.binaries import find_binary, free_port
 from devstack.processes import _die_with_parent
 from protocol.messages import GalleryConfig, encode_galleries
 from tests.worker_process import ROOT, worker_command
-from tests.workflow_helpers import wait_for, wait_until
+from tests.workflow_helpers import wait_until
 from workflows.models import SEARCH_ATTRIBUTES
 
 START_WITHIN = 90.0
@@ -371,19 +370,3 @@ class AgentProcess(LogReady):
             workdir / f"agent-{node_id}.log",
             cwd=ROOT,
         )
-
-
-async def wait_exited(component: Component) -> None:
-    """Wait until the component's process is gone (after a kill the test did not wait for)."""
-    await wait_for(lambda: not component.running(), within=30, what=f"{component.name} exited")
-
-
-@contextlib.contextmanager
-def paused(component: Component) -> Any:
-    """SIGSTOP for the block, SIGCONT after it (also when the block fails)."""
-    component.pause()
-    try:
-        yield component
-    finally:
-        if component.running():
-            component.resume()

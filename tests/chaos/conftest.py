@@ -8,6 +8,7 @@ processes a killed agent left behind (found by their working directory).
 
 from __future__ import annotations
 
+import shutil
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -85,6 +86,7 @@ class Harness:
         for node in self._nodes:
             kill_processes_under(node.backends_dir)
             node.backend.stop()
+            shutil.rmtree(node.backends_dir, ignore_errors=True)  # up to 256 MiB unpacked
             await node.cancels.stop()
 
 

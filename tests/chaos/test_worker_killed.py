@@ -6,7 +6,7 @@ import pytest
 from temporalio.client import Client
 
 from tests.chaos.conftest import Harness
-from tests.chaos.scenario import assert_survived, install_result, install_input, start_install
+from tests.chaos.scenario import assert_survived, install_input, install_result, start_install
 from tests.workflow_helpers import wait_until
 
 pytestmark = pytest.mark.timeout(300)
