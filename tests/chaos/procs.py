@@ -69,6 +69,14 @@ def kill_processes_under(root: Path) -> None:
             os.kill(process.pid, signal.SIGKILL)
 
 
+def is_zombie(pid: int) -> bool:
+    """Whether ``pid`` exited but its parent has not reaped it yet."""
+    try:
+        return _is_zombie(pid)
+    except (OSError, ValueError):
+        return False
+
+
 def pid_alive(pid: int) -> bool:
     """Whether ``pid`` is a live, non-zombie process."""
     try:
