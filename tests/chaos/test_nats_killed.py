@@ -31,7 +31,7 @@ async def test_nats_server_killed_mid_download_and_restarted_on_its_port(
     server = NatsServer("nats", tmp_path)
     chaos.adopt(server)
     await server.start()
-    node = await chaos.node(server.url, size=6 * MIB)
+    node = await chaos.node(server.url, size=8 * MIB)
     await chaos.worker(temporal_address, server.url)
     handle = await start_install(
         client, chaos.task_queue, install_input(node.node_id, node.backend.name)
@@ -39,9 +39,9 @@ async def test_nats_server_killed_mid_download_and_restarted_on_its_port(
     await node.backend.served_at_least(0.2)
 
     server.kill()
+    node.backend.assert_mid_download()
     await asyncio.sleep(OUTAGE_SECONDS)  # the outage itself, not a wait for a condition
     await server.start()
-    node.backend.assert_mid_download()
     result = await install_result(handle)
 
     await assert_survived(result, node.backend, node.backends_dir, node.cancels)
@@ -51,7 +51,7 @@ async def test_cluster_server_the_worker_is_connected_to_killed_mid_download(
     chaos: Harness, client: Client, temporal_address: str, tmp_path: Path
 ) -> None:
     async with NatsCluster(tmp_path) as cluster:
-        node = await chaos.node(cluster.url, size=6 * MIB)
+        node = await chaos.node(cluster.url, size=8 * MIB)
         worker = await chaos.worker(temporal_address, cluster.url)
         handle = await start_install(
             client, chaos.task_queue, install_input(node.node_id, node.backend.name)
