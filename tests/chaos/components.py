@@ -24,12 +24,12 @@ from typing import Any, Self
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
+from contracts.search_attributes import SEARCH_ATTRIBUTES
 from devstack.binaries import find_binary, free_port
 from devstack.processes import _die_with_parent
 from protocol.messages import GalleryConfig, encode_galleries
 from tests.worker_process import ROOT, worker_command
 from tests.workflow_helpers import wait_until
-from workflows.models import SEARCH_ATTRIBUTES
 
 START_WITHIN = 90.0
 """Upper bound for a process to become ready on a busy two-core machine."""

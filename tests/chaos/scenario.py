@@ -25,14 +25,14 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 
+from contracts.install import InstallBackendInput, InstallBackendResult
 from devstack.gallery import ThrottledFileServer
+from devstack.sample_backend import Gallery, SampleBackend, build_archive
 from node_agent import backend_rpc
-from node_agent.sample_backend import Gallery, SampleBackend, build_archive
 from protocol.messages import GalleryConfig
 from tests.chaos.procs import LiveProcess, processes_under
 from tests.workflow_helpers import FAST, wait_for, wait_until
 from workflows.install_backend import InstallBackendWorkflow
-from workflows.models import InstallBackendInput, InstallBackendResult
 
 MIB = 1024 * 1024
 

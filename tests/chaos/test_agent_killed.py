@@ -13,6 +13,7 @@ from __future__ import annotations
 import pytest
 from temporalio.client import Client, WorkflowHandle
 
+from contracts.install import InstallBackendResult
 from node_agent import backend_rpc
 from tests.chaos.conftest import ChaosNode, Harness
 from tests.chaos.procs import pid_alive
@@ -26,7 +27,6 @@ from tests.chaos.scenario import (
 )
 from tests.workflow_helpers import wait_for, wait_until
 from workflows.install_backend import InstallBackendWorkflow
-from workflows.models import InstallBackendResult
 
 pytestmark = pytest.mark.timeout(300)
 
