@@ -65,6 +65,7 @@ _PERMANENT_MARKERS = (
     "invalid backend name",
     "unsafe archive",
     "exceeds the configured size limit",
+    "rejected oci image",
 )
 
 # Everything else counts as transient (the catalogue's "failed to download backend", "is
