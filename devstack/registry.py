@@ -25,6 +25,7 @@ import httpx
 
 from devstack.binaries import free_port
 from devstack.processes import wait_for_port
+from devstack.sample_backend import SampleBackend, backend_files
 
 REGISTRY_BINARY = "/usr/bin/docker-registry"
 INSTALL_HINT = "apt-get install docker-registry"
@@ -205,6 +206,15 @@ class RunningRegistry:
     host: str
     """``127.0.0.1:<port>``: image references start with it."""
     url: str
+    storage: Path
+    """The registry's filesystem storage (tests tamper with blobs there)."""
+
+    def blob_file(self, digest: str) -> Path:
+        """Where the registry keeps the blob ``digest`` on disk."""
+        hex_digest = digest.split(":", 1)[1]
+        return (
+            self.storage / "data/docker/registry/v2/blobs/sha256" / hex_digest[:2] / hex_digest
+        ) / "data"
 
 
 @contextmanager
@@ -243,7 +253,9 @@ def registry_server(
     proc = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_for_port(port, 30.0, proc)
-        yield RunningRegistry(host=f"127.0.0.1:{port}", url=f"http://127.0.0.1:{port}")
+        yield RunningRegistry(
+            host=f"127.0.0.1:{port}", url=f"http://127.0.0.1:{port}", storage=storage
+        )
     finally:
         proc.terminate()
         try:
@@ -252,3 +264,38 @@ def registry_server(
             proc.kill()
             proc.wait()
         log.close()
+
+
+def backend_image(spec: SampleBackend, *, architecture: str = "amd64") -> Image:
+    """A sample backend as an image of two layers: the program, then ``run.sh`` (if any)."""
+    files = backend_files(spec)
+    program = {k: v for k, v in files.items() if k != "run.sh"}
+    layers = [files_layer(program)]
+    if "run.sh" in files:
+        layers.append(files_layer({"run.sh": files["run.sh"]}))
+    return Image(layers=layers, config=config_blob(architecture=architecture))
+
+
+def write_layout(path: Path, image: Image) -> str:
+    """Write ``image`` as an OCI layout tarball (``ocifile://``); returns its manifest digest."""
+    manifest = image.manifest()
+    index = {
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [
+            {"mediaType": image.media_type, "digest": digest_of(manifest), "size": len(manifest)}
+        ],
+    }
+    entries = {
+        "oci-layout": json.dumps({"imageLayoutVersion": "1.0.0"}).encode(),
+        "index.json": json.dumps(index).encode(),
+    }
+    for data in (manifest, image.config.data, *(layer.data for layer in image.layers)):
+        entries[f"blobs/sha256/{digest_of(data).split(':', 1)[1]}"] = data
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w") as tar:
+        for name, data in entries.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return digest_of(manifest)
