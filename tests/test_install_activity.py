@@ -290,6 +290,15 @@ async def test_cancelling_the_activity_unsubscribes_and_asks_the_node_to_cancel_
             'installing backend from gallery: source "oci://x" is not supported by this agent',
             INSTALL_REJECTED,
         ),
+        (
+            'installing backend from gallery: rejected OCI image "r": layer 1/2 digest mismatch',
+            INSTALL_REJECTED,
+        ),
+        (
+            'installing backend from gallery: failed to download backend "r": failed to pull '
+            'OCI image "r": manifest v1: the registry is rate limiting this node (HTTP 429)',
+            INSTALL_FAILED,
+        ),
         ("cancelled", INSTALL_CANCELLED),
     ],
 )
