@@ -247,7 +247,10 @@ class Registry:
             status = response.status_code
             if status == 416:
                 partial.unlink(missing_ok=True)
-                raise PullError(f"{what}: the registry cannot resume this blob", permanent=False)
+                raise PullError(
+                    f"{what} is truncated: the registry has fewer bytes than the manifest lists",
+                    permanent=False,
+                )
             if status == 200 and offset:
                 digest, offset = hashlib.sha256(), 0  # no range support: start over
             elif status not in (200, 206):

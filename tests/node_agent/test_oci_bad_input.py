@@ -94,7 +94,7 @@ async def test_a_truncated_blob_is_a_transient_failure_naming_the_image(
     error = await _install_ref(node, "cpu-truncated", ref)
 
     assert error.startswith(f'{GALLERY}failed to download backend "{ref}": ')
-    assert f'failed to pull OCI image "{ref}": layer 1/2' in error and "truncated" in error
+    assert f'failed to pull OCI image "{ref}": layer 1/2' in error and " is truncated: " in error
     assert classify_node_error(error) == INSTALL_FAILED
     await _still_serves(node, registry, pusher)
 
