@@ -217,18 +217,8 @@ class RunningRegistry:
         ) / "data"
 
 
-@contextmanager
-def registry_server(
-    storage: Path, *, htpasswd: Path | None = None, port: int | None = None
-) -> Iterator[RunningRegistry]:
-    """Run the distribution registry on loopback for the block (storage in ``storage``).
-
-    ``htpasswd``: require Basic auth against that bcrypt htpasswd file.
-    """
-    binary = registry_binary()
-    if binary is None:
-        raise RuntimeError(f"the registry is not installed ({INSTALL_HINT})")
-    port = port or free_port()
+def write_registry_config(storage: Path, port: int, htpasswd: Path | None = None) -> Path:
+    """The registry's YAML config: filesystem storage under ``storage``, loopback ``port``."""
     storage.mkdir(parents=True, exist_ok=True)
     config = storage / "registry.yml"
     lines = [
@@ -249,6 +239,22 @@ def registry_server(
     if htpasswd is not None:
         lines += ["auth:", "  htpasswd:", "    realm: test", f"    path: {htpasswd}"]
     config.write_text("\n".join(lines) + "\n")
+    return config
+
+
+@contextmanager
+def registry_server(
+    storage: Path, *, htpasswd: Path | None = None, port: int | None = None
+) -> Iterator[RunningRegistry]:
+    """Run the distribution registry on loopback for the block (storage in ``storage``).
+
+    ``htpasswd``: require Basic auth against that bcrypt htpasswd file.
+    """
+    binary = registry_binary()
+    if binary is None:
+        raise RuntimeError(f"the registry is not installed ({INSTALL_HINT})")
+    port = port or free_port()
+    config = write_registry_config(storage, port, htpasswd)
     log = (storage / "registry.log").open("wb")
     proc = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
     try:

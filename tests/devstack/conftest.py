@@ -70,7 +70,7 @@ class RunningStack:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
     """``python -m devstack`` in the foreground of a subprocess, as a newcomer runs it."""
     state_dir = tmp_path_factory.mktemp("stack") / "state"
-    temporal, ui, nats, artifacts, backends = (free_port() for _ in range(5))
+    temporal, ui, nats, artifacts, backends, registry = (free_port() for _ in range(6))
     command = [
         sys.executable,
         "-m",
@@ -87,6 +87,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
         str(artifacts),
         "--backend-port-base",
         str(backends),
+        "--registry-port",
+        str(registry),
         "--artifact-rate",
         str(ARTIFACT_RATE),
         "--nodes",
