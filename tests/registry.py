@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import threading
 import urllib.parse
@@ -48,6 +49,8 @@ class RegistryFront:
     a Bearer challenge pointing at its own ``/token`` endpoint, which issues the token only
     for Basic ``user:password`` when ``credentials`` are set; authorised requests are
     forwarded to the registry. ``mode="429"``: every request is rate limited.
+    ``mode="hold"``: forwards without auth, but a blob's body stops after 512 bytes until
+    :attr:`gate` is set (a download that is in progress for as long as a test needs).
     """
 
     TOKEN = "test-token-1234"
@@ -55,6 +58,7 @@ class RegistryFront:
     def __init__(self, upstream: str, mode: str, credentials: tuple[str, str] | None = None):
         self.upstream, self.mode, self.credentials = upstream, mode, credentials
         self.token_requests: list[dict[str, str]] = []
+        self.gate = threading.Event()
         front = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -81,6 +85,7 @@ class RegistryFront:
         return self
 
     def __exit__(self, *_: object) -> None:
+        self.gate.set()
         self._server.shutdown()
         self._server.server_close()
 
@@ -89,6 +94,9 @@ class RegistryFront:
             request._send(429, b'{"errors":[{"code":"TOOMANYREQUESTS"}]}', {"Retry-After": "30"})
             return
         path = request.path
+        if self.mode == "hold":
+            self._forward(request, path, hold="/blobs/" in path)
+            return
         if path.startswith("/token"):
             query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(path).query))
             self.token_requests.append(query)
@@ -106,11 +114,22 @@ class RegistryFront:
             )
             request._send(401, b"{}", {"WWW-Authenticate": challenge})
             return
+        self._forward(request, path)
+
+    def _forward(self, request: Any, path: str, hold: bool = False) -> None:
         headers = {"Accept": request.headers.get("Accept", "*/*")}
         answer = httpx.get(self.upstream + path, headers=headers, follow_redirects=True)
         keep = ("Content-Type", "Docker-Content-Digest")
-        request._send(
-            answer.status_code,
-            answer.content,
-            {k: answer.headers[k] for k in keep if k in answer.headers},
-        )
+        kept = {k: answer.headers[k] for k in keep if k in answer.headers}
+        if not hold or answer.status_code != 200:
+            request._send(answer.status_code, answer.content, kept)
+            return
+        body = answer.content
+        request.send_response(200)
+        request.send_header("Content-Length", str(len(body)))
+        request.end_headers()
+        request.wfile.write(body[:512])
+        request.wfile.flush()
+        self.gate.wait(60)
+        with contextlib.suppress(OSError):
+            request.wfile.write(body[512:])

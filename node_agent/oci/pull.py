@@ -5,7 +5,7 @@ reference must match it) → platform manifest when the top is an index → conf
 verified) → every layer downloaded to ``<work>/<hex>.partial``, verified while streaming, and
 renamed to ``<work>/<hex>`` → layers applied in order. Verified blobs and partials of a pull
 that fails transiently stay in ``work`` so the next attempt resumes them; a permanent
-failure or a success removes ``work``. Runs in a worker thread.
+failure, a cancel or a success removes ``work``. Runs in a worker thread.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Protocol
 
 from node_agent.blocking import Abort
+from node_agent.errors import Cancelled
 from node_agent.oci import reference
 from node_agent.oci.errors import PullError
 from node_agent.oci.layers import LayerApplier, UnsafeLayer
@@ -170,6 +171,9 @@ def pull(
     except (ManifestError, UnsafeLayer) as err:
         shutil.rmtree(work, ignore_errors=True)
         raise PullError(str(err), permanent=True) from err
+    except Cancelled:
+        shutil.rmtree(work, ignore_errors=True)  # nobody wants this image any more
+        raise
     finally:
         source.close()
     shutil.rmtree(work, ignore_errors=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import platform
 import re
 import tarfile
@@ -21,8 +22,8 @@ from devstack.sample_backend import SampleBackend
 from node_agent import backend_rpc
 from node_agent.oci.manifest import host_platform
 from tests.node_agent.conftest import AgentFactory
-from tests.node_agent.helpers import NodeClient
-from tests.registry import pusher, registry
+from tests.node_agent.helpers import NodeClient, eventually
+from tests.registry import RegistryFront, pusher, registry
 
 __all__ = ["pusher", "registry"]
 
@@ -203,3 +204,28 @@ def test_the_host_platform_is_linux_in_oci_terms() -> None:
     assert str(host_platform()).startswith("linux/")
     assert platform.machine()  # sanity: the detection has something to map
     assert tarfile  # keep the import used for readers adding members
+
+
+async def test_cancel_mid_pull_replies_cancelled_and_leaves_no_blobs_or_staging(
+    node: NodeClient, registry: RunningRegistry, pusher: Pusher
+) -> None:
+    pusher.image("backends/held", "v1", backend_image(SampleBackend("h", padding_bytes=65536)))
+    with RegistryFront(registry.url, "hold") as front:
+        node.gallery.add({"name": "cpu-held", "uri": f"{front.host}/backends/held:v1"})
+        install = asyncio.create_task(node.install("cpu-held", op_id="op-oci-cancel"))
+        await eventually(
+            lambda: any(
+                e.file_name.startswith("Downloading 1/2") and e.current
+                for e in node.events.get("op-oci-cancel", [])
+            ),
+            "layer download in progress",
+        )
+
+        ack = await node.cancel("op-oci-cancel")
+        reply = await install
+
+    assert ack == {"op_id": "op-oci-cancel", "cancelled": True}
+    assert not reply.success and reply.error.startswith("cancelled")
+    assert node.staging_leftovers() == []
+    assert not list((node.backends_dir / ".downloads").glob("oci-*"))
+    assert not (node.backends_dir / "cpu-held").exists()
