@@ -14,6 +14,7 @@ import hashlib
 import logging
 import os
 import shutil
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
@@ -289,9 +290,21 @@ class Pipeline:
 def _pull_reporter(
     loop: asyncio.AbstractEventLoop, on_tick: TickFn, uri: str
 ) -> Callable[[oci.PullProgress], None]:
-    """Pull progress → ticks in LocalAI's shape (``Downloading i/n <ref>``, ``Extracting <ref>``),
-    at most every 50 ms unless the layer or phase changes."""
-    last_at, last_name = [0.0], [""]
+    """Pull progress → ticks in LocalAI's shape (``Downloading i/n <ref>``, ``Extracting <ref>``).
+
+    Coalescing, not dropping: the thread keeps the newest observation per ``file_name`` and at
+    most one delivery is queued on the loop, so the loop is never flooded and the last value
+    before a stall (a registry that stops sending) is always delivered.
+    """
+    lock = threading.Lock()
+    pending: list[Tick] = []
+
+    def deliver() -> None:
+        with lock:
+            ticks = pending[:]
+            pending.clear()
+        for tick in ticks:
+            on_tick(tick)
 
     def report(progress: oci.PullProgress) -> None:
         downloading = progress.phase == "download"
@@ -300,14 +313,17 @@ def _pull_reporter(
             if downloading
             else f"Extracting {uri}"
         )
-        now = time.monotonic()
-        if now - last_at[0] < 0.05 and name == last_name[0] and progress.done < progress.total:
-            return
-        last_at[0], last_name[0] = now, name
         phase = ProgressPhase.DOWNLOADING if downloading else ProgressPhase.EXTRACTING
         percent = _percent(progress.done, progress.total)
         tick = Tick(phase, name, progress.done, progress.total, percent)
-        loop.call_soon_threadsafe(on_tick, tick)
+        with lock:
+            schedule = not pending
+            if pending and pending[-1].file_name == name:
+                pending[-1] = tick
+            else:
+                pending.append(tick)
+        if schedule:
+            loop.call_soon_threadsafe(deliver)
 
     return report
 

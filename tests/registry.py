@@ -59,6 +59,8 @@ class RegistryFront:
         self.upstream, self.mode, self.credentials = upstream, mode, credentials
         self.token_requests: list[dict[str, str]] = []
         self.gate = threading.Event()
+        self.blob_ranges: list[str | None] = []
+        """The ``Range`` header of every blob request (None: from the start)."""
         front = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -118,10 +120,15 @@ class RegistryFront:
 
     def _forward(self, request: Any, path: str, hold: bool = False) -> None:
         headers = {"Accept": request.headers.get("Accept", "*/*")}
+        if "/blobs/" in path:
+            self.blob_ranges.append(request.headers.get("Range"))
+            if request.headers.get("Range"):
+                headers["Range"] = request.headers["Range"]
+                hold = False
         answer = httpx.get(self.upstream + path, headers=headers, follow_redirects=True)
-        keep = ("Content-Type", "Docker-Content-Digest")
+        keep = ("Content-Type", "Docker-Content-Digest", "Content-Range")
         kept = {k: answer.headers[k] for k in keep if k in answer.headers}
-        if not hold or answer.status_code != 200:
+        if not hold or answer.status_code not in (200, 206):
             request._send(answer.status_code, answer.content, kept)
             return
         body = answer.content

@@ -259,7 +259,7 @@ class Registry:
             on_bytes(done)
             with partial.open("ab" if offset else "wb") as out:
                 try:
-                    for chunk in response.iter_raw(CHUNK):
+                    for chunk in response.iter_raw():  # as it arrives (≤ 64 KiB pieces)
                         self._abort.check()
                         done += len(chunk)
                         if done > descriptor.size:
@@ -271,6 +271,7 @@ class Registry:
                                 permanent=True,
                             )
                         out.write(chunk)
+                        out.flush()  # what is on disk is what a resume after a kill can use
                         digest.update(chunk)
                         on_bytes(done)
                 except httpx.HTTPError as err:

@@ -21,6 +21,9 @@ from devstack.registry import (
 from devstack.sample_backend import SampleBackend
 from node_agent import backend_rpc
 from node_agent.oci.manifest import host_platform
+from protocol import subjects
+from protocol.messages import BackendInstallRequest
+from tests.node_agent.agent_process import agent_command, running_agent
 from tests.node_agent.conftest import AgentFactory
 from tests.node_agent.helpers import NodeClient, eventually
 from tests.registry import RegistryFront, pusher, registry
@@ -229,3 +232,38 @@ async def test_cancel_mid_pull_replies_cancelled_and_leaves_no_blobs_or_staging(
     assert node.staging_leftovers() == []
     assert not list((node.backends_dir / ".downloads").glob("oci-*"))
     assert not (node.backends_dir / "cpu-held").exists()
+
+
+async def test_an_agent_killed_mid_pull_resumes_the_blob_after_restart(
+    start_agent: AgentFactory,
+    nats_url: str,
+    nc,
+    node_id: str,
+    tmp_path: Path,
+    gallery,
+    port_range: tuple[int, int],
+    registry: RunningRegistry,
+    pusher: Pusher,
+) -> None:
+    image = backend_image(SampleBackend("k", version="resumed", padding_bytes=256 * 1024))
+    pusher.image("backends/killed", "v1", image)
+    with RegistryFront(registry.url, "hold") as front:
+        gallery.add({"name": "cpu-killed", "uri": f"{front.host}/backends/killed:v1"})
+        client = NodeClient(nc, node_id, None, gallery, tmp_path / "backends")  # type: ignore[arg-type]
+        command = agent_command(node_id, client.backends_dir, gallery, nats_url, port_range)
+        async with running_agent(command, tmp_path / "agent.log") as agent:
+            events = await client.watch("op-oci-kill")
+            request = BackendInstallRequest(backend="cpu-killed", op_id="op-oci-kill")
+            await nc.publish(subjects.install(node_id), request.to_wire())
+            await eventually(
+                lambda: any(e.current == "512 B" for e in events), "first 512 bytes on disk"
+            )
+            await agent.kill()  # SIGKILL, mid-blob
+
+        node = await start_agent()
+        front.gate.set()
+        reply = await node.install("cpu-killed")
+
+    assert reply.success, reply.error
+    assert node.installed_version("cpu-killed") == "resumed"
+    assert front.blob_ranges.count("bytes=512-") == 1  # the partial blob was resumed, not refetched
