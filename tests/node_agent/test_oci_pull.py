@@ -33,7 +33,9 @@ def test_an_interrupted_blob_is_resumed_from_its_partial_file(
     work = tmp_path / "work"
     work.mkdir()
     kept = len(layer.data) // 2
-    (work / f"{layer.descriptor()['digest'].split(':')[1]}.partial").write_bytes(layer.data[:kept])
+    (work / f"{str(layer.descriptor()['digest']).split(':')[1]}.partial").write_bytes(
+        layer.data[:kept]
+    )
     seen: list[oci.PullProgress] = []
     staging = tmp_path / "staging"
     staging.mkdir()
