@@ -12,6 +12,7 @@ import bcrypt
 import pytest
 
 from contracts.failures import INSTALL_FAILED, INSTALL_REJECTED, classify_node_error
+from devstack.binaries import free_port
 from devstack.registry import (
     Blob,
     Image,
@@ -287,3 +288,18 @@ async def test_wrong_credentials_are_rejected_without_echoing_them(
 
     assert error == _rejected(ref, "manifest v1: authentication failed (HTTP 401 unauthorized)")
     assert "wrong-pass" not in error
+
+
+async def test_an_unreachable_registry_is_a_transient_failure_naming_the_image(
+    node: NodeClient, registry: RunningRegistry, pusher: Pusher
+) -> None:
+    ref = f"127.0.0.1:{free_port()}/backends/echo:v1"
+
+    error = await _install_ref(node, "cpu-unreachable", ref)
+
+    assert error.startswith(
+        f'{GALLERY}failed to download backend "{ref}": failed to pull OCI image "{ref}": '
+        "manifest v1: ConnectError"
+    )
+    assert classify_node_error(error) == INSTALL_FAILED
+    await _still_serves(node, registry, pusher)

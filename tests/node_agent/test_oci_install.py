@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from devstack.registry import (
+    Blob,
     Image,
     Pusher,
     RunningRegistry,
@@ -267,3 +268,26 @@ async def test_an_agent_killed_mid_pull_resumes_the_blob_after_restart(
     assert reply.success, reply.error
     assert node.installed_version("cpu-killed") == "resumed"
     assert front.blob_ranges.count("bytes=512-") == 1  # the partial blob was resumed, not refetched
+
+
+async def test_an_image_with_docker_media_types_installs_too(
+    node: NodeClient, registry: RunningRegistry, pusher: Pusher
+) -> None:
+    oci_image = backend_image(SampleBackend("d", version="docker"))
+    layers = [
+        Blob("application/vnd.docker.image.rootfs.diff.tar.gzip", layer.data)
+        for layer in oci_image.layers
+    ]
+    config = Blob("application/vnd.docker.container.image.v1+json", oci_image.config.data)
+    docker = Image(
+        layers=layers,
+        config=config,
+        media_type="application/vnd.docker.distribution.manifest.v2+json",
+    )
+    pusher.image("backends/docker", "v1", docker)
+    node.gallery.add({"name": "cpu-docker", "uri": f"{registry.host}/backends/docker:v1"})
+
+    reply = await node.install("cpu-docker")
+
+    assert reply.success, reply.error
+    assert node.installed_version("cpu-docker") == "docker"
