@@ -563,7 +563,7 @@ def _image_plan(uri: str, name: str, alias: str) -> Plan:
         target = name
         try:
             oci_reference.parse(uri)
-        except oci_reference.ReferenceError as err:
+        except oci_reference.InvalidReference as err:
             raise InstallError(
                 f'rejected OCI image "{uri}": invalid image reference: {err}'
             ) from err

@@ -94,7 +94,7 @@ def _open(uri: str, options: PullOptions, abort: Abort) -> tuple[Source, str]:
         return Layout(Path(reference.ocifile_path(uri)), abort), ""
     try:
         ref = reference.parse(uri)
-    except reference.ReferenceError as err:
+    except reference.InvalidReference as err:
         raise PullError(f"invalid image reference: {err}", permanent=True) from err
     return Registry(ref, timeout=options.timeout, abort=abort), ref.target
 

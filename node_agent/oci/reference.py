@@ -23,7 +23,7 @@ _HOST = re.compile(r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)(?:\.[a-zA
 _PORT = re.compile(r"[0-9]{1,5}")
 
 
-class ReferenceError(ValueError):
+class InvalidReference(ValueError):
     """The string is not an image reference this agent accepts; the message says why."""
 
 
@@ -86,26 +86,26 @@ def _check_registry(registry: str) -> None:
         try:
             ipaddress.IPv6Address(inner)
         except ValueError as err:
-            raise ReferenceError(f"invalid registry host {registry!r}") from err
+            raise InvalidReference(f"invalid registry host {registry!r}") from err
         if rest and not (rest.startswith(":") and _PORT.fullmatch(rest[1:])):
-            raise ReferenceError(f"invalid registry port in {registry!r}")
+            raise InvalidReference(f"invalid registry port in {registry!r}")
         return
     if not _HOST.fullmatch(host) or (port and not _PORT.fullmatch(port)):
-        raise ReferenceError(f"invalid registry host {registry!r}")
+        raise InvalidReference(f"invalid registry host {registry!r}")
 
 
 def parse(text: str) -> Reference:
-    """Parse a registry reference (``oci://`` prefix allowed); raises :class:`ReferenceError`."""
+    """Parse a registry reference (``oci://`` prefix allowed); raises :class:`InvalidReference`."""
     if len(text) > MAX_REFERENCE:
-        raise ReferenceError(f"image reference longer than {MAX_REFERENCE} characters")
+        raise InvalidReference(f"image reference longer than {MAX_REFERENCE} characters")
     rest = text.removeprefix("oci://")
     if not rest or any(c.isspace() for c in rest):
-        raise ReferenceError("image reference is empty or contains whitespace")
+        raise InvalidReference("image reference is empty or contains whitespace")
     digest = ""
     if "@" in rest:
         rest, _, digest = rest.partition("@")
         if not _DIGEST.fullmatch(digest):
-            raise ReferenceError("digest must be sha256: followed by 64 lowercase hex digits")
+            raise InvalidReference("digest must be sha256: followed by 64 lowercase hex digits")
     first, slash, remainder = rest.partition("/")
     if slash and _registry_part(first):
         registry, path = first, remainder
@@ -116,7 +116,7 @@ def parse(text: str) -> Reference:
     if ":" in last:
         path, _, tag = path.rpartition(":")
         if not _TAG.fullmatch(tag):
-            raise ReferenceError("invalid tag")
+            raise InvalidReference("invalid tag")
     if registry.lower() in _HUB_ALIASES:
         registry = DOCKER_HUB
         if "/" not in path:
@@ -124,7 +124,7 @@ def parse(text: str) -> Reference:
     _check_registry(registry)
     components = path.split("/")
     if not path or not all(_COMPONENT.fullmatch(c) for c in components) or len(components) > 16:
-        raise ReferenceError("invalid repository name (lowercase letters, digits, . _ - and /)")
+        raise InvalidReference("invalid repository name (lowercase letters, digits, . _ - and /)")
     if not tag and not digest:
         tag = "latest"
     return Reference(registry=registry, repository=path, tag=tag, digest=digest)

@@ -77,7 +77,7 @@ def test_references_are_parsed_like_the_docker_cli(text, registry, repository, t
     ],
 )
 def test_malformed_references_are_refused_before_any_request(text):
-    with pytest.raises(reference.ReferenceError):
+    with pytest.raises(reference.InvalidReference):
         reference.parse(text)
 
 
