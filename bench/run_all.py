@@ -15,6 +15,7 @@ from pathlib import Path
 
 from bench import (
     bench_many_installs,
+    bench_oci,
     bench_progress,
     bench_rollout,
     bench_warm_latency,
@@ -29,6 +30,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     bench_progress.NAME: bench_progress.run,
     bench_many_installs.NAME: bench_many_installs.run,
     bench_rollout.NAME: bench_rollout.run,
+    bench_oci.NAME: bench_oci.run,
 }
 
 

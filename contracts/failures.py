@@ -66,6 +66,7 @@ _PERMANENT_MARKERS = (
     "unsafe archive",
     "exceeds the configured size limit",
     "not allowed on this node",
+    "rejected oci image",
 )
 
 # Everything else counts as transient (the catalogue's "failed to download backend", "is

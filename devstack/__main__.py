@@ -38,6 +38,12 @@ def parse_args(argv: Sequence[str] | None = None) -> StackConfig:
         help="HTTP port serving the demo gallery's slow artifact (default %(default)s)",
     )
     parser.add_argument(
+        "--registry-port",
+        type=int,
+        default=defaults.registry_port,
+        help="loopback port of the demo OCI registry, if installed (default %(default)s)",
+    )
+    parser.add_argument(
         "--backend-port-base",
         type=int,
         default=defaults.backend_port_base,
@@ -67,6 +73,7 @@ def parse_args(argv: Sequence[str] | None = None) -> StackConfig:
         ui_port=args.ui_port,
         nats_port=args.nats_port,
         artifact_port=args.artifact_port,
+        registry_port=args.registry_port,
         backend_port_base=args.backend_port_base,
         nodes=args.nodes,
         task_queue=args.task_queue,

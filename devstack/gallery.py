@@ -10,6 +10,7 @@ import json
 import time
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+from typing import Any
 
 from devstack.fileserver import RangeFileServer
 from devstack.sample_backend import Gallery, SampleBackend, build_archive
@@ -58,7 +59,9 @@ def _archive(archives: Path, spec: SampleBackend) -> tuple[Path, str]:
     return path, built.sha256
 
 
-def prepare_gallery(gallery_dir: Path, server: ThrottledFileServer) -> GalleryConfig:
+def prepare_gallery(
+    gallery_dir: Path, server: ThrottledFileServer, extra: list[dict[str, Any]] | None = None
+) -> GalleryConfig:
     """Write the demo index: ``cpu-echo`` (alias ``echo``) and the slow ``cpu-large``."""
     archives = server.root
     archives.mkdir(parents=True, exist_ok=True)
@@ -84,4 +87,6 @@ def prepare_gallery(gallery_dir: Path, server: ThrottledFileServer) -> GalleryCo
             "description": "sample backend with 24 MiB of weights, served at 4 MiB/s",
         }
     )
+    for entry in extra or []:  # e.g. the OCI image backend of devstack.demo_registry
+        gallery.add(entry)
     return gallery.config

@@ -22,8 +22,10 @@ from contracts.install import InstallBackendInput, install_workflow_id
 from contracts.names import DEFAULT_TASK_QUEUE
 from contracts.search_attributes import SEARCH_ATTRIBUTES
 from devstack.binaries import find_binary
+from devstack.demo_registry import DemoRegistry, start_demo_registry
 from devstack.gallery import THROTTLE_BYTES_PER_SECOND, ThrottledFileServer, prepare_gallery
 from devstack.processes import ProcessGroup, check_port_free, wait_for_line, wait_for_port
+from devstack.registry import registry_binary
 from protocol import nats_auth
 from protocol.messages import encode_galleries
 from worker_main import connect_temporal
@@ -41,6 +43,8 @@ class StackConfig:
     ui_port: int = 8233
     nats_port: int = 4222
     artifact_port: int = 8099
+    registry_port: int = 5099
+    """The local OCI registry of the demo (only when docker-registry is installed)."""
     backend_port_base: int = 50100
     nodes: int = 2
     task_queue: str = DEFAULT_TASK_QUEUE
@@ -81,6 +85,8 @@ def check_ports(config: StackConfig) -> None:
     check_port_free(config.ui_port, "Temporal web UI", "--ui-port")
     check_port_free(config.nats_port, "NATS", "--nats-port")
     check_port_free(config.artifact_port, "demo gallery artifacts", "--artifact-port")
+    if registry_binary() is not None:
+        check_port_free(config.registry_port, "demo OCI registry", "--registry-port")
 
 
 class Stack:
@@ -93,12 +99,15 @@ class Stack:
         self.artifacts = ThrottledFileServer(
             self.state / "artifacts", config.artifact_port, config.artifact_rate
         )
+        self.oci = DemoRegistry(None, "")
 
     def start(self) -> None:
         config = self.config
         self.state.mkdir(parents=True, exist_ok=True)
         self.artifacts.start()
-        gallery = prepare_gallery(self.state / "gallery", self.artifacts)
+        self.oci = start_demo_registry(self.group, self.state, config.registry_port)
+        extra = [self.oci.entry] if self.oci.entry is not None else []
+        gallery = prepare_gallery(self.state / "gallery", self.artifacts, extra)
 
         temporal = [
             find_binary("temporal"),
@@ -209,7 +218,7 @@ async def start_sample_install(config: StackConfig) -> str:
     return workflow_id
 
 
-def next_steps(config: StackConfig, sample_id: str | None) -> str:
+def next_steps(config: StackConfig, sample_id: str | None, oci_note: str = "") -> str:
     """What to print once the stack runs: links and commands to copy."""
     temporal = shlex.quote(_relative(find_binary("temporal")))
     python = shlex.quote(_relative(sys.executable))
@@ -226,6 +235,8 @@ def next_steps(config: StackConfig, sample_id: str | None) -> str:
         f"  nodes             {', '.join(config.node_ids())}   backends: cpu-echo (alias echo), "
         "cpu-large (slow download)",
     ]
+    if oci_note:
+        lines.append(f"  {oci_note}")
     if sample_id:
         lines += [
             "",
@@ -288,7 +299,7 @@ def run(config: StackConfig) -> int:
     try:
         stack.start()
         sample_id = asyncio.run(start_sample_install(config)) if config.sample else None
-        print(next_steps(config, sample_id), flush=True)
+        print(next_steps(config, sample_id, stack.oci.note), flush=True)
         while not stop.wait(0.5):
             died = stack.group.exited()
             if died is not None:

@@ -7,34 +7,22 @@ timings; operators normally only set the identity, NATS, directory, gallery and 
 
 from __future__ import annotations
 
-import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from node_agent import capability as capability_detection
 from protocol.connection import NatsOptions
 from protocol.messages import GalleryConfig
 from telemetry import Telemetry
 
 GIB = 1024**3
-CAPABILITY_FILE = Path("/run/localai/capability")
+CAPABILITY_FILE = capability_detection.CAPABILITY_FILE
 
 
 def detect_capability() -> str:
-    """The meta-backend capability of this host, as LocalAI decides it without a GPU probe.
-
-    ``LOCALAI_FORCE_META_BACKEND_CAPABILITY`` wins, then ``/run/localai/capability``; this
-    agent does no hardware detection, so everything else is ``default`` (which falls back to
-    ``cpu`` in a meta entry that has no ``default``).
-    """
-    forced = os.environ.get("LOCALAI_FORCE_META_BACKEND_CAPABILITY", "").strip()
-    if forced:
-        return forced
-    try:
-        text = CAPABILITY_FILE.read_text().strip()
-    except OSError:
-        text = ""
-    return text or "default"
+    """The meta-backend capability of this host (see :mod:`node_agent.capability`)."""
+    return capability_detection.detect()
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,11 @@ ProgressFn = Callable[[int, int], None]
 """``(bytes_done, bytes_total)``; total is 0 when unknown. Called from the worker thread."""
 
 _OCI_PREFIXES = ("quay.io/", "ghcr.io/", "docker.io/", "oci://", "ocifile://", "ollama://")
-_SHORT_DOCKER_REF = re.compile(r"^[a-z0-9][a-z0-9._-]*(/[a-z0-9._-]+)+(:[\w.-]+|@sha256:\w+)$")
+# ``org/repo:tag`` and ``host:port/repo:tag`` (a tag or digest is required, so plain relative
+# paths stay paths)
+_SHORT_DOCKER_REF = re.compile(
+    r"^[a-z0-9][a-z0-9._-]*(:[0-9]{1,5})?(/[a-z0-9._-]+)+(:[\w.-]+|@sha256:\w+)$"
+)
 
 
 class SourceKind(Enum):

@@ -14,6 +14,7 @@ import hashlib
 import logging
 import os
 import shutil
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from node_agent import archive, fetch
+from node_agent import archive, fetch, oci
 from node_agent.blocking import Abort, run_blocking
 from node_agent.config import AgentConfig
 from node_agent.errors import InstallError
@@ -33,6 +34,9 @@ from telemetry import NodeMetrics, phase_span
 from telemetry.spans import BYTES
 
 log = logging.getLogger(__name__)
+
+UNSUPPORTED_OCI = ("ollama://",)
+"""OCI-classified sources that are not images of backends (Ollama models)."""
 
 TickFn = Callable[[Tick], None]
 """Receives progress on the event loop."""
@@ -124,7 +128,7 @@ class Pipeline:
         abort = Abort()
         staging = self._store.prepare_staging(artifact.name)
         try:
-            used = await self._fetch_first(artifact, staging, on_tick, abort)
+            used, digest = await self._fetch_first(artifact, staging, on_tick, abort)
             run_file = staging / RUN_FILE
             if not run_file.is_file():
                 raise InstallError(f'not a valid backend: run file not found "{run_file}"')
@@ -137,6 +141,7 @@ class Pipeline:
                     installed_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
                     version=artifact.version,
                     uri=used,
+                    digest=digest,
                 ),
             )
             if before_swap is not None:
@@ -151,12 +156,24 @@ class Pipeline:
 
     async def _fetch_first(
         self, artifact: Artifact, staging: Path, on_tick: TickFn, abort: Abort
-    ) -> str:
-        """Materialise the first source that works into ``staging``; returns its URI."""
+    ) -> tuple[str, str]:
+        """Materialise the first source that works into ``staging``.
+
+        Returns its URI and, for an OCI image, its manifest digest (else "").
+        """
         failures: list[str] = []
         unsupported = 0
         for uri in artifact.sources:
             kind = fetch.classify(uri)
+            if kind is SourceKind.OCI and not uri.startswith(UNSUPPORTED_OCI):
+                _empty(staging)
+                try:
+                    return uri, await self._pull_image(uri, staging, on_tick, abort)
+                except oci.PullError as err:
+                    if err.permanent:
+                        raise InstallError(f'rejected OCI image "{uri}": {err.cause}') from err
+                    failures.append(f'failed to pull OCI image "{uri}": {err.cause}')
+                    continue
             if kind in (SourceKind.OCI, SourceKind.UNSUPPORTED):
                 unsupported += 1
                 failures.append(f'"{uri}": {kind.value} sources are not supported by this agent')
@@ -164,7 +181,7 @@ class Pipeline:
             _empty(staging)
             try:
                 await self._materialise(uri, kind, artifact, staging, on_tick, abort)
-                return uri
+                return uri, ""
             except DownloadError as err:
                 failures.append(f'"{uri}": {err}' if uri != artifact.sources[0] else str(err))
             except archive.UnsafeArchive as err:
@@ -173,6 +190,25 @@ class Pipeline:
         if unsupported == len(artifact.sources):
             raise InstallError(f'OCI image "{primary}" is not supported by this agent')
         raise InstallError(f'failed to download backend "{primary}": ' + "; ".join(failures))
+
+    async def _pull_image(self, uri: str, staging: Path, on_tick: TickFn, abort: Abort) -> str:
+        """Pull the OCI image ``uri`` into ``staging``; returns its manifest digest."""
+        work = self._store.downloads() / f"oci-{hashlib.sha256(uri.encode()).hexdigest()[:24]}"
+        options = oci.PullOptions(
+            max_download_bytes=self._config.max_download_bytes,
+            max_unpacked_bytes=self._config.max_unpacked_bytes,
+            timeout=self._config.download_stall_timeout,
+        )
+        report = _pull_reporter(asyncio.get_running_loop(), on_tick, uri)
+        on_tick(Tick(ProgressPhase.DOWNLOADING, f"Downloading {uri}"))
+        with phase_span(self._tracer, "download", **{"install.source": uri}) as span:
+            digest = await run_blocking(
+                self._executor,
+                abort,
+                lambda: oci.pull(uri, staging, work, options, report, abort),
+            )
+            span.set("install.digest", digest)
+        return digest
 
     async def _materialise(
         self,
@@ -253,6 +289,47 @@ class Pipeline:
             partial.unlink(missing_ok=True)  # cancelled, or the archive is bad: start over
             raise
         partial.unlink(missing_ok=True)
+
+
+def _pull_reporter(
+    loop: asyncio.AbstractEventLoop, on_tick: TickFn, uri: str
+) -> Callable[[oci.PullProgress], None]:
+    """Pull progress → ticks in LocalAI's shape (``Downloading i/n <ref>``, ``Extracting <ref>``).
+
+    Coalescing, not dropping: the thread keeps the newest observation per ``file_name`` and at
+    most one delivery is queued on the loop, so the loop is never flooded and the last value
+    before a stall (a registry that stops sending) is always delivered.
+    """
+    lock = threading.Lock()
+    pending: list[Tick] = []
+
+    def deliver() -> None:
+        with lock:
+            ticks = pending[:]
+            pending.clear()
+        for tick in ticks:
+            on_tick(tick)
+
+    def report(progress: oci.PullProgress) -> None:
+        downloading = progress.phase == "download"
+        name = (
+            f"Downloading {progress.layer}/{progress.layers} {uri}"
+            if downloading
+            else f"Extracting {uri}"
+        )
+        phase = ProgressPhase.DOWNLOADING if downloading else ProgressPhase.EXTRACTING
+        percent = _percent(progress.done, progress.total)
+        tick = Tick(phase, name, progress.done, progress.total, percent)
+        with lock:
+            schedule = not pending
+            if pending and pending[-1].file_name == name:
+                pending[-1] = tick
+            else:
+                pending.append(tick)
+        if schedule:
+            loop.call_soon_threadsafe(deliver)
+
+    return report
 
 
 def _empty(directory: Path) -> None:

@@ -34,6 +34,8 @@ from node_agent.errors import CANCELLED, GALLERY_PREFIX, AgentError, InstallErro
 from node_agent.fetch import SourceKind
 from node_agent.flights import Flight, FlightTable, KeyedLocks
 from node_agent.names import name_problem, strip_gallery
+from node_agent.oci import reference as oci_reference
+from node_agent.oci.pull import OCIFILE
 from node_agent.pipeline import Artifact, Pipeline
 from node_agent.ports import PortAllocator
 from node_agent.progress import ProgressPublisher, Tick
@@ -233,11 +235,7 @@ class NodeService:
         self.trust.check_uri(uri)
         kind = fetch.classify(uri)
         if kind is SourceKind.OCI:
-            if not name:
-                raise InstallError(
-                    f"error installing backend {uri}: specifying a name is required for OCI images"
-                )
-            raise InstallError(f'OCI image "{uri}" is not supported by this agent')
+            return _image_plan(uri, name, alias)
         if kind is not SourceKind.ARCHIVE_HTTP:  # the allow-list admits only http(s) and OCI
             raise InstallError(f'source "{uri}" is not supported by this agent')
         file_name = uri.rsplit("/", 1)[-1].split("?", 1)[0]
@@ -582,6 +580,31 @@ def _request_problem(backend: str, name: str, alias: str, op_id: str) -> str | N
     return None
 
 
+def _image_plan(uri: str, name: str, alias: str) -> Plan:
+    """An OCI image named by a request: a registry reference (``name`` required, as in LocalAI)
+    or ``ocifile://<path>`` (name defaults to the file name without its extension)."""
+    if uri.startswith(OCIFILE):
+        target = name or _archive_stem(Path(oci_reference.ocifile_path(uri)).name)
+    elif not name:
+        raise InstallError(
+            f"error installing backend {uri}: specifying a name is required for OCI images"
+        )
+    else:
+        target = name
+        try:
+            oci_reference.parse(uri)
+        except oci_reference.InvalidReference as err:
+            raise InstallError(
+                f'rejected OCI image "{uri}": invalid image reference: {err}'
+            ) from err
+    # The caller has passed the request's uri through the trust allow-list (registry and
+    # repository prefixes; an ocifile:// path from a request is never admitted).
+    problem = name_problem(target)
+    if problem is not None:
+        raise AgentError(f'invalid request: invalid backend name "{target}": {problem}')
+    return Plan(lock_name=target, artifact=Artifact(name=target, sources=(uri,), alias=alias))
+
+
 def _upgrade_reply(stopped: list[str], error: str = "") -> BackendUpgradeReply:
     return BackendUpgradeReply(
         success=not error,
@@ -616,7 +639,7 @@ def _key_base(key: str) -> str:
 
 
 def _archive_stem(file_name: str) -> str:
-    for suffix in (".tar.gz", ".tgz", ".tar.xz", ".tar.bz2", ".tar"):
+    for suffix in (".tar.gz", ".tgz", ".tar.xz", ".tar.bz2", ".tar", ".oci"):
         if file_name.endswith(suffix):
             return file_name[: -len(suffix)]
     return file_name

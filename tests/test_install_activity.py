@@ -301,6 +301,15 @@ async def test_cancelling_the_activity_unsubscribes_and_asks_the_node_to_cancel_
             "file:///x (local paths and file:// URLs from a request are never allowed)",
             INSTALL_REJECTED,
         ),
+        (
+            'installing backend from gallery: rejected OCI image "r": layer 1/2 digest mismatch',
+            INSTALL_REJECTED,
+        ),
+        (
+            'installing backend from gallery: failed to download backend "r": failed to pull '
+            'OCI image "r": manifest v1: the registry is rate limiting this node (HTTP 429)',
+            INSTALL_FAILED,
+        ),
         ("cancelled", INSTALL_CANCELLED),
     ],
 )

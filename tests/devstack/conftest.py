@@ -89,7 +89,7 @@ def _is_pytest(cmdline: str) -> bool:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
     """``python -m devstack`` in the foreground of a subprocess, as a newcomer runs it."""
     state_dir = tmp_path_factory.mktemp("stack") / "state"
-    temporal, ui, nats, artifacts, backends = (free_port() for _ in range(5))
+    temporal, ui, nats, artifacts, backends, registry = (free_port() for _ in range(6))
     command = [
         sys.executable,
         "-m",
@@ -106,6 +106,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
         str(artifacts),
         "--backend-port-base",
         str(backends),
+        "--registry-port",
+        str(registry),
         "--artifact-rate",
         str(ARTIFACT_RATE),
         "--nodes",

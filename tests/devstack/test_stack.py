@@ -20,11 +20,13 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 
 from contracts.install import InstallBackendInput, install_workflow_id
 from devstack.__main__ import parse_args
+from devstack.registry import registry_binary
 from devstack.stack import next_steps
 from protocol import nats_auth
 from protocol.connection import NatsOptions, NatsStartupError
 from tests.devstack.browser import browser_page, screenshot
 from tests.devstack.conftest import ROOT, RunningStack
+from tests.registry import SKIP_REASON
 from workflows.install_backend import InstallBackendWorkflow
 
 
@@ -56,6 +58,27 @@ async def test_the_printed_start_and_query_commands_work_as_printed(stack: Runni
     assert result.node_id == "node-2" and result.backend == "echo"
     assert query.returncode == 0, query.stderr
     assert "completed" in query.stdout
+
+
+async def test_the_demo_gallery_installs_an_oci_image_backend_from_the_local_registry(
+    stack: RunningStack,
+) -> None:
+    if registry_binary() is None:
+        assert "apt-get install docker-registry" in stack.printed()
+        pytest.skip(SKIP_REASON)
+    assert "OCI demo backend cpu-echo-oci: 127.0.0.1:" in stack.printed()
+    client = await connect(stack)
+    input = InstallBackendInput(node_id="node-3", backend="cpu-echo-oci", model_id="oci")
+
+    handle = await client.start_workflow(
+        InstallBackendWorkflow.run,
+        input,
+        id=install_workflow_id("node-3", "cpu-echo-oci", "oci", 0),
+        task_queue="backend-install",
+    )
+    result = await asyncio.wait_for(handle.result(), timeout=120)
+
+    assert result.address.startswith("127.0.0.1:")
 
 
 def run_printed(command: list[str]) -> subprocess.CompletedProcess[str]:

@@ -210,17 +210,6 @@ async def test_unknown_backend_gets_no_backend_found(node: NodeClient) -> None:
     assert reply.error == f'{GALLERY}no backend found with name "nope"'
 
 
-async def test_oci_images_get_a_clear_not_supported_error(node: NodeClient) -> None:
-    node.gallery.add({"name": "cpu-oci", "uri": "quay.io/go-skynet/local-ai-backends:latest-cpu"})
-
-    reply = await node.install("cpu-oci")
-
-    assert reply.error == (
-        f'{GALLERY}OCI image "quay.io/go-skynet/local-ai-backends:latest-cpu" '
-        "is not supported by this agent"
-    )
-
-
 async def test_downloads_over_the_size_limit_are_refused(start_agent, archives: Path) -> None:
     node = await start_agent(max_download_bytes=100)
     node.gallery.add_backend(SampleBackend("cpu-echo"), archives)
