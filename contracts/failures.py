@@ -43,8 +43,8 @@ ACTIVITY_ROUTED_TYPES = (
 )
 """Types the install activity never retries on its own: the workflow probes and decides."""
 
-# Substrings of the node's error text (reference §9), lower-cased. Permanent causes: a retry of
-# the same request cannot succeed until an operator changes something.
+# Substrings of the node's error text (docs/protocol.md §11), lower-cased. Permanent causes: a
+# retry of the same request cannot succeed until an operator changes something.
 _PERMANENT_MARKERS = (
     "invalid request:",
     "decoding backend galleries:",

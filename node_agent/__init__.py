@@ -1,7 +1,7 @@
 """A node agent: the worker side of the NATS backend-install protocol.
 
 It installs backends from galleries into a backends directory, runs one backend process per
-(model, replica) slot and answers the ``nodes.<node>.…`` subjects of the protocol reference.
+(model, replica) slot and answers the ``nodes.<node>.…`` subjects of docs/protocol.md.
 Run it with ``python -m node_agent --help``, or in-process with :class:`Agent`.
 """
 

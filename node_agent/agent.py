@@ -2,7 +2,7 @@
 
 Every message is handled in its own task, so the NATS callback returns at once: a
 multi-minute download must never hold up ``models.running`` or another backend's install
-(reference §4.1). Decoding failures become ``invalid request: …`` replies (or are ignored on
+(docs/protocol.md §5). Decoding failures become ``invalid request: …`` replies (or are ignored on
 the publish-only stop subject) and never stop the agent.
 
 Use in tests::

@@ -1,4 +1,4 @@
-"""Resolving a requested name against the gallery indexes (reference §10.1, §10.3 step 2-3).
+"""Resolving a requested name against the gallery indexes (docs/protocol.md §10).
 
 A request may name a concrete entry, a meta entry (resolved by this node's capability,
 falling back to ``default`` then ``cpu``) or an alias shared by several concrete builds. All

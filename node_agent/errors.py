@@ -1,6 +1,6 @@
 """Failures that become the ``error`` text of a reply.
 
-The orchestrator classifies replies by their text (reference §9), so every failure is raised
+The orchestrator classifies replies by their text (docs/protocol.md §11), so every failure is raised
 as an :class:`AgentError` whose message is already the exact catalogue text; handlers copy it
 into the reply unchanged instead of formatting it at the edge.
 """

@@ -1,4 +1,4 @@
-"""The install pipeline of one concrete backend (reference §10.3 step 4).
+"""The install pipeline of one concrete backend (docs/protocol.md §10).
 
 staging directory → fetch (``uri``, then each mirror) → sha256 → safe unpack → require
 ``run.sh`` → ``metadata.json`` → atomic swap with backup. Staging is always removed; a

@@ -1,4 +1,4 @@
-"""gRPC port allocation with quarantine and per-slot affinity (reference §4.5).
+"""gRPC port allocation with quarantine and per-slot affinity (docs/protocol.md §9).
 
 A released port is not handed to another slot for ``quarantine`` seconds, and is withheld
 from other slots for ``affinity`` seconds while its previous slot may come back for it: the

@@ -1,4 +1,4 @@
-"""Debounced progress events of one install (reference §5.1).
+"""Debounced progress events of one install (docs/protocol.md §8).
 
 Leading-edge debounce: the first tick after a quiet window goes out at once, later ticks in
 the window replace one pending event that a trailing timer sends at the window's end, so a

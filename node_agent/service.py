@@ -1,4 +1,4 @@
-"""What a node does for each request, independent of NATS (reference §4, §6, §10).
+"""What a node does for each request, independent of NATS (docs/protocol.md §5, §10).
 
 :class:`NodeService` owns the backends directory, the process table and the in-flight work.
 Every public coroutine takes a decoded request and returns a reply model; :mod:`node_agent.agent`
@@ -621,7 +621,7 @@ def _internal_error(err: BaseException) -> str:
 
 
 def _is_gallery_name(uri: str) -> bool:
-    """A request ``uri`` that names a gallery entry rather than a source (reference §10.5)."""
+    """A request ``uri`` that names a gallery entry rather than a source (docs/protocol.md §4)."""
     return "/" not in uri and "\\" not in uri and ":" not in uri
 
 

@@ -1,6 +1,6 @@
 """The backends directory: layout, ``metadata.json``, name lookup, staging and atomic swap.
 
-Layout (reference §10.4)::
+Layout (docs/protocol.md §10)::
 
     <root>/<concrete>/run.sh + metadata.json   an installed backend
     <root>/<meta>/metadata.json                 {"meta_backend_for": "<concrete>", ...}

@@ -1,4 +1,6 @@
-"""Backend processes: one per slot, spawned, health-checked, stopped, adopted (reference §4.4).
+"""Backend processes: one per slot, spawned, health-checked, stopped, adopted.
+
+The run and health contract is docs/protocol.md §5 ("The backend process contract").
 
 Each process runs ``run.sh --addr <bind_host>:<port>`` in its backend directory, in its own
 session and process group so that stopping it also stops whatever ``run.sh`` forked, and so

@@ -1,6 +1,6 @@
 """Wire messages of the backend install protocol (LocalAI distributed mode).
 
-Field names, presence and ``omitempty`` rules follow the protocol reference exactly: a LocalAI
+Field names, presence and ``omitempty`` rules follow docs/protocol.md §1 and §4 exactly: a LocalAI
 worker must be able to read what we send and we must read what it sends. Receivers treat a
 missing field as its zero value, and lists that Go leaves nil arrive as ``null``.
 """
