@@ -19,7 +19,7 @@ from temporalio.common import WorkflowIDConflictPolicy
 from backendctl.watch import watch
 from contracts.install import InstallBackendInput, install_workflow_id
 from contracts.names import DEFAULT_TASK_QUEUE
-from worker_main import connect_temporal
+from orchestrator.worker import connect_temporal
 from workflows.install_backend import InstallBackendWorkflow
 
 

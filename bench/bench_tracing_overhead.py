@@ -53,9 +53,9 @@ from contracts.install import InstallBackendInput
 from contracts.search_attributes import SEARCH_ATTRIBUTES
 from devstack.sample_backend import Gallery, SampleBackend
 from node_agent import Agent, AgentConfig, NatsOptions
+from orchestrator.worker import create_worker
 from telemetry import Telemetry, Traced
 from telemetry.temporal import temporal_interceptors
-from worker_main import create_worker
 from workflows.install_backend import InstallBackendWorkflow
 
 MODES = ("baseline", "off", "on")

@@ -21,7 +21,7 @@ import nats
 from temporalio.worker import Worker
 
 from bench.baseline import MinimalActivities, MinimalWorkflow
-from worker_main import connect_temporal, create_worker
+from orchestrator.worker import connect_temporal, create_worker
 
 INSTALL_QUEUE = "bench-install"
 BASELINE_QUEUE = "bench-baseline"

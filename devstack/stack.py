@@ -26,9 +26,9 @@ from devstack.demo_registry import DemoRegistry, start_demo_registry
 from devstack.gallery import THROTTLE_BYTES_PER_SECOND, ThrottledFileServer, prepare_gallery
 from devstack.processes import ProcessGroup, check_port_free, wait_for_line, wait_for_port
 from devstack.registry import registry_binary
+from orchestrator.worker import connect_temporal
 from protocol import nats_auth
 from protocol.messages import encode_galleries
-from worker_main import connect_temporal
 from workflows.install_backend import InstallBackendWorkflow
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -17,9 +17,9 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from contracts.search_attributes import SEARCH_ATTRIBUTES
+from orchestrator.worker import create_worker
 from tests.fake_node import FakeNode
 from tests.servers import find_binary, nats_server
-from worker_main import create_worker
 
 
 @pytest.fixture(scope="session")

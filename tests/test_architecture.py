@@ -34,3 +34,8 @@ def imported_packages(package: str) -> set[str]:
 )
 def test_package_does_not_import(package: str, forbidden: set[str]) -> None:
     assert imported_packages(package) & forbidden == set()
+
+
+def test_the_worker_library_has_no_command_line() -> None:
+    """create_worker, connect_temporal and friends import without argparse or worker_main."""
+    assert imported_packages("orchestrator") & {"argparse", "worker_main"} == set()

@@ -9,10 +9,10 @@ from nats.aio.client import Client as NATS
 from temporalio.client import Client
 
 from contracts.rollout import RolloutInput, RolloutTarget
+from orchestrator.worker import create_worker
 from protocol.messages import BackendInstallReply, BackendInstallRequest
 from tests.fake_node import FakeNode
 from tests.workflow_helpers import FAST, assert_replays, install_input, start_install, wait_until
-from worker_main import create_worker
 from workflows.install_backend import InstallBackendWorkflow
 from workflows.rollout import RolloutBackendWorkflow
 

@@ -24,6 +24,7 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.install import InstallActivities
 from contracts.activities import InstallActivityInput
+from orchestrator.worker import create_worker
 from protocol import subjects
 from protocol.messages import BackendInstallReply, BackendInstallRequest
 from tests.fake_node import FakeNode
@@ -36,7 +37,6 @@ from tests.workflow_helpers import (
     wait_for,
     wait_until,
 )
-from worker_main import create_worker
 
 HEARTBEAT_TIMEOUT = 3.0
 PAUSE = 3 * HEARTBEAT_TIMEOUT

@@ -26,6 +26,7 @@ from activities.install import InstallActivities
 from contracts.activities import InstallActivityInput
 from devstack.sample_backend import Gallery, SampleBackend
 from node_agent import Agent
+from orchestrator.worker import create_worker
 from protocol import nats_auth, subjects
 from protocol.connection import NatsOptions, NatsStartupError
 from protocol.messages import BackendInstallReply, BackendInstallRequest
@@ -34,7 +35,6 @@ from tests.node_agent.conftest import ADVERTISE_HOST, fast_config
 from tests.servers import CertFiles, find_binary, free_port, make_tls_files, nats_server
 from tests.worker_process import ROOT, worker_command
 from tests.workflow_helpers import install_input, start_install, wait_for
-from worker_main import create_worker
 
 NODES = ["node-1", "node-2"]
 LOW_COST = 4

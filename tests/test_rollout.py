@@ -27,6 +27,7 @@ from contracts.rollout import (
     RolloutTarget,
     SlotState,
 )
+from orchestrator.worker import create_worker
 from protocol.messages import BackendInstallReply, BackendInstallRequest
 from tests.fake_node import FakeNode, InstallScript
 from tests.worker_process import worker_process
@@ -38,7 +39,6 @@ from tests.workflow_helpers import (
     wait_for,
     wait_until,
 )
-from worker_main import create_worker
 from workflows.install_backend import InstallBackendWorkflow
 from workflows.rollout import RolloutBackendWorkflow
 

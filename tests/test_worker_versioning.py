@@ -23,6 +23,18 @@ from temporalio.api.workflowservice.v1 import DescribeWorkerDeploymentRequest
 from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import Worker
 
+from orchestrator.versioning import (
+    SetCurrent,
+    Versioning,
+    VersioningError,
+    default_build_id,
+    git_commit,
+    make_current,
+    package_version,
+    set_current_command,
+    warn_if_routed_to_a_version,
+)
+from orchestrator.worker import create_worker
 from protocol.messages import BackendInstallReply, BackendInstallRequest
 from tests.fake_node import FakeNode
 from tests.servers import find_binary, free_port
@@ -33,18 +45,6 @@ from tests.workflow_helpers import (
     start_install,
     wait_for,
     wait_until,
-)
-from worker_main import create_worker
-from worker_versioning import (
-    SetCurrent,
-    Versioning,
-    VersioningError,
-    default_build_id,
-    git_commit,
-    make_current,
-    package_version,
-    set_current_command,
-    warn_if_routed_to_a_version,
 )
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -32,11 +32,11 @@ from temporalio.testing import WorkflowEnvironment
 from contracts.install import InstallPhase
 from contracts.rollout import FailurePolicy, RolloutInput, RolloutTarget
 from contracts.search_attributes import SEARCH_ATTRIBUTES
+from orchestrator.worker import create_worker
 from protocol.messages import BackendInstallReply, BackendInstallRequest
 from tests.fake_node import FakeNode
 from tests.servers import find_binary, nats_server
 from tests.workflow_helpers import FAST, install_input, start_install, wait_for, wait_until
-from worker_main import create_worker
 from workflows.install_backend import InstallBackendWorkflow
 from workflows.rollout import RolloutBackendWorkflow
 

@@ -23,12 +23,12 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 
 from contracts.install import InstallBackendResult
 from devstack.sample_backend import Gallery, SampleBackend
+from orchestrator.worker import create_worker
 from telemetry import Telemetry, telemetry_from_env
 from telemetry.logs import install_handler
 from telemetry.temporal import temporal_interceptors, temporal_runtime
 from tests.node_agent.conftest import AgentFactory
 from tests.workflow_helpers import install_input, start_install, wait_for, wait_until
-from worker_main import create_worker
 
 NODE_PHASES = ["resolve", "download", "verify", "extract", "spawn", "readiness"]
 

@@ -34,11 +34,11 @@ PACKAGE = "durable-backend-installs"
 MAX_NAME_LENGTH = 255
 """Temporal's bound on deployment names and build ids."""
 
-SOURCE_MODULES = ("worker_main", "worker_versioning", "workflows", "activities", "protocol")
+SOURCE_MODULES = ("worker_main", "orchestrator", "contracts", "workflows", "activities", "protocol")
 """The code a worker runs for workflows and activities; hashed when git cannot name it."""
 
-ROOT = Path(__file__).resolve().parent
-log = logging.getLogger("worker_versioning")
+ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger("orchestrator.versioning")
 
 
 class VersioningError(Exception):

@@ -1,0 +1,161 @@
+"""The worker as a library: what a process needs to run this project's workflows and activities.
+
+Importable without argparse or a command line: ``create_worker`` registers every workflow and
+activity (with each workflow type's versioning behavior), ``connect_temporal`` connects the
+way the worker does (Temporal's env config, the pydantic data converter, tracing), and
+``ensure_search_attributes`` registers the five search attributes where it may.
+``worker_main.py`` is the command line around it; tests, the dev stack, benchmarks and
+``backendctl`` use this module directly.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from nats.aio.client import Client as NATS
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import (
+    AddSearchAttributesRequest,
+    ListSearchAttributesRequest,
+)
+from temporalio.client import Client
+from temporalio.common import VersioningBehavior
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.envconfig import ClientConfig
+from temporalio.runtime import Runtime
+from temporalio.worker import Worker
+
+from activities.attach import await_install
+from activities.install import InstallActivities
+from activities.install_slots import install_slots
+from activities.probe import ProbeActivities
+from contracts.names import DEFAULT_TASK_QUEUE
+from contracts.search_attributes import SEARCH_ATTRIBUTES
+from orchestrator.versioning import Versioning
+from telemetry import Telemetry
+from telemetry.temporal import client_traces, temporal_interceptors
+from workflows.install_backend import InstallBackendWorkflow
+from workflows.rollout import RolloutBackendWorkflow
+
+DEFAULT_TEMPORAL_ADDRESS = "localhost:7233"
+
+log = logging.getLogger("orchestrator.worker")
+
+WORKFLOW_BEHAVIORS: dict[type[Any], VersioningBehavior] = {
+    InstallBackendWorkflow: VersioningBehavior.PINNED,
+    RolloutBackendWorkflow: VersioningBehavior.PINNED,
+}
+"""Every workflow type the worker runs, with its behavior on a versioned worker.
+
+PINNED: an execution stays on the version that started it until it finishes (continue-as-new
+included), so hours-long installs and rollouts never move to code they did not start on; see
+the classes' docstrings. Declared here, not with ``@workflow.defn(versioning_behavior=...)``:
+temporalio 1.35 sends a declared behavior with every workflow task, and the server refuses it
+from an unversioned worker ("versioning behavior cannot be specified without deployment
+options being set with versioned mode"), which would hang every workflow under
+``--no-versioning`` and on the tests' unversioned workers. A versioned worker applies the
+behavior as its default, one per worker, so every type listed here must share it.
+"""
+
+
+def default_behavior() -> VersioningBehavior:
+    """The one behavior all workflow types share; a new type must be added with one."""
+    behaviors = set(WORKFLOW_BEHAVIORS.values())
+    if len(behaviors) != 1 or VersioningBehavior.UNSPECIFIED in behaviors:
+        raise ValueError(
+            "every workflow type in WORKFLOW_BEHAVIORS needs the same, specified behavior"
+        )
+    return behaviors.pop()
+
+
+def create_worker(
+    client: Client,
+    nc: NATS,
+    task_queue: str = DEFAULT_TASK_QUEUE,
+    telemetry: Telemetry | None = None,
+    *,
+    versioning: Versioning | None = None,
+    **worker_options: object,
+) -> Worker:
+    """A worker with every workflow and activity of this project registered.
+
+    With ``telemetry`` tracing, workflows and activities are traced: by the client's tracing
+    interceptor when it has one (workers inherit it), else by one added here. With
+    ``versioning`` the worker polls as that Worker Deployment Version; without it, unversioned
+    (what the in-process test workers use: each test's own task queue needs no deployment).
+    """
+    telemetry = telemetry or Telemetry()
+    install = InstallActivities(nc, telemetry)
+    probe = ProbeActivities(nc, telemetry)
+    if telemetry.tracing and not client_traces(client) and "interceptors" not in worker_options:
+        worker_options["interceptors"] = temporal_interceptors(telemetry)
+    if versioning is not None:
+        worker_options["deployment_config"] = versioning.deployment_config(default_behavior())
+    return Worker(
+        client,
+        task_queue=task_queue,
+        workflows=list(WORKFLOW_BEHAVIORS),
+        activities=[install.install_backend, probe.probe_slot, await_install, install_slots],
+        **worker_options,  # type: ignore[arg-type]
+    )
+
+
+async def connect_temporal(
+    address: str | None = None,
+    namespace: str | None = None,
+    profile: str | None = None,
+    config_file: str | None = None,
+    telemetry: Telemetry | None = None,
+    runtime: Runtime | None = None,
+) -> Client:
+    """Connect with Temporal's env config; explicit arguments override it.
+
+    ``telemetry`` adds the tracing interceptor when it traces; ``runtime`` is the one that
+    serves Temporal's metrics (see :func:`telemetry.temporal.temporal_runtime`).
+    """
+    config = ClientConfig.load_client_connect_config(profile=profile, config_file=config_file)
+    if address:
+        config["target_host"] = address
+    config.setdefault("target_host", DEFAULT_TEMPORAL_ADDRESS)
+    if namespace:
+        config["namespace"] = namespace
+    return await Client.connect(
+        **config,
+        data_converter=pydantic_data_converter,
+        interceptors=temporal_interceptors(telemetry or Telemetry()),
+        runtime=runtime,
+    )
+
+
+async def ensure_search_attributes(client: Client) -> None:
+    """Register the workflow's keyword search attributes where they are missing.
+
+    Upserting an unregistered attribute fails the workflow task, so the worker makes sure
+    first. Where the credentials may not do this (Temporal Cloud uses tcld or the UI) a
+    warning names the attributes to create by hand.
+    """
+    names = [key.name for key in SEARCH_ATTRIBUTES]
+    try:
+        existing = await client.operator_service.list_search_attributes(
+            ListSearchAttributesRequest(namespace=client.namespace)
+        )
+        missing = [name for name in names if name not in existing.custom_attributes]
+        if missing:
+            await client.operator_service.add_search_attributes(
+                AddSearchAttributesRequest(
+                    namespace=client.namespace,
+                    search_attributes={
+                        name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD for name in missing
+                    },
+                )
+            )
+            log.info("registered search attributes %s", ", ".join(missing))
+    except Exception as err:
+        log.warning(
+            "could not check or register search attributes %s (%s); create them as Keyword "
+            "attributes in namespace %s or installs will fail",
+            ", ".join(names),
+            err,
+            client.namespace,
+        )
