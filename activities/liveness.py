@@ -32,7 +32,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from pydantic import ValidationError
 
 from protocol import subjects
-from protocol.messages import InstallStatusReply, InstallStatusRequest, SlotState
+from protocol.messages import InstallStatusReply, InstallStatusRequest, NodeSlotState
 
 CONFIRM_DELAY = 2.0
 """How soon a suspicious answer is checked again; only two in a row end the wait."""
@@ -116,7 +116,7 @@ class NodeWatch:
             return Finding(
                 Liveness.FORGOT, "the node agent restarted since the request (new instance id)"
             )
-        if reply.state is SlotState.IN_FLIGHT:
+        if reply.state is NodeSlotState.IN_FLIGHT:
             return Finding(Liveness.ALIVE)
         return Finding(
             Liveness.FORGOT,

@@ -37,8 +37,8 @@ from protocol.messages import (
     InstallStatusReply,
     InstallStatusRequest,
     ModelsRunningReply,
+    NodeSlotState,
     RunningModelInfo,
-    SlotState,
     decode_galleries,
     process_key,
 )
@@ -49,10 +49,10 @@ GALLERY_FETCH_TIMEOUT = 5.0
 """The probe only needs gallery indexes to map meta/alias names; it must stay quick."""
 
 _STATUS_TO_PROBE = {
-    SlotState.RUNNING: ProbeState.RUNNING,
-    SlotState.IN_FLIGHT: ProbeState.IN_FLIGHT,
-    SlotState.INSTALLED: ProbeState.INSTALLED,
-    SlotState.ABSENT: ProbeState.ABSENT,
+    NodeSlotState.RUNNING: ProbeState.RUNNING,
+    NodeSlotState.IN_FLIGHT: ProbeState.IN_FLIGHT,
+    NodeSlotState.INSTALLED: ProbeState.INSTALLED,
+    NodeSlotState.ABSENT: ProbeState.ABSENT,
 }
 
 

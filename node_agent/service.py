@@ -56,9 +56,9 @@ from protocol.messages import (
     InstallStatusReply,
     InstallStatusRequest,
     ModelsRunningReply,
+    NodeSlotState,
     ProgressPhase,
     RunningModelInfo,
-    SlotState,
     decode_galleries,
     parse_process_key,
     process_key,
@@ -533,7 +533,7 @@ class NodeService:
         proc = self._reusable(self.supervisor.get(key), req.backend)
         if proc is not None:
             address = routable(self.config.advertise_host, proc.port)
-            return InstallStatusReply(state=SlotState.RUNNING, address=address)
+            return InstallStatusReply(state=NodeSlotState.RUNNING, address=address)
         flights = [
             f
             for f in self._flights()
@@ -546,10 +546,10 @@ class NodeService:
             if latest is not None:
                 op_id = req.op_id if req.op_id in flight.ops else next(iter(flight.ops), "")
                 progress = latest.event(op_id, self.config.node_id, flight.backend)
-            return InstallStatusReply(state=SlotState.IN_FLIGHT, progress=progress)
+            return InstallStatusReply(state=NodeSlotState.IN_FLIGHT, progress=progress)
         if name_problem(strip_gallery(req.backend)) is None and self.store.lookup(req.backend):
-            return InstallStatusReply(state=SlotState.INSTALLED)
-        return InstallStatusReply(state=SlotState.ABSENT)
+            return InstallStatusReply(state=NodeSlotState.INSTALLED)
+        return InstallStatusReply(state=NodeSlotState.ABSENT)
 
     def cancel(self, op_id: str) -> bool:
         """Cancel op ``op_id`` wherever it is in flight; False when nothing was running for it."""

@@ -234,8 +234,11 @@ class BackendStopRequest(WireModel):
 # --- Install status (node agent extension, preferred by the probe) -----------------------------
 
 
-class SlotState(StrEnum):
-    """What a node knows about one slot, as the status extension reports it."""
+class NodeSlotState(StrEnum):
+    """What a node knows about one slot, as the status extension reports it.
+
+    Not a rollout's view of a slot (``contracts.rollout.SlotState``, which adds queued,
+    succeeded, failed...): this is the node's own answer, on the wire."""
 
     RUNNING = "running"
     IN_FLIGHT = "in_flight"
@@ -262,7 +265,7 @@ class InstallStatusReply(WireModel):
     install sees a restart, which forgets every request in flight, as a changed id.
     """
 
-    state: SlotState
+    state: NodeSlotState
     address: OmitEmpty[str] = ""
     progress: OmitEmpty[BackendInstallProgressEvent | None] = None
     error: OmitEmpty[str] = ""

@@ -6,7 +6,7 @@ import asyncio
 from pathlib import Path
 
 from devstack.sample_backend import SampleBackend, build_archive
-from protocol.messages import BackendStopRequest, SlotState
+from protocol.messages import BackendStopRequest, NodeSlotState
 from tests.node_agent.conftest import ADVERTISE_HOST
 from tests.node_agent.helpers import ArtifactServer, NodeClient, eventually
 
@@ -37,7 +37,7 @@ async def test_cancel_mid_download_replies_cancelled_and_leaves_no_staging_direc
     assert not reply.success and reply.error.startswith("cancelled")
     assert node.staging_leftovers() == [] and node.partial_files() == []
     assert not (node.backends_dir / "cpu-echo").exists()
-    assert (await node.status("cpu-echo")).state is SlotState.ABSENT
+    assert (await node.status("cpu-echo")).state is NodeSlotState.ABSENT
 
 
 async def test_cancel_of_an_op_that_is_not_in_flight_is_acknowledged_as_not_found(
@@ -70,21 +70,21 @@ async def test_status_follows_a_slot_from_absent_to_in_flight_to_running_to_inst
     node: NodeClient, archives: Path, artifact_server: ArtifactServer
 ) -> None:
     _publish_held(node, artifact_server, archives)
-    assert (await node.status("cpu-echo", model_id="m")).state is SlotState.ABSENT
+    assert (await node.status("cpu-echo", model_id="m")).state is NodeSlotState.ABSENT
 
     install = asyncio.create_task(node.install("cpu-echo", model_id="m", op_id="op-s"))
     await eventually(lambda: _downloading(node, "op-s"), "download in progress")
     in_flight = await node.status("cpu-echo", model_id="m", op_id="op-s")
-    assert in_flight.state is SlotState.IN_FLIGHT
+    assert in_flight.state is NodeSlotState.IN_FLIGHT
     assert in_flight.progress is not None and in_flight.progress.op_id == "op-s"
     assert in_flight.progress.phase == "downloading"
 
     artifact_server.release()
     reply = await install
     running = await node.status("cpu-echo", model_id="m")
-    assert running.state is SlotState.RUNNING and running.address == reply.address
+    assert running.state is NodeSlotState.RUNNING and running.address == reply.address
     assert running.address.startswith(ADVERTISE_HOST + ":")
 
     await node.stop(BackendStopRequest(backend="m#0"))
     await eventually(lambda: not node.agent.service.supervisor.all(), "process stopped")
-    assert (await node.status("cpu-echo", model_id="m")).state is SlotState.INSTALLED
+    assert (await node.status("cpu-echo", model_id="m")).state is NodeSlotState.INSTALLED
