@@ -172,6 +172,8 @@ class InstallStatus(BaseModel):
     started_at: datetime
     updated_at: datetime
     deadline_at: datetime
+    next_attempt_at: datetime | None = None
+    """While waiting or backing off: when the install probes or tries again."""
 
 
 class InstallBackendResult(BaseModel):
