@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 import traceback
 import uuid
@@ -134,7 +135,12 @@ def build_parser() -> Parser:
     install.add_argument("--no-watch", action="store_true", help="start it and exit")
 
     list_cmd = commands.add_parser("list", help="installs and rollouts, newest first")
-    list_cmd.add_argument("--kind", choices=["install", "rollout", "all"], default="all")
+    list_cmd.add_argument(
+        "--kind",
+        choices=["install", "rollout", "all"],
+        default="all",
+        help="installs, rollouts or both (default %(default)s)",
+    )
     list_cmd.add_argument("--node", default="", help="only installs on this node (NodeId)")
     list_cmd.add_argument("--backend", default="", help="only this backend (BackendName)")
     list_cmd.add_argument("--model", default="", help="only this model (ModelId)")
@@ -187,11 +193,17 @@ def build_parser() -> Parser:
     )
     rollout.add_argument("--max-in-flight", type=int, default=10, help="installs at once")
     rollout.add_argument(
-        "--failure-policy", choices=[p.value for p in FailurePolicy], default="continue"
+        "--failure-policy",
+        choices=[p.value for p in FailurePolicy],
+        default="continue",
+        help="continue: install every slot; stop: start nothing new after --max-failures "
+        "failed slots (default %(default)s)",
     )
     rollout.add_argument("--max-failures", type=int, default=1, help="threshold of 'stop'")
     rollout.add_argument("--workflow-id", default="", help="default rollout/<backend>/<random>")
-    rollout.add_argument("--task-queue", default=DEFAULT_TASK_QUEUE)
+    rollout.add_argument(
+        "--task-queue", default=DEFAULT_TASK_QUEUE, help="worker task queue (default %(default)s)"
+    )
     rollout.add_argument(
         "--option",
         action="append",
@@ -231,6 +243,9 @@ async def run(args: argparse.Namespace, session: Session, out: TextIO) -> int:
         install_input = build_install_input(args)
     if args.command == "rollout":
         rollout_input = build_rollout_input(args)
+    if args.command == "list" and args.print_query:
+        out.write(listing.visibility_query(list_filters(args)) + "\n")
+        return EXIT_OK
     client = await connect.temporal(args)
     address = connect.temporal_address(args)
     try:
@@ -390,8 +405,8 @@ async def start_rollout(
     return await watch(client, workflow_id, out, live)
 
 
-async def list_command(client: Client, args: argparse.Namespace, out: TextIO) -> int:
-    filters = listing.ListFilters(
+def list_filters(args: argparse.Namespace) -> listing.ListFilters:
+    return listing.ListFilters(
         kind=args.kind,
         node=args.node,
         backend=args.backend,
@@ -400,10 +415,10 @@ async def list_command(client: Client, args: argparse.Namespace, out: TextIO) ->
         rollout=args.rollout,
         running=args.running,
     )
-    if args.print_query:
-        out.write(listing.visibility_query(filters) + "\n")
-        return EXIT_OK
-    rows = await listing.list_workflows(client, filters, args.limit)
+
+
+async def list_command(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    rows = await listing.list_workflows(client, list_filters(args), args.limit)
     if args.json:
         tables.print_json(out, [row.as_json() for row in rows])
     else:
@@ -477,6 +492,12 @@ def _timeout(value: float) -> float:
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     """Run one command; every outcome is an exit code and at most one line on stderr."""
     args = build_parser().parse_args(argv)
+    # Library warnings (a NATS reconnect, an SDK retry) would break the one-line promise;
+    # --debug shows them, otherwise the error line says what matters.
+    if args.debug:
+        logging.basicConfig(level=logging.INFO)
+    else:
+        logging.getLogger().addHandler(logging.NullHandler())
     session = Session()
     try:
         return asyncio.run(run(args, session, out or sys.stdout))

@@ -76,14 +76,25 @@ def test_a_finished_install_says_installed_at_its_address_not_its_last_event() -
 
     line = status_line(done, now=NOW)
 
-    assert line == "demo#0 on node-9 · installed cpu-large at 127.0.0.1:50120 · requests 1 · probes 0"
+    assert line == (
+        "demo#0 on node-9 · installed cpu-large at 127.0.0.1:50120 · requests 1 · probes 0"
+    )
 
 
 def test_the_last_line_of_a_successful_install_names_the_address() -> None:
     result = InstallBackendResult(
-        node_id="node-1", backend="cpu-large", model_id="demo", replica_index=0, slot="demo#0",
-        op_id="op", address="127.0.0.1:50120", attempts=1, probes=0, started_at=NOW,
-        completed_at=NOW, duration_seconds=31.5,
+        node_id="node-1",
+        backend="cpu-large",
+        model_id="demo",
+        replica_index=0,
+        slot="demo#0",
+        op_id="op",
+        address="127.0.0.1:50120",
+        attempts=1,
+        probes=0,
+        started_at=NOW,
+        completed_at=NOW,
+        duration_seconds=31.5,
     )
 
     assert success_line(result) == (
@@ -119,7 +130,8 @@ def test_the_ui_details_of_a_finished_install_lead_with_its_address() -> None:
 
 
 def test_an_install_summary_reads_as_a_sentence() -> None:
-    assert install_summary("cpu-large", "node-1", "demo", 0) == "install cpu-large on node-1 for demo#0"
+    summary = install_summary("cpu-large", "node-1", "demo", 0)
+    assert summary == "install cpu-large on node-1 for demo#0"
     assert install_summary("echo", "node-2", "", 1, "rollout-1") == (
         "install echo on node-2 for echo#1 (rollout rollout-1)"
     )
