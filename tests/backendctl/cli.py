@@ -6,8 +6,15 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeAlias
 
 import pexpect
+
+if TYPE_CHECKING:
+    Child: TypeAlias = pexpect.spawn[str]
+    """A backendctl process in a pseudo-terminal, read as text."""
+else:
+    Child = pexpect.spawn
 
 ROOT = Path(__file__).resolve().parents[2]
 PROG = ".venv/bin/python -m backendctl"
@@ -31,7 +38,7 @@ def run_ctl(
     )
 
 
-def spawn_ctl(*args: str, address: str) -> pexpect.spawn:
+def spawn_ctl(*args: str, address: str) -> Child:
     """backendctl in a pseudo-terminal (a live view, Ctrl-C); the caller closes it."""
     return pexpect.spawn(
         sys.executable,

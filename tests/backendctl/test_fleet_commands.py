@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 from pathlib import Path
 
 from nats.aio.client import Client as NATS
@@ -18,7 +19,9 @@ from tests.workflow_helpers import FAST, wait_until
 FAST_OPTIONS = [arg for key, value in FAST.items() for arg in ("--option", f"{key}={value}")]
 
 
-async def ctl(*args: str, address: str, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+async def ctl(
+    *args: str, address: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return await asyncio.to_thread(run_ctl, *args, address=address, env=env)
 
 

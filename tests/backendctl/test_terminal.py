@@ -10,25 +10,25 @@ from nats.aio.client import Client as NATS
 from temporalio.client import Client, WorkflowExecutionStatus
 
 from contracts.install import install_workflow_id
-from tests.backendctl.cli import PROG, spawn_ctl
+from tests.backendctl.cli import PROG, Child, spawn_ctl
 from tests.fake_node import FakeNode
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
-def screen(child: pexpect.spawn) -> str:
+def screen(child: Child) -> str:
     """What the terminal showed so far, without the escape sequences that drew it, with the
     terminal's line wrapping undone (a long status line wraps at the terminal's width)."""
-    text = child.before + (child.after if isinstance(child.after, str) else "")
+    text = (child.before or "") + (child.after if isinstance(child.after, str) else "")
     return re.sub(r" ?\r\n", " ", ANSI.sub("", text))
 
 
-async def expect(child: pexpect.spawn, pattern: str) -> str:
+async def expect(child: Child, pattern: str) -> str:
     await asyncio.to_thread(child.expect, pattern)
     return screen(child)
 
 
-async def finish(child: pexpect.spawn) -> int:
+async def finish(child: Child) -> int:
     """Read to the end and return the exit code."""
     await asyncio.to_thread(child.expect, pexpect.EOF)
     child.close()
@@ -89,7 +89,7 @@ async def test_ctrl_c_message_is_exact_and_without_traceback(
         await expect(child, "backing off")
         child.sendintr()
         await asyncio.to_thread(child.expect, pexpect.EOF)
-        tail = ANSI.sub("", child.before).replace("\r\n", "\n")
+        tail = ANSI.sub("", child.before or "").replace("\r\n", "\n")
         child.close()
     finally:
         child.close(force=True)
