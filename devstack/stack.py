@@ -18,6 +18,7 @@ from pathlib import Path
 from contracts.install import InstallBackendInput, install_workflow_id
 from contracts.names import DEFAULT_TASK_QUEUE
 from contracts.search_attributes import SEARCH_ATTRIBUTES
+from contracts.summaries import install_details, install_summary
 from devstack.binaries import find_binary
 from devstack.gallery import THROTTLE_BYTES_PER_SECOND, ThrottledFileServer, prepare_gallery
 from devstack.processes import ProcessGroup, check_port_free, wait_for_line, wait_for_port
@@ -26,6 +27,8 @@ from worker_main import connect_temporal
 from workflows.install_backend import InstallBackendWorkflow
 
 ROOT = Path(__file__).resolve().parent.parent
+TEMPORAL_SERVER_DROPPED_ENV = ("OTEL_",)
+"""Environment the Temporal dev server is not given: the project's telemetry settings."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,11 @@ class StackConfig:
     @property
     def ui_url(self) -> str:
         return f"http://localhost:{self.ui_port}"
+
+    @property
+    def gallery_index(self) -> Path:
+        """The demo gallery's index file (written by :func:`devstack.gallery.prepare_gallery`)."""
+        return self.state_dir / "gallery" / "index.yaml"
 
     def node_ids(self) -> list[str]:
         return [f"node-{i}" for i in range(1, self.nodes + 1)]
@@ -110,6 +118,9 @@ class Stack:
             "temporal",
             temporal,
             ready=lambda c: wait_for_port(config.temporal_port, 60, c.proc),
+            # The dev server reads OTEL_* too and refuses exporters it lacks (``console``);
+            # the project's telemetry settings are for the worker and the node agents.
+            drop_env_prefixes=TEMPORAL_SERVER_DROPPED_ENV,
         )
         self.group.start(
             "nats",
@@ -173,7 +184,14 @@ async def start_sample_install(config: StackConfig) -> str:
     )
     workflow_id = install_workflow_id(input.node_id, input.backend, input.model_id, 0)
     await client.start_workflow(
-        InstallBackendWorkflow.run, input, id=workflow_id, task_queue=config.task_queue
+        InstallBackendWorkflow.run,
+        input,
+        id=workflow_id,
+        task_queue=config.task_queue,
+        static_summary=install_summary(input.backend, input.node_id, input.model_id, 0),
+        static_details=install_details(
+            input.backend, input.node_id, input.model_id, 0, "make run (the sample install)"
+        ),
     )
     return workflow_id
 
@@ -211,6 +229,13 @@ def next_steps(config: StackConfig, sample_id: str | None) -> str:
         f"  {temporal} workflow query {address} --workflow-id {shlex.quote(second_id)} "
         "--name progress",
         f"  {temporal} workflow describe {address} --workflow-id {shlex.quote(second_id)}",
+        "",
+        "The fleet from backendctl (list, nodes, backends, install, rollout, cancel; --help):",
+        f"  {python} -m backendctl {address} list",
+        f"  {python} -m backendctl {address} --nats-url {config.nats_url} nodes "
+        + " ".join(f"--node {node}" for node in config.node_ids()),
+        f"  {python} -m backendctl {address} --nats-url {config.nats_url} backends "
+        f"--gallery {shlex.quote(_relative(str(config.gallery_index)))}",
         "",
         "Ctrl-C stops everything.",
     ]

@@ -104,8 +104,8 @@ async def test_watch_prints_a_finished_install_and_its_address(stack: RunningSta
 
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    assert "completed" in lines[0] and "[########################] 100.0%" in lines[0]
-    assert lines[-1].startswith(f"installed cpu-large for demo#0 on node-1: {result.address}")
+    assert lines[0].startswith(f"demo#0 on node-1 · installed cpu-large at {result.address}")
+    assert lines[-1].startswith(f"installed cpu-large for demo#0 on node-1 at {result.address}")
 
 
 async def test_install_watches_a_slow_install_live_to_its_address(stack: RunningStack) -> None:
@@ -129,7 +129,7 @@ async def test_install_watches_a_slow_install_live_to_its_address(stack: Running
     downloading = [line for line in lines if "· downloading ·" in line]
     assert len(downloading) >= 2, out.stdout
     assert any("MiB / 24.0 MiB" in line for line in downloading)
-    assert lines[-1].startswith("installed cpu-large for watched#0 on node-2: 127.0.0.1:")
+    assert lines[-1].startswith("installed cpu-large for watched#0 on node-2 at 127.0.0.1:")
 
 
 async def test_watch_reports_a_failed_install_with_its_type(stack: RunningStack) -> None:
@@ -185,7 +185,7 @@ async def test_the_web_ui_tells_the_story_of_a_running_and_a_finished_install(
         await page.get_by_text("Timeline").first.wait_for()
         await screenshot(page, "finished-history")
         await wait_for_details(page, "completed")
-        await wait_for_details(page, "address:")
+        await wait_for_details(page, "installed")
         await screenshot(page, "finished-current-details")
         # The list view filters by the search attributes.
         query = 'NodeId="node-3" AND BackendName="cpu-large" AND InstallPhase="completed"'
