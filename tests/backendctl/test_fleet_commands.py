@@ -286,6 +286,12 @@ async def test_rollout_starts_and_ends_with_a_per_slot_table(
     assert len(table) == 2 and all("succeeded" in line for line in table)
     description = await client.get_workflow_handle(rollout_id).describe()
     assert await description.static_summary() == "rollout llama-cpp to 2 slot(s)"
+    slot = install_workflow_id(node_id, "llama-cpp", "qwen3", 1)
+    install = await client.get_workflow_handle(slot).describe()
+    assert await install.static_summary() == (
+        f"install llama-cpp on {node_id} for qwen3#1 (rollout {rollout_id})"
+    )
+    assert f"requested by: rollout `{rollout_id}`" in (await install.static_details() or "")
 
 
 async def test_an_install_started_by_backendctl_carries_a_static_summary_and_details(
