@@ -180,7 +180,6 @@ async def start_sample_install(config: StackConfig) -> str:
         node_id="node-1",
         backend="cpu-large",
         model_id="demo",
-        progress_report_interval_seconds=2,
     )
     workflow_id = install_workflow_id(input.node_id, input.backend, input.model_id, 0)
     await client.start_workflow(
