@@ -183,7 +183,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     temporal.add_argument(
         "--no-register-search-attributes",
         action="store_true",
-        help="do not register the NodeId, BackendName, ModelId and InstallPhase attributes",
+        help="do not register the search attributes "
+        + ", ".join(key.name for key in SEARCH_ATTRIBUTES)
+        + " (Keyword; create them by hand on Temporal Cloud)",
     )
     NatsOptions.add_arguments(parser)
     parser.add_argument(

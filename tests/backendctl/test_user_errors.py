@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 
 import pytest
 from temporalio.client import Client
 
 from backendctl import cli
 from devstack.binaries import free_port
-from tests.backendctl.cli import PROG, one_error_line, run_ctl
+from tests.backendctl.cli import PROG, ROOT, one_error_line, run_ctl
 
 
 async def ctl(*args: str, address: str | None = None) -> tuple[int, str, str]:
@@ -173,3 +175,17 @@ def test_every_flag_of_every_command_has_help_text() -> None:
     ]
 
     assert missing == []
+
+
+def test_the_worker_help_names_all_five_search_attributes() -> None:
+    out = subprocess.run(
+        [sys.executable, "worker_main.py", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+    text = " ".join(out.stdout.split())
+    assert "NodeId, BackendName, ModelId, InstallPhase, RolloutId" in text
