@@ -8,6 +8,8 @@ fleet view reads the same whoever started an install.
 
 from __future__ import annotations
 
+from contracts.install import install_workflow_id
+
 ELLIPSIS = "…"
 
 
@@ -47,14 +49,16 @@ def install_details(
 ) -> str:
     """Static details: what the install is for, who asked, and how to follow or stop it."""
     slot = slot_name(backend, model_id, replica_index)
+    workflow_id = install_workflow_id(node_id, backend, model_id, replica_index)
     return "\n".join(
         [
             f"Install `{backend}` on node `{node_id}` for slot `{slot}`.",
             "",
             f"- requested by: {requested_by}",
-            "- live phase and progress: **Current Details** below (refreshes on reload)",
-            "- follow in a terminal: `.venv/bin/python -m backendctl watch <workflow id>`",
-            "- stop: `.venv/bin/python -m backendctl cancel <workflow id>`",
+            "- live phase and progress: **Current Details** (press `R` to refresh them); the "
+            "byte-level bar: **Pending Activities**",
+            f"- follow in a terminal: `.venv/bin/python -m backendctl watch {workflow_id}`",
+            f"- stop: `.venv/bin/python -m backendctl cancel {workflow_id}`",
         ]
     )
 

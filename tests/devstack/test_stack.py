@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import socket
 import subprocess
@@ -14,7 +15,7 @@ from playwright.async_api import TimeoutError as PlaywrightTimeout
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
-from contracts.install import InstallBackendInput, install_workflow_id
+from contracts.install import install_workflow_id
 from tests.devstack.browser import browser_page, screenshot
 from tests.devstack.conftest import ROOT, RunningStack
 from workflows.install_backend import InstallBackendWorkflow
@@ -147,20 +148,35 @@ async def test_the_web_ui_tells_the_story_of_a_running_and_a_finished_install(
 ) -> None:
     client = await connect(stack)
     # node-3 has nothing installed yet, so this install downloads (the others already did).
-    input = InstallBackendInput(
-        node_id="node-3", backend="cpu-large", model_id="ui", progress_report_interval_seconds=1
+    # Started the way an operator does, so the UI shows what backendctl gives it.
+    started = await asyncio.to_thread(
+        backendctl,
+        stack,
+        "install",
+        "--node-id",
+        "node-3",
+        "--backend",
+        "cpu-large",
+        "--model-id",
+        "ui",
+        "--option",
+        "progress_report_interval_seconds=1",
+        "--no-watch",
     )
+    assert started.returncode == 0, started.stderr
     workflow_id = install_workflow_id("node-3", "cpu-large", "ui", 0)
-    handle = await client.start_workflow(
-        InstallBackendWorkflow.run, input, id=workflow_id, task_queue="backend-install"
-    )
+    handle = client.get_workflow_handle_for(InstallBackendWorkflow.run, workflow_id)
     page_url = f"{stack.ui_url}/namespaces/default/workflows/{quote(workflow_id, safe='')}"
 
     async with browser_page() as page:
-        # Running: the current details summary, in the user metadata tab.
+        # Running: the static summary and details, and the live phase and percentage in the
+        # current details, all in the user metadata tab.
         await page.goto(page_url)
         await wait_for_details(page, "requests sent: 1")
-        await wait_for_details(page, "progress: downloading")
+        await page.get_by_text("install cpu-large on node-3 for ui#0").first.wait_for()
+        await page.get_by_text("requested by: backendctl").first.wait_for()
+        await wait_for_details(page, "installing")
+        await wait_for_details(page, re.compile(r"progress: downloading \d+\.\d%"))
         await screenshot(page, "running-current-details")
         # Running: the pending install activity with its latest heartbeat (a progress event).
         await page.get_by_text("Pending Activities").first.click()
@@ -187,19 +203,30 @@ async def test_the_web_ui_tells_the_story_of_a_running_and_a_finished_install(
         await wait_for_details(page, "completed")
         await wait_for_details(page, "installed")
         await screenshot(page, "finished-current-details")
-        # The list view filters by the search attributes.
+        # The list view filters by the search attributes and, with the columns the README
+        # adds, shows each install's node, backend and phase.
         query = 'NodeId="node-3" AND BackendName="cpu-large" AND InstallPhase="completed"'
         await page.goto(
             f"{stack.ui_url}/namespaces/default/workflows?query={quote(query, safe='')}"
         )
         await page.get_by_text(workflow_id).first.wait_for()
+        await page.get_by_label("Configure Columns").click()
+        for column in ("NodeId", "BackendName", "InstallPhase"):
+            await page.get_by_label(f"Add {column} column").click()
+        await page.keyboard.press("Escape")
+        row = page.get_by_role("row").filter(has_text=workflow_id)
+        for column in ("NodeId", "BackendName", "InstallPhase"):
+            await page.get_by_role("columnheader", name=column).first.wait_for()
+        for value in ("node-3", "cpu-large", "completed"):
+            await row.get_by_role("cell", name=value, exact=True).first.wait_for()
         await screenshot(page, "list-filtered")
 
 
-async def wait_for_details(page: Page, text: str, attempts: int = 20) -> None:
+async def wait_for_details(page: Page, text: str | re.Pattern[str], attempts: int = 20) -> None:
     """Wait for ``text`` in the current details, reloading the page between looks.
 
-    The UI renders the Markdown in an iframe of its own and does not refresh it by itself.
+    The UI renders the Markdown in an iframe of its own and refreshes it only on reload (or
+    when a person presses R).
     """
     for _ in range(attempts):
         await page.get_by_text("User Metadata").first.click()
