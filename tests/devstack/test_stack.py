@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import signal
 import socket
@@ -10,6 +11,7 @@ import subprocess
 import sys
 from urllib.parse import quote
 
+from playwright.async_api import Error as PlaywrightError
 from playwright.async_api import Page
 from playwright.async_api import TimeoutError as PlaywrightTimeout
 from temporalio.client import Client
@@ -18,6 +20,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from contracts.install import install_workflow_id
 from tests.devstack.browser import browser_page, screenshot
 from tests.devstack.conftest import ROOT, RunningStack
+from tests.workflow_helpers import wait_until
 from workflows.install_backend import InstallBackendWorkflow
 
 
@@ -173,8 +176,8 @@ async def test_the_web_ui_tells_the_story_of_a_running_and_a_finished_install(
         # current details, all in the user metadata tab.
         await page.goto(page_url)
         await wait_for_details(page, "requests sent: 1")
-        await page.get_by_text("install cpu-large on node-3 for ui#0").first.wait_for()
-        await page.get_by_text("requested by: backendctl").first.wait_for()
+        await wait_for_metadata(page, "install cpu-large on node-3 for ui#0")
+        await wait_for_metadata(page, "requested by: backendctl")
         await wait_for_details(page, "installing")
         await wait_for_details(page, re.compile(r"progress: downloading \d+\.\d%"))
         await screenshot(page, "running-current-details")
@@ -213,13 +216,32 @@ async def test_the_web_ui_tells_the_story_of_a_running_and_a_finished_install(
         await page.get_by_label("Configure Columns").click()
         for column in ("NodeId", "BackendName", "InstallPhase"):
             await page.get_by_label(f"Add {column} column").click()
-        await page.keyboard.press("Escape")
+        for column in ("Run ID", "Type"):
+            await page.get_by_label(f"Remove {column} column").click()
+        await page.reload()  # the UI keeps the columns (in the browser's local storage)
         row = page.get_by_role("row").filter(has_text=workflow_id)
         for column in ("NodeId", "BackendName", "InstallPhase"):
             await page.get_by_role("columnheader", name=column).first.wait_for()
         for value in ("node-3", "cpu-large", "completed"):
             await row.get_by_role("cell", name=value, exact=True).first.wait_for()
         await screenshot(page, "list-filtered")
+
+
+async def wait_for_metadata(page: Page, text: str) -> None:
+    """Wait for ``text`` in the user metadata tab: the static summary and details.
+
+    The UI renders them as Markdown, in the page or in iframes of their own.
+    """
+
+    async def shown() -> bool:
+        for frame in page.frames:
+            with contextlib.suppress(PlaywrightError):
+                if await frame.get_by_text(text).count():
+                    return True
+        return False
+
+    await page.get_by_text("User Metadata").first.click()
+    await wait_until(shown, within=20, what=f"{text!r} in the user metadata")
 
 
 async def wait_for_details(page: Page, text: str | re.Pattern[str], attempts: int = 20) -> None:
