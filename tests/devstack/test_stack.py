@@ -37,6 +37,8 @@ async def test_the_sample_install_finishes_with_a_routable_address(stack: Runnin
     assert result.address.startswith("127.0.0.1:")
     assert result.progress_events > 0
     assert "/namespaces/default/workflows/" in stack.printed()
+    description = await handle.describe()
+    assert await description.static_summary() == "install cpu-large on node-1 for demo#0"
 
 
 async def test_the_printed_start_and_query_commands_work_as_printed(stack: RunningStack) -> None:
