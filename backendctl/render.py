@@ -60,7 +60,8 @@ def status_line(status: InstallStatus, workflow_id: str = "", now: datetime | No
         parts.append(f"last probe {status.last_probe.state.value}")
     waiting = status.phase in (InstallPhase.BACKING_OFF, InstallPhase.WAITING)
     if waiting and status.next_attempt_at is not None:
-        parts.append(f"next try {clock(status.next_attempt_at, now)}")
+        what = "next try" if status.phase is InstallPhase.BACKING_OFF else "next probe"
+        parts.append(f"{what} {clock(status.next_attempt_at, now)}")
     if status.phase in (
         InstallPhase.BACKING_OFF,
         InstallPhase.STILL_INSTALLING,

@@ -21,13 +21,12 @@ from temporalio.client import (
     WorkflowFailureError,
     WorkflowHandle,
 )
-from temporalio.converter import DataConverter
 from temporalio.service import RPCError, RPCStatusCode
 
 from backendctl.errors import EXIT_FAILED, EXIT_OK, UserError, one_line, printable
+from backendctl.progress import with_heartbeat
 from backendctl.render import PROG, status_line, success_line
 from backendctl.tables import console, rollout_table
-from contracts.activities import InstallProgress, progress_from_details
 from contracts.install import InstallStatus
 from contracts.names import INSTALL_WORKFLOW, ROLLOUT_WORKFLOW
 from contracts.rollout import RolloutStatus, SlotState
@@ -35,46 +34,6 @@ from workflows.install_backend import InstallBackendWorkflow
 from workflows.rollout import RolloutBackendWorkflow
 
 POLL_SECONDS = 0.5
-
-
-def pending_install_progress(
-    description: WorkflowExecutionDescription, converter: DataConverter
-) -> InstallProgress | None:
-    """The install activity's latest heartbeat details, as ``describe`` shows them."""
-    for pending in description.raw_description.pending_activities:
-        if pending.heartbeat_details.payloads:
-            try:
-                details = converter.payload_converter.from_payloads(
-                    pending.heartbeat_details.payloads
-                )
-            except Exception:
-                continue
-            progress = progress_from_details(details)
-            if progress is not None:
-                return progress
-    return None
-
-
-def with_heartbeat(
-    status: InstallStatus, description: WorkflowExecutionDescription, client: Client
-) -> InstallStatus:
-    """The status with the pending install's heartbeat progress, when that is newer.
-
-    The workflow hears of progress through reports that slow down as an install ages; the
-    activity heartbeat reaches the server more often. Showing the newer of the two keeps a
-    long install's bar moving.
-    """
-    progress = pending_install_progress(description, client.data_converter)
-    if (
-        progress is not None
-        and progress.op_id == status.op_id
-        and progress.event_count > status.progress_events
-        and progress.last_event is not None
-    ):
-        return status.model_copy(
-            update={"last_progress": progress.last_event, "progress_events": progress.event_count}
-        )
-    return status
 
 
 async def describe(

@@ -114,7 +114,7 @@ class ProcessGroup:
                 **{
                     key: value
                     for key, value in os.environ.items()
-                    if not key.startswith(drop_env_prefixes) or not drop_env_prefixes
+                    if not key.startswith(drop_env_prefixes)
                 },
                 **(env or {}),
             },
