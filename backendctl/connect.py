@@ -14,6 +14,7 @@ import os
 
 from nats.aio.client import Client as NATS
 from temporalio.client import Client
+from temporalio.runtime import Runtime, TelemetryConfig
 from temporalio.service import RPCError, RPCStatusCode
 
 from backendctl.errors import UserError, one_line, printable
@@ -29,12 +30,22 @@ def temporal_address(args: argparse.Namespace) -> str:
     return str(args.address or os.environ.get("TEMPORAL_ADDRESS") or DEFAULT_TEMPORAL_ADDRESS)
 
 
+def quiet_runtime() -> Runtime:
+    """A Temporal runtime that does not print the SDK core's own warnings.
+
+    The core logs every retried RPC ("gRPC call ... retried 5 times") to stderr; backendctl
+    turns the outcome into one line instead. ``--debug`` keeps the default runtime.
+    """
+    return Runtime(telemetry=TelemetryConfig(logging=None), worker_heartbeat_interval=None)
+
+
 async def temporal(args: argparse.Namespace) -> Client:
     """A client, or a :class:`UserError` naming the address and how to fix it."""
     address = temporal_address(args)
+    runtime = None if args.debug else quiet_runtime()
     try:
         return await asyncio.wait_for(
-            connect_temporal(args.address, args.namespace), CONNECT_TIMEOUT
+            connect_temporal(args.address, args.namespace, runtime=runtime), CONNECT_TIMEOUT
         )
     except (RuntimeError, RPCError, TimeoutError, OSError) as err:
         raise UserError(
@@ -61,10 +72,10 @@ def _reason(err: BaseException) -> str:
 
 def unavailable(err: RPCError, address: str) -> UserError | None:
     """A one-line error for a Temporal that went away or refused us, else None."""
-    if err.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED):
+    if err.status is RPCStatusCode.UNAVAILABLE:
         return UserError(
-            f"lost Temporal at {address} ({one_line(err.message, 120)}); installs go on "
-            "on the server side; try again when it is back"
+            f"lost Temporal at {address} ({one_line(err.message, 120)}); installs resume "
+            "when it is back — run the command again then"
         )
     if err.status in (RPCStatusCode.PERMISSION_DENIED, RPCStatusCode.UNAUTHENTICATED):
         return UserError(

@@ -109,6 +109,8 @@ async def watch_install(
                 status: InstallStatus = await handle.query(InstallBackendWorkflow.progress)
                 line = status_line(with_heartbeat(status, description, client), workflow_id)
             except RPCError as err:  # e.g. no worker is polling right now
+                if err.status is RPCStatusCode.UNAVAILABLE:
+                    raise  # Temporal itself is gone: one line from the caller, exit 2
                 line = f"{workflow_id}: waiting for a worker ({one_line(err.message, 100)})"
             line = printable(line)
             view.show(line, Text(line), line)
@@ -153,6 +155,8 @@ async def watch_rollout(
                 table = rollout_table(workflow_id, status)
                 view.show(status.model_dump_json(), table, printable(line))
             except RPCError as err:
+                if err.status is RPCStatusCode.UNAVAILABLE:
+                    raise
                 line = f"{workflow_id}: waiting for a worker ({one_line(err.message, 100)})"
                 view.show(line, Text(line), line)
             if description.status is not WorkflowExecutionStatus.RUNNING:
