@@ -10,6 +10,7 @@ from nats.aio.client import Client as NATS
 from temporalio.client import Client, WorkflowExecutionStatus
 
 from contracts.install import install_workflow_id
+from protocol.messages import BackendInstallReply, BackendInstallRequest
 from tests.backendctl.cli import PROG, Child, spawn_ctl
 from tests.fake_node import FakeNode
 
@@ -130,3 +131,41 @@ async def test_a_rollout_draws_a_live_per_slot_table_in_a_terminal(
     assert "┃ node" in shown or "node" in shown.split("\n")[1], shown
     rows = [line for line in shown.splitlines() if node_id in line and "qwen3#" in line]
     assert any("succeeded" in line for line in rows), shown
+
+
+async def test_install_redraws_one_live_progress_line_to_the_address(
+    nc: NATS, task_queue: str, node_id: str, temporal_address: str
+) -> None:
+    node = await FakeNode(nc, node_id).start()
+    done = asyncio.Event()
+
+    async def downloading(request: BackendInstallRequest, number: int) -> BackendInstallReply:
+        await node.stream_progress(request.op_id, request.backend, done, interval=0.2)
+        return await node.reply_running(request, number)
+
+    node.script = downloading
+    child = spawn_ctl(
+        "install",
+        "--node-id",
+        node_id,
+        "--backend",
+        "llama-cpp",
+        "--model-id",
+        "bar",
+        "--task-queue",
+        task_queue,
+        "--option",
+        "install_timeout_seconds=60",
+        address=temporal_address,
+    )
+    try:
+        shown = await expect(child, r"downloading · \[#+\.*\]\s+\d+\.\d%")
+        assert "bar#0 on " + node_id in shown
+        done.set()
+        shown = await expect(child, r"installed llama-cpp for bar#0 on \S+ at 10\.0\.0\.7:50051")
+        code = await finish(child)
+    finally:
+        child.close(force=True)
+
+    assert code == 0
+    assert f"bar#0 on {node_id} · installed llama-cpp at 10.0.0.7:50051" in shown
