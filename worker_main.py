@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 
 from contracts.names import DEFAULT_TASK_QUEUE
+from contracts.search_attributes import SEARCH_ATTRIBUTES
 from orchestrator.versioning import (
     DEFAULT_DEPLOYMENT_NAME,
     SetCurrent,
@@ -97,7 +98,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     temporal.add_argument(
         "--no-register-search-attributes",
         action="store_true",
-        help="do not register the NodeId, BackendName, ModelId and InstallPhase attributes",
+        help="do not register the search attributes "
+        + ", ".join(key.name for key in SEARCH_ATTRIBUTES)
+        + " (Keyword; create them by hand on Temporal Cloud)",
     )
     add_versioning_arguments(parser)
     NatsOptions.add_arguments(parser)

@@ -41,6 +41,7 @@ from contracts.rollout import (
     SlotStatus,
     expand_slots,
 )
+from contracts.summaries import install_details, install_summary
 
 REPORT_INTERVAL = 1.0
 """Seconds between outcome signals: the rollout's table lags by this, its history does not
@@ -152,9 +153,19 @@ class InstallSlotsRun:
                 id=slot.workflow_id,
                 task_queue=self._input.task_queue,
                 result_type=InstallBackendResult,
-                static_summary=(
-                    f"install {batch.backend} on {slot.node_id} for {install.slot} "
-                    f"(rollout {self._input.rollout_id})"
+                static_summary=install_summary(
+                    batch.backend,
+                    slot.node_id,
+                    slot.model_id,
+                    slot.replica_index,
+                    self._input.rollout_id,
+                ),
+                static_details=install_details(
+                    batch.backend,
+                    slot.node_id,
+                    slot.model_id,
+                    slot.replica_index,
+                    f"rollout `{self._input.rollout_id}`",
                 ),
             )
             self._started.add(slot.workflow_id)

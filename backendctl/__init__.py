@@ -1,1 +1,1 @@
-"""A small terminal client for installs: ``python -m backendctl watch|install``."""
+"""The operator's tool: ``python -m backendctl``, see :mod:`backendctl.cli`."""

@@ -1,11 +1,22 @@
-"""How an install looks in a terminal: a pure function of the workflow's ``progress`` query."""
+"""How an install looks in a terminal: pure functions of the workflow's ``progress`` query.
+
+Every message tells the truth a user needs next: a finished install says where it runs, a
+backing-off install says when it tries again and how to stop it, and no text is cut mid-word.
+"""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from contracts.install import InstallBackendResult, InstallPhase, InstallStatus
+from contracts.summaries import shorten
 from protocol.messages import parse_size
 
 BAR_WIDTH = 24
+ERROR_WIDTH = 80
+"""Longest error text on a status line; longer ones are cut at a word with "…"."""
+PROG = ".venv/bin/python -m backendctl"
+"""How the printed commands call this tool, copy-pasteable from the repository root."""
 
 
 def progress_bar(percentage: float, width: int = BAR_WIDTH) -> str:
@@ -14,11 +25,30 @@ def progress_bar(percentage: float, width: int = BAR_WIDTH) -> str:
     return "[" + "#" * filled + "." * (width - filled) + "]"
 
 
-def status_line(status: InstallStatus) -> str:
-    """One line: phase, bar, bytes, percentage, requests, probes and the last probe."""
+def clock(moment: datetime, now: datetime) -> str:
+    """``19:20:05 UTC (in 30s)``: an absolute time a person can compare, and how far off."""
+    seconds = max(0, round((moment - now).total_seconds()))
+    if seconds < 120:
+        distance = f"{seconds}s"
+    elif seconds < 7200:
+        distance = f"{seconds // 60}m"
+    else:
+        distance = f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{moment.astimezone(UTC):%H:%M:%S} UTC (in {distance})"
+
+
+def status_line(status: InstallStatus, workflow_id: str = "", now: datetime | None = None) -> str:
+    """One line: phase, bar, bytes, percentage, requests, probes and what happens next."""
+    now = now or datetime.now(UTC)
+    head = f"{status.slot} on {status.node_id}"
+    if status.phase is InstallPhase.COMPLETED and status.address:
+        return (
+            f"{head} · installed {status.backend} at {status.address} · "
+            f"requests {status.attempts} · probes {status.probes}"
+        )
+    parts = [head, status.phase.value.replace("_", " ")]
     event = status.last_progress
-    parts = [f"{status.slot} on {status.node_id}", status.phase.value.replace("_", " ")]
-    if event is not None:
+    if event is not None and status.phase not in (InstallPhase.FAILED, InstallPhase.CANCELLED):
         parts.append(event.phase or "progress")
         parts.append(f"{progress_bar(event.percentage)} {event.percentage:5.1f}%")
         if event.current:
@@ -28,17 +58,25 @@ def status_line(status: InstallStatus) -> str:
     parts.append(f"probes {status.probes}")
     if status.last_probe is not None:
         parts.append(f"last probe {status.last_probe.state.value}")
-    if status.phase in (InstallPhase.BACKING_OFF, InstallPhase.STILL_INSTALLING) and (
-        status.last_error
-    ):
-        parts.append(status.last_error[:80])
+    waiting = status.phase in (InstallPhase.BACKING_OFF, InstallPhase.WAITING)
+    if waiting and status.next_attempt_at is not None:
+        what = "next try" if status.phase is InstallPhase.BACKING_OFF else "next probe"
+        parts.append(f"{what} {clock(status.next_attempt_at, now)}")
+    if status.phase in (
+        InstallPhase.BACKING_OFF,
+        InstallPhase.STILL_INSTALLING,
+        InstallPhase.FAILED,
+    ) and (status.last_error):
+        parts.append(shorten(status.last_error, ERROR_WIDTH))
+    if status.phase is InstallPhase.BACKING_OFF and workflow_id:
+        parts.append(f"stop it: {PROG} cancel {workflow_id}")
     return " · ".join(parts)
 
 
 def success_line(result: InstallBackendResult) -> str:
     """The last line of a successful install: where the slot runs."""
     return (
-        f"installed {result.backend} for {result.slot} on {result.node_id}: {result.address} "
+        f"installed {result.backend} for {result.slot} on {result.node_id} at {result.address} "
         f"({result.attempts} request(s), {result.probes} probe(s), "
         f"{result.duration_seconds:.1f}s)"
     )

@@ -16,7 +16,7 @@ import time
 
 from temporalio.client import WorkflowHandle
 
-from backendctl.watch import pending_install_progress
+from backendctl.progress import pending_install_progress
 from bench.cli import main
 from bench.node import WildcardNode, progress_body
 from bench.report import Report, median, percentile

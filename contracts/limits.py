@@ -61,12 +61,17 @@ MAX_ROLLOUT_RUNS = 1_000_000
 
 def number_problem(value: float, low: float, high: float, unit: str = "") -> str | None:
     """Why ``value`` is not a finite number in ``[low, high]``, or None when it is."""
-    suffix = f" {unit}" if unit else ""
+    bounds = f"between {_readable(low)} and {_readable(high)}{f' {unit}' if unit else ''}"
     if isinstance(value, float) and not math.isfinite(value):
-        return f"must be a finite number between {low:g} and {high:g}{suffix}"
+        return f"must be a finite number {bounds}"
     if not low <= value <= high:
-        return f"must be between {low:g} and {high:g}{suffix}"
+        return f"must be {bounds}"
     return None
+
+
+def _readable(number: float) -> str:
+    """``2,592,000`` rather than ``2.592e+06``; fractions as they are (``0.1``)."""
+    return f"{int(number):,}" if float(number).is_integer() else f"{number:g}"
 
 
 def text_problem(value: str, limit: int, *, required: bool = False) -> str | None:

@@ -22,9 +22,11 @@ FAST_BACKEND = SampleBackend("cpu-echo", version="1.0.0", alias="echo")
 """Installs in about a second from a local file."""
 
 LARGE_BACKEND = SampleBackend("cpu-large", version="1.0.0", padding_bytes=24 * MIB)
-"""24 MiB served at :data:`THROTTLE_BYTES_PER_SECOND`: several seconds of download progress."""
+"""24 MiB served at :data:`THROTTLE_BYTES_PER_SECOND`: about 40 s of download progress."""
 
-THROTTLE_BYTES_PER_SECOND = 4 * MIB
+THROTTLE_BYTES_PER_SECOND = 600 * 1024
+"""Slow enough that the sample install of ``make run`` can be opened in the UI and watched
+(about 40 s for 24 MiB); ``--artifact-rate`` changes it."""
 
 
 class ThrottledFileServer(RangeFileServer):
@@ -84,7 +86,7 @@ def prepare_gallery(
             "uri": server.url(large_path.name),
             "sha256": large_sha,
             "version": LARGE_BACKEND.version,
-            "description": "sample backend with 24 MiB of weights, served at 4 MiB/s",
+            "description": "sample backend with 24 MiB of weights, served slowly",
         }
     )
     for entry in extra or []:  # e.g. the OCI image backend of devstack.demo_registry

@@ -95,8 +95,13 @@ class ProcessGroup:
         command: list[str],
         env: dict[str, str] | None = None,
         ready: Callable[[Child], None] | None = None,
+        drop_env_prefixes: tuple[str, ...] = (),
     ) -> Child:
-        """Start ``command`` with output to ``<log_dir>/<name>.log`` and wait until ready."""
+        """Start ``command`` with output to ``<log_dir>/<name>.log`` and wait until ready.
+
+        Inherited variables whose names start with one of ``drop_env_prefixes`` are not passed
+        on (the Temporal dev server must not see the project's ``OTEL_*``).
+        """
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_dir / f"{name}.log"
         handle: IO[bytes] = log.open("wb")
@@ -105,7 +110,14 @@ class ProcessGroup:
             stdout=handle,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env={**os.environ, **(env or {})},
+            env={
+                **{
+                    key: value
+                    for key, value in os.environ.items()
+                    if not key.startswith(drop_env_prefixes)
+                },
+                **(env or {}),
+            },
             preexec_fn=_die_with_parent,
         )
         handle.close()

@@ -21,6 +21,7 @@ from pathlib import Path
 from contracts.install import InstallBackendInput, install_workflow_id
 from contracts.names import DEFAULT_TASK_QUEUE
 from contracts.search_attributes import SEARCH_ATTRIBUTES
+from contracts.summaries import install_details, install_summary
 from devstack.binaries import find_binary
 from devstack.demo_registry import DemoRegistry, start_demo_registry
 from devstack.gallery import THROTTLE_BYTES_PER_SECOND, ThrottledFileServer, prepare_gallery
@@ -32,6 +33,8 @@ from protocol.messages import encode_galleries
 from workflows.install_backend import InstallBackendWorkflow
 
 ROOT = Path(__file__).resolve().parent.parent
+TEMPORAL_SERVER_DROPPED_ENV = ("OTEL_",)
+"""Environment the Temporal dev server is not given: the project's telemetry settings."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,11 @@ class StackConfig:
     @property
     def ui_url(self) -> str:
         return f"http://localhost:{self.ui_port}"
+
+    @property
+    def gallery_index(self) -> Path:
+        """The demo gallery's index file (written by :func:`devstack.gallery.prepare_gallery`)."""
+        return self.state_dir / "gallery" / "index.yaml"
 
     def node_ids(self) -> list[str]:
         return [f"node-{i}" for i in range(1, self.nodes + 1)]
@@ -130,6 +138,9 @@ class Stack:
             "temporal",
             temporal,
             ready=lambda c: wait_for_port(config.temporal_port, 60, c.proc),
+            # The dev server reads OTEL_* too and refuses exporters it lacks (``console``);
+            # the project's telemetry settings are for the worker and the node agents.
+            drop_env_prefixes=TEMPORAL_SERVER_DROPPED_ENV,
         )
         nats = [find_binary("nats-server"), "-a", "127.0.0.1", "-p", str(config.nats_port)]
         credentials: dict[str, dict[str, str]] = {}
@@ -209,11 +220,17 @@ async def start_sample_install(config: StackConfig) -> str:
         node_id="node-1",
         backend="cpu-large",
         model_id="demo",
-        progress_report_interval_seconds=2,
     )
     workflow_id = install_workflow_id(input.node_id, input.backend, input.model_id, 0)
     await client.start_workflow(
-        InstallBackendWorkflow.run, input, id=workflow_id, task_queue=config.task_queue
+        InstallBackendWorkflow.run,
+        input,
+        id=workflow_id,
+        task_queue=config.task_queue,
+        static_summary=install_summary(input.backend, input.node_id, input.model_id, 0),
+        static_details=install_details(
+            input.backend, input.node_id, input.model_id, 0, "make run (the sample install)"
+        ),
     )
     return workflow_id
 
@@ -225,6 +242,9 @@ def next_steps(config: StackConfig, sample_id: str | None, oci_note: str = "") -
     address = f"--address {config.temporal_address}"
     second_id = install_workflow_id("node-2", "echo", "", 0)
     second_input = '{"node_id": "node-2", "backend": "echo"}'
+    # nodes and backends ask the nodes over NATS: with auth on, as the orchestrator user
+    orchestrator_env = shlex.quote(str(config.nats_dir / nats_auth.ORCHESTRATOR_ENV_FILE))
+    with_nats = f"env $(cat {orchestrator_env}) " if config.nats_auth else ""
     lines = [
         "",
         f"Stack is up. State: {config.state_dir}  Logs: {config.state_dir / 'logs'}",
@@ -257,6 +277,13 @@ def next_steps(config: StackConfig, sample_id: str | None, oci_note: str = "") -
         "--name progress",
         f"  {temporal} workflow describe {address} --workflow-id {shlex.quote(second_id)}",
         "",
+        "The fleet from backendctl (list, nodes, backends, install, rollout, cancel; --help):",
+        f"  {python} -m backendctl {address} list",
+        f"  {with_nats}{python} -m backendctl {address} --nats-url {config.nats_url} nodes "
+        + " ".join(f"--node {node}" for node in config.node_ids()),
+        f"  {with_nats}{python} -m backendctl {address} --nats-url {config.nats_url} backends "
+        f"--gallery {shlex.quote(_relative(str(config.gallery_index)))}",
+        "",
         "Ctrl-C stops everything.",
     ]
     return "\n".join(lines)
@@ -273,7 +300,8 @@ def _nats_auth_lines(config: StackConfig, python: str) -> list[str]:
         f"  server config     {nats_dir / nats_auth.CONFIG_FILE}   (bcrypt hashes, permissions)",
         f"  worker            {nats_dir / nats_auth.ORCHESTRATOR_ENV_FILE}   "
         f"nodes: {nats_dir}/node-<id>.env",
-        "  the temporal and backendctl commands below talk to Temporal only: no NATS login.",
+        "  the temporal commands and backendctl list/watch talk to Temporal only; backendctl",
+        "  nodes/backends ask the nodes over NATS with the worker credentials (env $(cat ...)).",
         "  one more worker of the same version (dev), with the worker credentials:",
         f"  env $(cat {orchestrator}) {python} {worker} --temporal-address "
         f"{config.temporal_address} --nats-url {config.nats_url} --task-queue {config.task_queue} "

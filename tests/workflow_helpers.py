@@ -12,7 +12,7 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
-from backendctl.watch import pending_install_progress
+from backendctl.progress import pending_install_progress
 from contracts.activities import InstallProgress
 from contracts.install import InstallBackendInput, InstallBackendResult
 from workflows.install_backend import InstallBackendWorkflow

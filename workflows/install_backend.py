@@ -71,6 +71,7 @@ with workflow.unsafe.imports_passed_through():
         NODE_ID,
         ROLLOUT_ID,
     )
+    from contracts.summaries import shorten
     from protocol.messages import BackendInstallRequest, encode_galleries
     from workflows.summary import describe_progress, details_markdown
 
@@ -345,7 +346,7 @@ class InstallBackendWorkflow:
                 await self._sleep(
                     backoff_seconds(self._input, self._backoff_streak),
                     InstallPhase.BACKING_OFF,
-                    f"back off after: {self._status.last_error[:120]}",
+                    f"back off after: {shorten(self._status.last_error, 120)}",
                 )
                 step = _Next.PROBE
 
@@ -502,9 +503,11 @@ class InstallBackendWorkflow:
 
     async def _sleep(self, seconds: float, phase: InstallPhase, summary: str) -> None:
         """A durable timer that never runs past the deadline."""
-        self._set_phase(phase)
         remaining = self._remaining().total_seconds()
-        await workflow.sleep(max(min(seconds, remaining), 0.001), summary=summary)
+        duration = max(min(seconds, remaining), 0.001)
+        self._status.next_attempt_at = workflow.now() + timedelta(seconds=duration)
+        self._set_phase(phase)
+        await workflow.sleep(duration, summary=summary)
 
     def _record_progress(self, progress: InstallProgress) -> None:
         if progress.event_count < self._status.progress_events:
@@ -517,6 +520,8 @@ class InstallBackendWorkflow:
 
     def _set_phase(self, phase: InstallPhase) -> None:
         """Record the phase; the search attribute is upserted only when it changes."""
+        if phase not in (InstallPhase.WAITING, InstallPhase.BACKING_OFF):
+            self._status.next_attempt_at = None
         if phase is not self._published_phase:
             workflow.upsert_search_attributes([INSTALL_PHASE.value_set(phase.value)])
             self._published_phase = phase
@@ -550,7 +555,7 @@ class InstallBackendWorkflow:
         return {"op_id": status.op_id, "node": status.node_id, "slot": status.slot}
 
     def _publish_details(self) -> None:
-        workflow.set_current_details(details_markdown(self._status))
+        workflow.set_current_details(details_markdown(self._status, workflow.info().workflow_id))
 
     def _continue_as_new_if_suggested(self) -> None:
         if not workflow.info().is_continue_as_new_suggested():

@@ -5,7 +5,9 @@ Pure functions of the status model, so the workflow, the CLI and tests render th
 
 from __future__ import annotations
 
-from contracts.install import InstallStatus
+from datetime import UTC
+
+from contracts.install import InstallPhase, InstallStatus
 from protocol.messages import BackendInstallProgressEvent
 
 
@@ -21,23 +23,40 @@ def describe_progress(event: BackendInstallProgressEvent | None) -> str:
     return text
 
 
-def details_markdown(status: InstallStatus) -> str:
-    """The workflow's current details: what is happening, at a glance."""
+def details_markdown(status: InstallStatus, workflow_id: str = "") -> str:
+    """The workflow's current details: what is happening, at a glance.
+
+    A finished install leads with where it runs (not its last progress event, which would
+    read "completed · starting 100%"); a waiting one says when it tries again and how to stop.
+    """
     lines = [
         f"**{status.phase.value.replace('_', ' ')}** · `{status.backend}` on node "
         f"`{status.node_id}` · slot `{status.slot}`",
         "",
-        f"- requests sent: {status.attempts} · probes: {status.probes} · "
-        f"transient failures: {status.failed_attempts}",
     ]
+    if status.phase is InstallPhase.COMPLETED and status.address:
+        lines.append(f"- installed `{status.backend}` at `{status.address}`")
+    lines.append(
+        f"- requests sent: {status.attempts} · probes: {status.probes} · "
+        f"transient failures: {status.failed_attempts}"
+    )
+    if status.next_attempt_at is not None:
+        what = "next try" if status.phase is InstallPhase.BACKING_OFF else "next probe"
+        lines.append(f"- {what}: {status.next_attempt_at.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC")
+    if status.phase in (InstallPhase.BACKING_OFF, InstallPhase.WAITING) and workflow_id:
+        lines.append(
+            f"- stop it: `.venv/bin/python -m backendctl cancel {workflow_id}` "
+            "(or Request Cancellation above)"
+        )
     progress = describe_progress(status.last_progress)
-    if progress:
+    finished = status.phase in (InstallPhase.COMPLETED, InstallPhase.FAILED, InstallPhase.CANCELLED)
+    if progress and not finished:
         lines.append(f"- progress: {progress} · events: {status.progress_events}")
         if status.last_progress and status.last_progress.file_name:
             lines.append(f"- file: `{status.last_progress.file_name}`")
     if status.last_probe is not None:
         lines.append(f"- last probe: {status.last_probe.summary()}")
-    if status.address:
+    if status.address and status.phase is not InstallPhase.COMPLETED:
         lines.append(f"- address: `{status.address}`")
     if status.last_error:
         lines.append(f"- last error: {status.last_error}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+from playwright.async_api import Error as PlaywrightError
 from playwright.async_api import Page
 from playwright.async_api import TimeoutError as PlaywrightTimeout
 from temporalio.client import Client
@@ -27,6 +29,7 @@ from protocol.connection import NatsOptions, NatsStartupError
 from tests.devstack.browser import browser_page, screenshot
 from tests.devstack.conftest import ROOT, RunningStack
 from tests.registry import SKIP_REASON
+from tests.workflow_helpers import wait_until
 from workflows.install_backend import InstallBackendWorkflow
 
 
@@ -43,6 +46,8 @@ async def test_the_sample_install_finishes_with_a_routable_address(stack: Runnin
     assert result.address.startswith("127.0.0.1:")
     assert result.progress_events > 0
     assert "/namespaces/default/workflows/" in stack.printed()
+    description = await handle.describe()
+    assert await description.static_summary() == "install cpu-large on node-1 for demo#0"
 
 
 async def test_the_printed_start_and_query_commands_work_as_printed(stack: RunningStack) -> None:
@@ -200,8 +205,8 @@ async def test_watch_prints_a_finished_install_and_its_address(stack: RunningSta
 
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    assert "completed" in lines[0] and "[########################] 100.0%" in lines[0]
-    assert lines[-1].startswith(f"installed cpu-large for demo#0 on node-1: {result.address}")
+    assert lines[0].startswith(f"demo#0 on node-1 · installed cpu-large at {result.address}")
+    assert lines[-1].startswith(f"installed cpu-large for demo#0 on node-1 at {result.address}")
 
 
 async def test_install_watches_a_slow_install_live_to_its_address(stack: RunningStack) -> None:
@@ -225,7 +230,7 @@ async def test_install_watches_a_slow_install_live_to_its_address(stack: Running
     downloading = [line for line in lines if "· downloading ·" in line]
     assert len(downloading) >= 2, out.stdout
     assert any("MiB / 24.0 MiB" in line for line in downloading)
-    assert lines[-1].startswith("installed cpu-large for watched#0 on node-2: 127.0.0.1:")
+    assert lines[-1].startswith("installed cpu-large for watched#0 on node-2 at 127.0.0.1:")
 
 
 async def test_watch_reports_a_failed_install_with_its_type(stack: RunningStack) -> None:
@@ -243,20 +248,35 @@ async def test_the_web_ui_tells_the_story_of_a_running_and_a_finished_install(
 ) -> None:
     client = await connect(stack)
     # node-3 has nothing installed yet, so this install downloads (the others already did).
-    input = InstallBackendInput(
-        node_id="node-3", backend="cpu-large", model_id="ui", progress_report_interval_seconds=1
+    # Started the way an operator does, so the UI shows what backendctl gives it.
+    started = await asyncio.to_thread(
+        backendctl,
+        stack,
+        "install",
+        "--node-id",
+        "node-3",
+        "--backend",
+        "cpu-large",
+        "--model-id",
+        "ui",
+        "--option",
+        "progress_report_interval_seconds=1",
+        "--no-watch",
     )
+    assert started.returncode == 0, started.stderr
     workflow_id = install_workflow_id("node-3", "cpu-large", "ui", 0)
-    handle = await client.start_workflow(
-        InstallBackendWorkflow.run, input, id=workflow_id, task_queue="backend-install"
-    )
+    handle = client.get_workflow_handle_for(InstallBackendWorkflow.run, workflow_id)
     page_url = f"{stack.ui_url}/namespaces/default/workflows/{quote(workflow_id, safe='')}"
 
     async with browser_page() as page:
-        # Running: the current details summary, in the user metadata tab.
+        # Running: the static summary and details, and the live phase and percentage in the
+        # current details, all in the user metadata tab.
         await page.goto(page_url)
         await wait_for_details(page, "requests sent: 1")
-        await wait_for_details(page, "progress: downloading")
+        await wait_for_metadata(page, "install cpu-large on node-3 for ui#0")
+        await wait_for_metadata(page, "requested by: backendctl")
+        await wait_for_details(page, "installing")
+        await wait_for_details(page, re.compile(r"progress: downloading \d+\.\d%"))
         await screenshot(page, "running-current-details")
         # Running: the pending install activity with its latest heartbeat (a progress event).
         await page.get_by_text("Pending Activities").first.click()
@@ -281,21 +301,51 @@ async def test_the_web_ui_tells_the_story_of_a_running_and_a_finished_install(
         await page.get_by_text("Timeline").first.wait_for()
         await screenshot(page, "finished-history")
         await wait_for_details(page, "completed")
-        await wait_for_details(page, "address:")
+        await wait_for_details(page, "installed")
         await screenshot(page, "finished-current-details")
-        # The list view filters by the search attributes.
+        # The list view filters by the search attributes and, with the columns the README
+        # adds, shows each install's node, backend and phase.
         query = 'NodeId="node-3" AND BackendName="cpu-large" AND InstallPhase="completed"'
         await page.goto(
             f"{stack.ui_url}/namespaces/default/workflows?query={quote(query, safe='')}"
         )
         await page.get_by_text(workflow_id).first.wait_for()
+        await page.get_by_label("Configure Columns").click()
+        for column in ("NodeId", "BackendName", "InstallPhase"):
+            await page.get_by_label(f"Add {column} column").click()
+        for column in ("Run ID", "Type"):
+            await page.get_by_label(f"Remove {column} column").click()
+        await page.reload()  # the UI keeps the columns (in the browser's local storage)
+        row = page.get_by_role("row").filter(has_text=workflow_id)
+        for column in ("NodeId", "BackendName", "InstallPhase"):
+            await page.get_by_role("columnheader", name=column).first.wait_for()
+        for value in ("node-3", "cpu-large", "completed"):
+            await row.get_by_role("cell", name=value, exact=True).first.wait_for()
         await screenshot(page, "list-filtered")
 
 
-async def wait_for_details(page: Page, text: str, attempts: int = 20) -> None:
+async def wait_for_metadata(page: Page, text: str) -> None:
+    """Wait for ``text`` in the user metadata tab: the static summary and details.
+
+    The UI renders them as Markdown, in the page or in iframes of their own.
+    """
+
+    async def shown() -> bool:
+        for frame in page.frames:
+            with contextlib.suppress(PlaywrightError):
+                if await frame.get_by_text(text).count():
+                    return True
+        return False
+
+    await page.get_by_text("User Metadata").first.click()
+    await wait_until(shown, within=20, what=f"{text!r} in the user metadata")
+
+
+async def wait_for_details(page: Page, text: str | re.Pattern[str], attempts: int = 20) -> None:
     """Wait for ``text`` in the current details, reloading the page between looks.
 
-    The UI renders the Markdown in an iframe of its own and does not refresh it by itself.
+    The UI renders the Markdown in an iframe of its own and refreshes it only on reload (or
+    when a person presses R).
     """
     for _ in range(attempts):
         await page.get_by_text("User Metadata").first.click()

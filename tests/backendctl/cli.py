@@ -1,0 +1,59 @@
+"""Running ``python -m backendctl`` as a user does: a subprocess, or a pseudo-terminal."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeAlias
+
+import pexpect
+
+if TYPE_CHECKING:
+    Child: TypeAlias = pexpect.spawn[str]
+    """A backendctl process in a pseudo-terminal, read as text."""
+else:
+    Child = pexpect.spawn
+
+ROOT = Path(__file__).resolve().parents[2]
+PROG = ".venv/bin/python -m backendctl"
+
+
+def run_ctl(
+    *args: str, address: str | None = None, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run backendctl to the end; stdout, stderr and the exit code as the user sees them."""
+    command = [sys.executable, "-m", "backendctl"]
+    if address:
+        command += ["--address", address]
+    return subprocess.run(
+        [*command, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def spawn_ctl(*args: str, address: str) -> Child:
+    """backendctl in a pseudo-terminal (a live view, Ctrl-C); the caller closes it."""
+    return pexpect.spawn(
+        sys.executable,
+        ["-m", "backendctl", "--address", address, *args],
+        cwd=str(ROOT),
+        encoding="utf-8",
+        timeout=90,
+        dimensions=(40, 250),
+        env={**os.environ, "TERM": "xterm-256color", "COLUMNS": "250"},
+    )
+
+
+def one_error_line(stderr: str) -> str:
+    """The single line a user error prints; fails when there is more (a traceback)."""
+    lines = stderr.splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{stderr}"
+    assert lines[0].startswith("error: "), stderr
+    return lines[0]
