@@ -283,4 +283,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Skip interpreter finalisation: after a failed start-up the Temporal client's native
+    # threads can abort it ("PyGILState_Release ... must be current", exit -6 instead of the
+    # 2 we return), as backendctl saw too. Everything is flushed and closed by now.
+    os._exit(code)
