@@ -9,9 +9,6 @@ out ``install_timeout_seconds``.
 from __future__ import annotations
 
 import asyncio
-import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +22,7 @@ from temporalio.client import Client, WorkflowHandle
 from contracts.install import InstallBackendResult
 from devstack.sample_backend import Gallery, SampleBackend, build_archive
 from protocol import subjects
-from protocol.messages import encode_galleries
+from tests.node_agent.agent_process import agent_command, running_agent
 from tests.node_agent.conftest import ADVERTISE_HOST, AgentFactory
 from tests.node_agent.helpers import ArtifactServer, eventually
 from tests.workflow_helpers import assert_replays, install_input, start_install, wait_until
@@ -51,28 +48,6 @@ async def test_every_status_answer_names_the_agent_instance_and_a_restart_change
     assert after.instance_id and after.instance_id != before.instance_id
 
 
-def agent_command(
-    node_id: str, backends_dir: Path, gallery: Gallery, nats_url: str, ports: tuple[int, int]
-) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "node_agent",
-        "--node-id",
-        node_id,
-        "--backends-dir",
-        str(backends_dir),
-        "--galleries",
-        encode_galleries([gallery.config]),
-        "--advertise-host",
-        "127.0.0.1",
-        "--port-range",
-        f"{ports[0]}-{ports[1]}",
-        "--nats-url",
-        nats_url,
-    ]
-
-
 @dataclass
 class Scene:
     """A gallery backend whose download stalls mid-body, and how to run an agent for it."""
@@ -80,6 +55,7 @@ class Scene:
     node_id: str
     command: list[str]
     server: ArtifactServer
+    log: Path
 
 
 @pytest.fixture
@@ -97,20 +73,7 @@ def scene(
     gallery.add({"name": "cpu-slow", "uri": uri, "sha256": built.sha256})
     artifact_server.hold_after = 900  # the download stalls mid-body until released
     command = agent_command(node_id, tmp_path / "backends", gallery, nats_url, port_range)
-    return Scene(node_id, command, artifact_server)
-
-
-@asynccontextmanager
-async def agent_process(command: list[str]) -> AsyncIterator[None]:
-    """A node agent as its own process, SIGKILLed on exit: no clean-up of any kind."""
-    agent = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.PIPE)
-    try:
-        assert agent.stdout is not None
-        assert b"ready" in await agent.stdout.readline()
-        yield
-    finally:
-        agent.kill()
-        await agent.wait()
+    return Scene(node_id, command, artifact_server, tmp_path / "agent.log")
 
 
 async def start_slow_install(
@@ -156,7 +119,7 @@ async def finished_on_the_new_agent(
 async def test_an_agent_killed_mid_download_is_found_unreachable_and_finishes_after_restart(
     client: Client, task_queue: str, scene: Scene, start_agent: AgentFactory
 ) -> None:
-    async with agent_process(scene.command):
+    async with running_agent(scene.command, scene.log):
         handle = await start_slow_install(client, task_queue, scene)
     scene.server.release()
 
@@ -181,7 +144,7 @@ async def test_an_agent_restarted_between_two_checks_is_noticed_by_its_new_insta
     # only tell the restart from the instance id.
     observer = await nc.subscribe(subjects.install_status(scene.node_id), cb=observe)
     try:
-        async with agent_process(scene.command):
+        async with running_agent(scene.command, scene.log):
             handle = await start_slow_install(client, task_queue, scene)
             await eventually(lambda: bool(checks), "a first liveness check")
         scene.server.release()
