@@ -41,6 +41,7 @@ from activities.attach import await_install
 from activities.install import InstallActivities
 from activities.install_slots import install_slots
 from activities.probe import ProbeActivities
+from activities.upgrade import UpgradeActivities, check_slot_health
 from contracts.names import DEFAULT_TASK_QUEUE
 from contracts.search_attributes import SEARCH_ATTRIBUTES
 from protocol.connection import NatsOptions, NatsStartupError
@@ -57,6 +58,7 @@ from worker_versioning import (
 )
 from workflows.install_backend import InstallBackendWorkflow
 from workflows.rollout import RolloutBackendWorkflow
+from workflows.upgrade_backend import UpgradeBackendWorkflow
 
 DEFAULT_TEMPORAL_ADDRESS = "localhost:7233"
 
@@ -65,6 +67,7 @@ log = logging.getLogger("worker_main")
 WORKFLOW_BEHAVIORS: dict[type[Any], VersioningBehavior] = {
     InstallBackendWorkflow: VersioningBehavior.PINNED,
     RolloutBackendWorkflow: VersioningBehavior.PINNED,
+    UpgradeBackendWorkflow: VersioningBehavior.PINNED,
 }
 """Every workflow type the worker runs, with its behavior on a versioned worker.
 
@@ -108,6 +111,7 @@ def create_worker(
     telemetry = telemetry or Telemetry()
     install = InstallActivities(nc, telemetry)
     probe = ProbeActivities(nc, telemetry)
+    upgrade = UpgradeActivities(nc, telemetry)
     if telemetry.tracing and not client_traces(client) and "interceptors" not in worker_options:
         worker_options["interceptors"] = temporal_interceptors(telemetry)
     if versioning is not None:
@@ -116,7 +120,16 @@ def create_worker(
         client,
         task_queue=task_queue,
         workflows=list(WORKFLOW_BEHAVIORS),
-        activities=[install.install_backend, probe.probe_slot, await_install, install_slots],
+        activities=[
+            install.install_backend,
+            probe.probe_slot,
+            await_install,
+            install_slots,
+            upgrade.upgrade_backend,
+            upgrade.inspect_backend,
+            upgrade.drop_previous_version,
+            check_slot_health,
+        ],
         **worker_options,  # type: ignore[arg-type]
     )
 
