@@ -13,12 +13,18 @@ import contextlib
 import importlib
 from typing import Any
 
+from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from pydantic import ValidationError
 from temporalio import activity
 
-from activities.install import InstallActivities, ProgressTracker, workflow_asked_to_cancel
+from activities.install import (
+    InstallActivities,
+    ProgressTracker,
+    _stop,
+    workflow_asked_to_cancel,
+)
 from contracts.activities import InstallActivityInput, InstallProgress, progress_from_details
 from contracts.failures import (
     INSTALL_FAILED,
@@ -120,7 +126,7 @@ class UpgradeActivities(InstallActivities):
         fallback = False
         try:
             try:
-                msg = await self._nc.request(subject, body, timeout=input.timeout_seconds)
+                msg = await self._request(subject, body, input, tracker)
             except NoRespondersError:
                 if input.rollback:
                     raise node_failure(
@@ -144,8 +150,8 @@ class UpgradeActivities(InstallActivities):
                     "force:true and the same op id",
                     node_id,
                 )
-                msg = await self._nc.request(
-                    subjects.install(node_id), forced.to_wire(), timeout=input.timeout_seconds
+                msg = await self._request(
+                    subjects.install(node_id), forced.to_wire(), input, tracker
                 )
         except NoRespondersError as err:
             raise node_failure(
@@ -162,6 +168,27 @@ class UpgradeActivities(InstallActivities):
                 tracker.snapshot(),
             ) from err
         return self._result(input, msg.data, fallback, tracker)
+
+    async def _request(
+        self, subject: str, body: bytes, input: UpgradeActivityInput, tracker: ProgressTracker
+    ) -> Msg:
+        """The reply, watched like an install's: an agent that restarted or went silent while
+        we waited ends the wait early (``activities/liveness.py``), long before the timeout."""
+        request = input.request
+        reply = asyncio.create_task(
+            self._nc.request(subject, body, timeout=input.timeout_seconds),
+            name=f"upgrade-request-{request.op_id}",
+        )
+        watched = InstallActivityInput(
+            node_id=input.node_id,
+            request=BackendInstallRequest(backend=request.backend, op_id=request.op_id),
+            install_timeout_seconds=input.timeout_seconds,
+            liveness_check_interval_seconds=input.liveness_check_interval_seconds,
+        )
+        try:
+            return await self._await_reply(reply, watched, tracker, f"{request.backend} (upgrade)")
+        finally:
+            await _stop(reply)
 
     def _result(
         self, input: UpgradeActivityInput, data: bytes, fallback: bool, tracker: ProgressTracker

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from contracts.activities import InstallProgress
+from contracts.activities import InstallProgress, liveness_interval_problem
 from contracts.install import describe_problems, gallery_problems, slot_problems
 from contracts.limits import (
     MAX_DEADLINE_SECONDS,
@@ -148,6 +148,9 @@ class UpgradeBackendInput(BaseModel):
     retry_backoff_seconds: float = 30.0
     retry_backoff_max_seconds: float = 900.0
     heartbeat_timeout_seconds: float = 30.0
+    liveness_check_interval_seconds: float = 15.0
+    """During a request: without progress for this long, ask whether the node still has the
+    op, so an agent that restarted is noticed long before the timeout; 0 turns it off."""
     install_options: dict[str, Any] = Field(default_factory=dict)
     """Extra ``InstallBackendWorkflow`` input fields for the slots brought back."""
     rollout_id: str = ""
@@ -175,6 +178,8 @@ class UpgradeBackendInput(BaseModel):
         for field, (low, high) in UPGRADE_DURATION_BOUNDS.items():
             if problem := number_problem(getattr(self, field), low, high, "seconds"):
                 found.append((field, problem))
+        if liveness := liveness_interval_problem(self.liveness_check_interval_seconds):
+            found.append(("liveness_check_interval_seconds", liveness))
         for key in sorted(self.install_options):
             if key in UPGRADE_SET_INSTALL_FIELDS:
                 found.append((f"install_options.{key}", "is set by the upgrade for each slot"))
@@ -331,6 +336,8 @@ class UpgradeActivityInput(BaseModel):
     timeout_seconds: float = 900.0
     heartbeat_interval_seconds: float = 5.0
     progress_report_interval_seconds: float = 5.0
+    liveness_check_interval_seconds: float = 15.0
+    """Without progress for this long, ask whether the node still has the op; 0 turns it off."""
 
 
 class UpgradeActivityResult(BaseModel):

@@ -587,14 +587,17 @@ class NodeService:
     def _slot_status(self, req: InstallStatusRequest) -> InstallStatusReply:
         key = process_key(req.backend, req.model_id, req.replica_index)
         proc = self._reusable(self.supervisor.get(key), req.backend)
-        if proc is not None:
-            address = routable(self.config.advertise_host, proc.port)
-            return InstallStatusReply(state=SlotState.RUNNING, address=address)
         flights = [
             f
             for f in self._flights()
             if (f.kind == "install" and f.slot == key) or (req.op_id and req.op_id in f.ops)
         ]
+        # An upgrade's op is in flight while the old process of the slot still serves (it is
+        # stopped just before the swap): asked by op, the op's state is the answer.
+        by_op = [f for f in flights if req.op_id and req.op_id in f.ops and f.kind == "upgrade"]
+        if proc is not None and not by_op:
+            address = routable(self.config.advertise_host, proc.port)
+            return InstallStatusReply(state=SlotState.RUNNING, address=address)
         if flights:
             flight = flights[0]
             latest = flight.latest

@@ -264,6 +264,7 @@ class UpgradeBackendWorkflow:
             rollback=input.rollback,
             timeout_seconds=max(min(input.upgrade_timeout_seconds, remaining), 0.1),
             heartbeat_interval_seconds=min(5.0, input.heartbeat_timeout_seconds / 3),
+            liveness_check_interval_seconds=input.liveness_check_interval_seconds,
         )
         verb = "roll back" if input.rollback else "upgrade"
         try:
