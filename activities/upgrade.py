@@ -128,13 +128,19 @@ class UpgradeActivities(InstallActivities):
             try:
                 msg = await self._request(subject, body, input, tracker)
             except NoRespondersError:
-                if input.rollback:
-                    raise node_failure(
-                        ROLLBACK_UNAVAILABLE,
-                        f"node {node_id} keeps no previous version of {request.backend} (no "
-                        f"responder on {subject}); give the rollback the previous uri",
-                    ) from None
                 fallback = True
+                if input.rollback:
+                    # A stock worker keeps no previous version: upgrade it to the uri the
+                    # previous version came from, when its listing recorded one.
+                    if not request.uri:
+                        raise node_failure(
+                            ROLLBACK_UNAVAILABLE,
+                            f"node {node_id} keeps no previous version of {request.backend} "
+                            f"(no responder on {subject}) and no previous uri is recorded",
+                        ) from None
+                    subject = subjects.upgrade(node_id)
+                    msg = await self._request(subject, request.to_wire(), input, tracker)
+                    return self._result(input, msg.data, False, tracker, fallback=True)
                 forced = BackendInstallRequest(
                     backend=request.backend,
                     backend_galleries=request.backend_galleries,
@@ -167,7 +173,7 @@ class UpgradeActivities(InstallActivities):
                 "events so far)",
                 tracker.snapshot(),
             ) from err
-        return self._result(input, msg.data, fallback, tracker)
+        return self._result(input, msg.data, fallback, tracker, fallback=fallback)
 
     async def _request(
         self, subject: str, body: bytes, input: UpgradeActivityInput, tracker: ProgressTracker
@@ -191,12 +197,18 @@ class UpgradeActivities(InstallActivities):
             await _stop(reply)
 
     def _result(
-        self, input: UpgradeActivityInput, data: bytes, fallback: bool, tracker: ProgressTracker
+        self,
+        input: UpgradeActivityInput,
+        data: bytes,
+        install_reply: bool,
+        tracker: ProgressTracker,
+        *,
+        fallback: bool,
     ) -> UpgradeActivityResult:
         node_id, backend = input.node_id, input.request.backend
         what = "roll back" if input.rollback else "upgrade"
         try:
-            if fallback:
+            if install_reply:
                 install = BackendInstallReply.model_validate_json(data)
                 reply = BackendUpgradeReply(success=install.success, error=install.error)
             else:

@@ -151,6 +151,9 @@ class UpgradeBackendInput(BaseModel):
     liveness_check_interval_seconds: float = 15.0
     """During a request: without progress for this long, ask whether the node still has the
     op, so an agent that restarted is noticed long before the timeout; 0 turns it off."""
+    restore_slots: list[SlotRef] = Field(default_factory=list)
+    """Slots to bring back besides those found running (a rollback passes the slots that ran
+    before the upgrade, which may have died on the broken version)."""
     install_options: dict[str, Any] = Field(default_factory=dict)
     """Extra ``InstallBackendWorkflow`` input fields for the slots brought back."""
     rollout_id: str = ""
@@ -180,6 +183,16 @@ class UpgradeBackendInput(BaseModel):
                 found.append((field, problem))
         if liveness := liveness_interval_problem(self.liveness_check_interval_seconds):
             found.append(("liveness_check_interval_seconds", liveness))
+        if len(self.restore_slots) > MAX_UPGRADE_SLOTS:
+            found.append(("restore_slots", f"has more than {MAX_UPGRADE_SLOTS} slots"))
+        for position, slot in enumerate(self.restore_slots[:MAX_UPGRADE_SLOTS]):
+            found += [
+                (f"restore_slots[{position}].{field}", reason)
+                for field, reason in slot_problems(
+                    self.node_id or "n", slot.model_id, slot.replica_index
+                )
+                if field != "node_id"
+            ]
         for key in sorted(self.install_options):
             if key in UPGRADE_SET_INSTALL_FIELDS:
                 found.append((f"install_options.{key}", "is set by the upgrade for each slot"))

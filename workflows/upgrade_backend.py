@@ -152,7 +152,11 @@ class UpgradeBackendWorkflow:
         except ApplicationError as err:
             self._status.error = err.message
             self._set_phase(UpgradePhase.FAILED)
-            raise
+            # The status travels with the failure: a rollout's table shows the version the
+            # node had before and what the node said, without querying a closed workflow.
+            raise ApplicationError(
+                err.message, self._status, type=err.type, non_retryable=True
+            ) from None
 
     @workflow.query(name=UPGRADE_STATUS_QUERY)
     def progress(self) -> UpgradeStatus:
@@ -189,7 +193,7 @@ class UpgradeBackendWorkflow:
         after = await self._inspect_reachable()
         self._status.after = after.version
         self._verify(before.version, after.version)
-        slots = _slots_to_restore(before, reply, input.backend)
+        slots = _slots_to_restore(before, reply, input.backend, input.restore_slots)
         await self._restore(slots)
         if not input.keep_previous and not input.rollback:
             await workflow.execute_activity(
@@ -465,10 +469,14 @@ class UpgradeBackendWorkflow:
 
 
 def _slots_to_restore(
-    before: InspectBackendResult, reply: UpgradeActivityResult | None, backend: str
+    before: InspectBackendResult,
+    reply: UpgradeActivityResult | None,
+    backend: str,
+    extra: list[SlotRef],
 ) -> list[SlotRef]:
-    """Slots that ran the backend before: inspected, plus the keys the node says it stopped."""
-    slots = dict.fromkeys(before.slots)
+    """Slots that ran the backend before: inspected, the keys the node says it stopped, and
+    those the caller names."""
+    slots = dict.fromkeys([*before.slots, *extra])
     for key in reply.stopped_process_keys if reply else []:
         slot = SlotRef.from_process_key(key, backend)
         if slot is not None:
