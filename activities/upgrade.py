@@ -117,19 +117,16 @@ class UpgradeActivities(InstallActivities):
     ) -> UpgradeActivityResult:
         node_id, request = input.node_id, input.request
         what = "roll back" if input.rollback else "upgrade"
-        subject = subjects.rollback(node_id) if input.rollback else subjects.upgrade(node_id)
-        body = (
-            BackendRollbackRequest(backend=request.backend).to_wire()
-            if input.rollback
-            else request.to_wire()
-        )
-        fallback = False
+        subject = subjects.upgrade(node_id)
+        rolled_back_by_uri = False
         try:
-            try:
-                msg = await self._request(subject, body, input, tracker)
-            except NoRespondersError:
-                fallback = True
-                if input.rollback:
+            if input.rollback:
+                subject = subjects.rollback(node_id)
+                body = BackendRollbackRequest(backend=request.backend).to_wire()
+                try:
+                    msg = await self._request(subject, body, input, tracker)
+                    return self._result(input, msg.data, False, tracker, fallback=False)
+                except NoRespondersError:
                     # A stock worker keeps no previous version: upgrade it to the uri the
                     # previous version came from, when its listing recorded one.
                     if not request.uri:
@@ -138,9 +135,12 @@ class UpgradeActivities(InstallActivities):
                             f"node {node_id} keeps no previous version of {request.backend} "
                             f"(no responder on {subject}) and no previous uri is recorded",
                         ) from None
+                    rolled_back_by_uri = True
                     subject = subjects.upgrade(node_id)
-                    msg = await self._request(subject, request.to_wire(), input, tracker)
-                    return self._result(input, msg.data, False, tracker, fallback=True)
+            try:
+                msg = await self._request(subject, request.to_wire(), input, tracker)
+                return self._result(input, msg.data, False, tracker, fallback=rolled_back_by_uri)
+            except NoRespondersError:
                 forced = BackendInstallRequest(
                     backend=request.backend,
                     backend_galleries=request.backend_galleries,
@@ -156,9 +156,9 @@ class UpgradeActivities(InstallActivities):
                     "force:true and the same op id",
                     node_id,
                 )
-                msg = await self._request(
-                    subjects.install(node_id), forced.to_wire(), input, tracker
-                )
+                subject = subjects.install(node_id)
+                msg = await self._request(subject, forced.to_wire(), input, tracker)
+                return self._result(input, msg.data, True, tracker, fallback=True)
         except NoRespondersError as err:
             raise node_failure(
                 NODE_UNREACHABLE,
@@ -173,7 +173,6 @@ class UpgradeActivities(InstallActivities):
                 "events so far)",
                 tracker.snapshot(),
             ) from err
-        return self._result(input, msg.data, fallback, tracker, fallback=fallback)
 
     async def _request(
         self, subject: str, body: bytes, input: UpgradeActivityInput, tracker: ProgressTracker
@@ -254,7 +253,13 @@ class UpgradeActivities(InstallActivities):
         except ValidationError:
             return InspectBackendResult(reachable=False, version=BackendVersion())
         row = next((b for b in listing.backends or [] if b.name == input.backend), None)
-        result = InspectBackendResult(reachable=True, version=BackendVersion.of(row))
+        running_slots = [
+            SlotRef(model_id=m.model_id, replica_index=m.replica_index)
+            for m in (running.models or [])[:MAX_INSPECTED_SLOTS]
+        ]
+        result = InspectBackendResult(
+            reachable=True, version=BackendVersion.of(row), running=running_slots
+        )
         in_flight = await self._status(
             node_id, InstallStatusRequest(op_id=input.op_id, backend=input.backend), timeout
         )

@@ -336,6 +336,8 @@ class InspectBackendResult(BaseModel):
     slots: list[SlotRef] = Field(default_factory=list)
     upgrade_in_flight: bool = False
     """The node agent still works on the op (its status extension says so)."""
+    running: list[SlotRef] = Field(default_factory=list)
+    """Every running slot of the node, whatever its backend (``models.running``)."""
     slots_known: bool = False
     """The node agent told which backend each running slot runs (stock workers cannot)."""
 

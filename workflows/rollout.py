@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import urllib.parse
-import uuid
 from collections import Counter, deque
 from collections.abc import Iterable
 from datetime import timedelta
@@ -79,7 +78,6 @@ DELETE_WORKFLOW = "DeleteBackendWorkflow"
 """``contracts.names.DELETE_WORKFLOW`` of the fleet branch (wire: delete — import it at merge)."""
 LIST_NODES_ACTIVITY = "list_nodes"
 """``contracts.names.LIST_NODES_ACTIVITY`` of the fleet branch (import it at merge)."""
-ROLLOUT_CHILD_NAMESPACE = uuid.UUID("9d1e6f0a-3b7c-4e25-8a14-6c2f0b9e7d31")
 
 DETAIL_ROWS = 40
 """Slots listed in the UI's current details; the query always has all of them."""
@@ -360,6 +358,9 @@ class RolloutBackendWorkflow:
         ``continue``.
         """
         input = self._input
+        # Replay-safe and unique to this execution: the workflow's seeded random, not its id
+        # (a replayed history may carry another id).
+        self._child_tag = workflow.uuid4().hex[:12]
         nodes = input.node_ids() or await self._nodes_reporting_backend()
         self._nodes = {node: NodeOutcome(node_id=node) for node in nodes}
         queue = deque(nodes)
@@ -491,7 +492,7 @@ class RolloutBackendWorkflow:
                 row.before_version = str(before.get("version") or "")
                 row.before_uri = str(before.get("uri") or "")
                 row.after_version = str(after.get("version") or "")
-                row.repulled = bool(after.get("listed"))
+                row.repulled = bool(after.get("listed")) and after != before
                 row.slots = [
                     SlotRef(
                         model_id=str(o.get("model_id") or ""),
@@ -575,8 +576,7 @@ class RolloutBackendWorkflow:
 
     def _child_id(self, verb: str, node: str) -> str:
         """A child id unique to this rollout and node, short whatever the rollout's id."""
-        tag = uuid.uuid5(ROLLOUT_CHILD_NAMESPACE, workflow.info().workflow_id).hex[:12]
-        parts = (verb, node, self._input.backend, tag)
+        parts = (verb, node, self._input.backend, self._child_tag)
         return "/".join(urllib.parse.quote(part, safe="") for part in parts)
 
     # --- history and presentation --------------------------------------------------------------

@@ -193,7 +193,16 @@ class UpgradeBackendWorkflow:
         after = await self._inspect_reachable()
         self._status.after = after.version
         self._verify(before.version, after.version)
-        slots = _slots_to_restore(before, reply, input.backend, input.restore_slots)
+        extra = list(input.restore_slots)
+        if not before.slots_known:
+            # A stock worker does not say which backend a slot runs: the slots running before
+            # and gone after are the ones this upgrade stopped.
+            extra += [
+                SlotRef.from_process_key(f"{s.model_id}#{s.replica_index}", input.backend) or s
+                for s in before.running
+                if s not in after.running
+            ]
+        slots = _slots_to_restore(before, reply, input.backend, extra)
         await self._restore(slots)
         if not input.keep_previous and not input.rollback:
             await workflow.execute_activity(
