@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from temporalio.common import WorkflowIDConflictPolicy
 
+from backendctl import upgrade_commands
 from backendctl.watch import watch
 from contracts.install import InstallBackendInput, install_workflow_id
 from contracts.names import DEFAULT_TASK_QUEUE
@@ -37,6 +38,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     install.add_argument("--node-id", required=True)
     install.add_argument("--backend", required=True)
     install.add_argument("--model-id", default="")
+    upgrade_commands.register(commands)
     install.add_argument("--replica-index", type=int, default=0)
     install.add_argument("--task-queue", default=DEFAULT_TASK_QUEUE)
     install.add_argument(
@@ -52,6 +54,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 async def run(args: argparse.Namespace) -> int:
     client = await connect_temporal(args.address, args.namespace)
     live = sys.stdout.isatty() and not args.no_live
+    if getattr(args, "handler", None) is not None:
+        return int(await args.handler(client, args))
     if args.command == "watch":
         return await watch(client, args.workflow_id, sys.stdout, live)
     options = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import uuid
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,8 @@ from nats.aio.msg import Msg
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 
+from backendctl.__main__ import parse_args
+from backendctl.upgrade_commands import run_upgrade
 from contracts.upgrade import UpgradeBackendInput, UpgradeBackendResult
 from devstack.sample_backend import Gallery, SampleBackend
 from protocol import subjects
@@ -127,3 +130,31 @@ async def test_a_node_that_says_success_but_lists_the_old_version_fails_the_upgr
     assert "backend.list shows version 1.0.0" in cause.message
     assert len(upgrades) == 1
     await assert_replays(handle)
+
+
+async def test_backendctl_upgrade_prints_the_change_and_fails_in_one_line_on_a_bad_input(
+    client: Client,
+    task_queue: str,
+    start_agent: AgentFactory,
+    gallery: Gallery,
+    archives: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    node = await start_agent()
+    await _running_v1(client, task_queue, node, gallery, archives)
+    gallery.add_backend(SampleBackend("cpu-echo", version="2.0.0"), archives)
+    base = ["--node-id", node.node_id, "--backend", "cpu-echo", "--task-queue", task_queue]
+    out = io.StringIO()
+
+    code = await run_upgrade(client, parse_args(["upgrade", *base]), out)
+    bad = await run_upgrade(
+        client, parse_args(["upgrade", *base, "--option", "deadline_seconds=0"]), out
+    )
+
+    assert code == 0, capsys.readouterr().err
+    printed = out.getvalue()
+    assert "succeeded" in printed and "after version 2.0.0" in printed
+    assert "slot m#0:" in printed and "healthy" in printed
+    assert bad == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("error: invalid input: deadline_seconds: ")
