@@ -8,8 +8,8 @@ run on the same worker against the same wildcard fleet (``bench/upgrade_fleet.py
 keeping the same ``max_unavailable`` bound (a semaphore), so the ratio is the price of the
 rollout workflow, not of the bound. Target: rollout time <= 1.3x those direct starts. The same
 upgrades with no bound (all at once) are reported too. History events per slot are reported
-(the rollout's own, and everything: rollout + upgrades + installs). Full: 200 slots on 50 nodes, M=10;
-quick: 40 slots on 10 nodes, M=2. Run: ``python -m bench.bench_upgrade [--quick]``.
+(the rollout's own, and everything: rollout + upgrades + installs). Full: 200 slots on 50
+nodes, M=10; quick: 40 slots on 10 nodes, M=2. Run: ``python -m bench.bench_upgrade [--quick]``.
 """
 
 from __future__ import annotations
