@@ -54,7 +54,6 @@ async def test_no_more_than_max_unavailable_nodes_are_down_at_once(
             ),
             id=f"rollout-bound-{uuid.uuid4().hex[:8]}",
             task_queue=task_queue,
-            result_type=RolloutStatus,
         )
     finally:
         await fleet.stop()
