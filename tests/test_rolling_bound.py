@@ -9,7 +9,7 @@ from nats.aio.msg import Msg
 from temporalio.client import Client
 
 from bench.upgrade_fleet import HealthServer, UpgradeFleet
-from contracts.rollout import NodeState, RolloutInput, RolloutStatus, RolloutTarget
+from contracts.rollout import NodeState, RolloutInput, RolloutTarget
 from workflows.rollout import RolloutBackendWorkflow
 
 SLOTS = 2
