@@ -71,8 +71,15 @@ def _options(pairs: list[str]) -> dict[str, Any]:
     return options
 
 
-async def run_upgrade(client: Client, args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
-    """Start (or join) the upgrade and follow it to the end."""
+async def run_upgrade(
+    client: Client,
+    args: argparse.Namespace,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+) -> int:
+    """Start (or join) the upgrade and follow it to the end (``out``/``err``: stdout/stderr)."""
+    out = out or sys.stdout
+    err = err or sys.stderr
     options = _options(args.option)
     try:
         if len(args.node_id) == 1:
@@ -100,11 +107,11 @@ async def run_upgrade(client: Client, args: argparse.Namespace, out: TextIO = sy
             problems = rollout.problems()
             workflow_id = f"upgrade-rollout/{args.backend}/{uuid.uuid4().hex[:8]}"
             input, workflow_type = rollout, ROLLOUT_WORKFLOW
-    except ValueError as err:  # pydantic's ValidationError: a field of the wrong type
-        print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
+    except ValueError as invalid:  # pydantic's ValidationError: a field of the wrong type
+        print(f"error: {str(invalid).splitlines()[0]}", file=err)
         return 2
     if problems:
-        print(f"error: invalid input: {describe_problems(problems)}", file=sys.stderr)
+        print(f"error: invalid input: {describe_problems(problems)}", file=err)
         return 2
     handle: WorkflowHandle[Any, Any] = await client.start_workflow(
         workflow_type,
@@ -115,12 +122,17 @@ async def run_upgrade(client: Client, args: argparse.Namespace, out: TextIO = sy
     )
     print(f"{workflow_type} {workflow_id}", file=out, flush=True)
     if workflow_type == UPGRADE_WORKFLOW:
-        return await _follow(handle, UPGRADE_STATUS_QUERY, UpgradeStatus, _upgrade_lines, out)
-    return await _follow(handle, ROLLOUT_STATUS_QUERY, RolloutStatus, _rollout_lines, out)
+        return await _follow(handle, UPGRADE_STATUS_QUERY, UpgradeStatus, _upgrade_lines, out, err)
+    return await _follow(handle, ROLLOUT_STATUS_QUERY, RolloutStatus, _rollout_lines, out, err)
 
 
 async def _follow(
-    handle: WorkflowHandle[Any, Any], query: str, model: Any, lines: Any, out: TextIO
+    handle: WorkflowHandle[Any, Any],
+    query: str,
+    model: Any,
+    lines: Any,
+    out: TextIO,
+    err: TextIO,
 ) -> int:
     """Print new lines as the status changes; the outcome at the end."""
     result_task = asyncio.ensure_future(handle.result())
@@ -144,10 +156,10 @@ async def _follow(
     await show()  # a closed workflow still answers: its final state
     try:
         result_task.result()
-    except WorkflowFailureError as err:
-        cause = err.cause
-        message = cause.message if isinstance(cause, ApplicationError) else str(cause or err)
-        print(f"error: {message}", file=sys.stderr)
+    except WorkflowFailureError as failure:
+        cause = failure.cause
+        message = cause.message if isinstance(cause, ApplicationError) else str(cause or failure)
+        print(f"error: {message}", file=err)
         return 1
     print("upgrade finished", file=out, flush=True)
     return 0

@@ -138,23 +138,22 @@ async def test_backendctl_upgrade_prints_the_change_and_fails_in_one_line_on_a_b
     start_agent: AgentFactory,
     gallery: Gallery,
     archives: Path,
-    capsys: pytest.CaptureFixture[str],
 ) -> None:
     node = await start_agent()
     await _running_v1(client, task_queue, node, gallery, archives)
     gallery.add_backend(SampleBackend("cpu-echo", version="2.0.0"), archives)
     base = ["--node-id", node.node_id, "--backend", "cpu-echo", "--task-queue", task_queue]
-    out = io.StringIO()
+    out, err = io.StringIO(), io.StringIO()
 
-    code = await run_upgrade(client, parse_args(["upgrade", *base]), out)
+    code = await run_upgrade(client, parse_args(["upgrade", *base]), out, err)
     bad = await run_upgrade(
-        client, parse_args(["upgrade", *base, "--option", "deadline_seconds=0"]), out
+        client, parse_args(["upgrade", *base, "--option", "deadline_seconds=0"]), out, err
     )
 
-    assert code == 0, capsys.readouterr().err
+    assert code == 0, err.getvalue()
     printed = out.getvalue()
     assert "succeeded" in printed and "after version 2.0.0" in printed
     assert "slot m#0:" in printed and "healthy" in printed
     assert bad == 2
-    error = capsys.readouterr().err.strip().splitlines()
+    error = err.getvalue().strip().splitlines()
     assert len(error) == 1 and error[0].startswith("error: invalid input: deadline_seconds: ")
