@@ -22,7 +22,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError
 
-from backendctl import connect, fleet, listing, tables
+from backendctl import connect, fleet, listing, tables, upgrade_commands
 from backendctl.errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -212,6 +212,8 @@ def build_parser() -> Parser:
         help="an install input field for every slot, as for install; repeatable",
     )
     rollout.add_argument("--no-watch", action="store_true", help="start it and exit")
+    # Lifecycle commands live in modules of their own; each sets a ``handler`` default.
+    upgrade_commands.register(commands)
     return parser
 
 
@@ -249,6 +251,9 @@ async def run(args: argparse.Namespace, session: Session, out: TextIO) -> int:
     client = await connect.temporal(args)
     address = connect.temporal_address(args)
     try:
+        if getattr(args, "handler", None) is not None:
+            session.watching = getattr(args, "workflow_id", "")
+            return int(await args.handler(client, args))
         if args.command == "watch":
             session.watching = args.workflow_id
             return await watch(client, args.workflow_id, out, live)

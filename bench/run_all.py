@@ -18,6 +18,7 @@ from bench import (
     bench_oci,
     bench_progress,
     bench_rollout,
+    bench_upgrade,
     bench_warm_latency,
     bench_warm_throughput,
 )
@@ -31,6 +32,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     bench_many_installs.NAME: bench_many_installs.run,
     bench_rollout.NAME: bench_rollout.run,
     bench_oci.NAME: bench_oci.run,
+    bench_upgrade.NAME: bench_upgrade.run,
 }
 
 

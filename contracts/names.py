@@ -55,3 +55,23 @@ ADD_TARGETS_UPDATE = "add_targets"
 
 CANCEL_ROLLOUT_SIGNAL = "cancel_rollout"
 """Rollout: start no new slot, cancel the installs in flight, report the rest."""
+
+# --- issue 13, upgrade (Helper B) ---------------------------------------------------------------
+
+UPGRADE_WORKFLOW = "UpgradeBackendWorkflow"
+"""One backend on one node: re-pulled, verified by ``backend.list``, its slots running again."""
+
+UPGRADE_ACTIVITY = "upgrade_backend"
+"""Sends one ``backend.upgrade`` (or ``backend.rollback``) and forwards its progress."""
+
+INSPECT_BACKEND_ACTIVITY = "inspect_backend"
+"""Asks a node for its ``backend.list`` row of a backend and the slots running it."""
+
+CHECK_HEALTH_ACTIVITY = "check_slot_health"
+"""gRPC ``Health`` of backend processes at their routable addresses."""
+
+DROP_PREVIOUS_ACTIVITY = "drop_previous_version"
+"""Tells a node agent to forget the version it kept for a rollback (the rollout is over)."""
+
+UPGRADE_STATUS_QUERY = "progress"
+"""Upgrade workflow: :class:`contracts.upgrade.UpgradeStatus`."""

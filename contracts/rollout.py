@@ -17,6 +17,7 @@ from contracts.limits import (
     number_problem,
     text_problem,
 )
+from contracts.upgrade import SlotRef, UpgradeBackendInput
 from protocol.messages import GalleryConfig
 
 MINIMAL_ROLLOUT_INPUT = {"backend": "llama-cpp", "targets": [{"node_id": "node-1"}]}
@@ -40,6 +41,60 @@ class FailurePolicy(StrEnum):
     """Install every slot and report the failures at the end."""
     STOP = "stop"
     """Start no new slot once ``max_failures`` slots have failed; finish those in flight."""
+
+
+class RolloutAction(StrEnum):
+    """What a rollout does on its targets."""
+
+    INSTALL = "install"
+    """Install the backend on every target slot (the default)."""
+    UPGRADE = "upgrade"
+    """Upgrade the backend node by node, health-gated, with optional rollback."""
+    DELETE = "delete"
+    """Delete the backend node by node."""
+
+
+class NodeState(StrEnum):
+    """One node's state within an upgrade or delete rollout."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    NOT_INSTALLED = "not_installed"
+    """The node does not list the backend: nothing was sent to it."""
+    SKIPPED = "skipped"
+    """Never started: the rollout stopped or was cancelled first."""
+    CANCELLED = "cancelled"
+
+
+class RollbackState(StrEnum):
+    """Whether a node of an upgrade rollout was returned to its previous version."""
+
+    NONE = "none"
+    RUNNING = "running"
+    ROLLED_BACK = "rolled_back"
+    FAILED = "failed"
+
+
+class NodeOutcome(BaseModel):
+    """One row of an upgrade or delete rollout's table."""
+
+    node_id: str
+    state: NodeState = NodeState.QUEUED
+    workflow_id: str = ""
+    before_version: str = ""
+    after_version: str = ""
+    before_uri: str = ""
+    error: str = ""
+    """The node's own words when its upgrade (or delete) failed."""
+    slots: list[SlotRef] = Field(default_factory=list)
+    """The node's slots of the backend that ran before its upgrade (a rollback brings them
+    back)."""
+    repulled: bool = False
+    """The node re-pulled the backend (so it has a previous version to go back to)."""
+    rollback: RollbackState = RollbackState.NONE
+    rollback_error: str = ""
 
 
 class SlotState(StrEnum):
@@ -111,9 +166,25 @@ class RolloutInput(BaseModel):
     name: str = ""
     alias: str = ""
     max_in_flight: int = 10
-    failure_policy: FailurePolicy = FailurePolicy.CONTINUE
+    failure_policy: FailurePolicy | None = None
+    """Unset: ``continue`` for installs, ``stop`` for upgrades and deletes (a failed health
+    gate stops a rolling upgrade)."""
     max_failures: int = 1
-    """With the ``stop`` policy: how many failed slots stop the rollout."""
+    """With the ``stop`` policy: how many failed slots (or nodes) stop the rollout."""
+    action: RolloutAction = RolloutAction.INSTALL
+    """``install`` (slots), ``upgrade`` or ``delete`` (nodes; ``targets`` may be omitted:
+    then every known node that reports the backend installed is a target)."""
+    max_unavailable: int = 1
+    """Upgrade/delete: nodes worked on at once."""
+    rollback: bool = False
+    """Upgrade: when the rollout stops, return the nodes already upgraded to their previous
+    version."""
+    health_gate_seconds: float = 600.0
+    """Upgrade: how long a node's slots have to be back and healthy after its re-pull."""
+    force: bool = False
+    """Delete: stop running slots of the backend first instead of refusing."""
+    upgrade_options: dict[str, Any] = Field(default_factory=dict)
+    """Upgrade: extra ``UpgradeBackendWorkflow`` input fields for every node (timeouts)."""
     install_options: dict[str, Any] = Field(default_factory=dict)
     """Extra ``InstallBackendWorkflow`` input fields for every slot (timeouts, intervals)."""
     carried_slots: list[SlotStatus] = Field(default_factory=list)
@@ -152,6 +223,8 @@ class RolloutInput(BaseModel):
         The fields every slot shares (what to install, ``install_options``) are checked once
         on a template install input, then each target's slot identity and derived workflow id.
         """
+        if self.action is not RolloutAction.INSTALL:
+            return self._node_problems()
         found: list[tuple[str, str]] = []
         slots = self.slot_count()
         if slots > MAX_ROLLOUT_SLOTS:
@@ -197,6 +270,68 @@ class RolloutInput(BaseModel):
                     break
         return found
 
+    def node_ids(self) -> list[str]:
+        """The target nodes of an upgrade or delete, each once, in order."""
+        return list(dict.fromkeys(target.node_id for target in self.targets))
+
+    def upgrade_input(self, node_id: str, rollout_id: str) -> UpgradeBackendInput:
+        """The upgrade of one node: keeps the previous version until the rollout ends."""
+        return UpgradeBackendInput.model_validate(
+            {
+                **self.upgrade_options,
+                "node_id": node_id,
+                "backend": self.backend,
+                "backend_galleries": self.backend_galleries,
+                "uri": self.uri,
+                "name": self.name,
+                "alias": self.alias,
+                "keep_previous": True,
+                "health_gate_seconds": self.health_gate_seconds,
+                "install_options": self.install_options,
+                "rollout_id": rollout_id,
+            }
+        )
+
+    def effective_policy(self) -> FailurePolicy:
+        """The failure policy, defaulted by action."""
+        if self.failure_policy is not None:
+            return self.failure_policy
+        if self.action is RolloutAction.INSTALL:
+            return FailurePolicy.CONTINUE
+        return FailurePolicy.STOP
+
+    def _node_problems(self) -> list[tuple[str, str]]:
+        """An upgrade or delete: node ids, bounds, and the per-node input checked once."""
+        found: list[tuple[str, str]] = []
+        if len(self.targets) > MAX_ROLLOUT_SLOTS:
+            return [
+                ("targets", f"name {len(self.targets)} nodes; the limit is {MAX_ROLLOUT_SLOTS}")
+            ]
+        for field, value in (
+            ("max_unavailable", self.max_unavailable),
+            ("max_failures", self.max_failures),
+        ):
+            if problem := number_problem(value, 1, MAX_ROLLOUT_SLOTS):
+                found.append((field, problem))
+        for position, target in enumerate(self.targets):
+            found += [
+                (f"targets[{position}].{field}", reason)
+                for field, reason in slot_problems(target.node_id, "", 0)
+            ]
+        for key in sorted(self.upgrade_options):
+            if key in NODE_SET_UPGRADE_FIELDS:
+                found.append((f"upgrade_options.{key}", "is set by the rollout for each node"))
+        if found:
+            return found
+        try:
+            template = self.upgrade_input(TEMPLATE_NODE, "")
+        except pydantic.ValidationError as err:
+            return [
+                (f"upgrade_options.{'.'.join(str(p) for p in e['loc'])}", e["msg"])
+                for e in err.errors(include_url=False, include_input=False)
+            ]
+        return template.problems()
+
     def _shared_problems(self) -> list[tuple[str, str]]:
         """What is wrong with the fields every slot's install shares."""
         found: list[tuple[str, str]] = []
@@ -224,6 +359,26 @@ class RolloutInput(BaseModel):
             for field, reason in template.problems()
         ]
 
+
+NODE_SET_UPGRADE_FIELDS = frozenset(
+    {
+        "node_id",
+        "backend",
+        "backend_galleries",
+        "uri",
+        "name",
+        "alias",
+        "keep_previous",
+        "rollback",
+        "previous_uri",
+        "health_gate_seconds",
+        "install_options",
+        "rollout_id",
+        "op_id",
+        "restore_slots",
+    }
+)
+"""Upgrade input fields the rollout sets per node; ``upgrade_options`` may not set them."""
 
 PER_SLOT_FIELDS = frozenset(
     {"node_id", "model_id", "replica_index", "op_id", "rollout_id", "resume"}
@@ -269,6 +424,9 @@ class RolloutStatus(BaseModel):
     counts: dict[str, int]
     slots: list[SlotStatus]
     in_flight: int = 0
+    action: RolloutAction = RolloutAction.INSTALL
+    nodes: list[NodeOutcome] = Field(default_factory=list)
+    """Upgrade/delete: one row per node (before/after version, outcome, the node's error)."""
     cancelled: bool = False
     stopped: str = ""
     """Why the rollout stopped starting slots, if it did."""

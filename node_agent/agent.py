@@ -52,6 +52,8 @@ from protocol.connection import NatsStartupError, permissions_violation
 from protocol.messages import (
     BackendDeleteRequest,
     BackendInstallRequest,
+    BackendPreviousDropRequest,
+    BackendRollbackRequest,
     BackendStopRequest,
     BackendUpgradeRequest,
     InstallStatusRequest,
@@ -157,6 +159,8 @@ class Agent:
             (subjects.backend_stop(node), self._on_stop),
             (subjects.backend_delete(node), self._on_delete),
             (subjects.install_status(node), self._on_status),
+            (subjects.rollback(node), self._on_rollback),
+            (subjects.previous_drop(node), self._on_previous_drop),
             (f"nodes.{node}.backend.install.*.cancel", self._on_cancel),
             (subjects.node_stop(node), self._on_node_stop),
         ]
@@ -340,6 +344,14 @@ class Agent:
 
     async def _on_upgrade(self, msg: Msg) -> None:
         reply = await self.service.upgrade(decode(BackendUpgradeRequest, msg.data))
+        await self._respond(msg, reply.to_wire())
+
+    async def _on_rollback(self, msg: Msg) -> None:
+        reply = await self.service.rollback(decode(BackendRollbackRequest, msg.data))
+        await self._respond(msg, reply.to_wire())
+
+    async def _on_previous_drop(self, msg: Msg) -> None:
+        reply = await self.service.drop_previous(decode(BackendPreviousDropRequest, msg.data))
         await self._respond(msg, reply.to_wire())
 
     async def _on_list(self, msg: Msg) -> None:

@@ -39,7 +39,7 @@ from node_agent.oci.pull import OCIFILE
 from node_agent.pipeline import Artifact, Pipeline
 from node_agent.ports import PortAllocator
 from node_agent.progress import ProgressPublisher, Tick
-from node_agent.store import BackendStore, Installed, Metadata
+from node_agent.store import BACKUP_SUFFIX, BackendStore, Installed, Metadata
 from node_agent.supervisor import Proc, ProcState, Supervisor
 from node_agent.trust import Trust
 from protocol import subjects
@@ -49,6 +49,9 @@ from protocol.messages import (
     BackendInstallReply,
     BackendInstallRequest,
     BackendListReply,
+    BackendPreviousDropReply,
+    BackendPreviousDropRequest,
+    BackendRollbackRequest,
     BackendStopRequest,
     BackendUpgradeReply,
     BackendUpgradeRequest,
@@ -440,9 +443,11 @@ class NodeService:
                         )
                         stopped.append(proc.key)
 
-                await self._run_pipeline(
-                    plan, flight.publisher.tick, keep_backup=False, before_swap=stop_users
+                backup = await self._run_pipeline(
+                    plan, flight.publisher.tick, keep_backup=True, before_swap=stop_users
                 )
+                if backup is not None:
+                    self.store.keep_previous(_backup_name(backup), backup)
             return _upgrade_reply(stopped)
         except InstallError as err:
             return _upgrade_reply(stopped, UPGRADE_PREFIX + err.cause)
@@ -455,6 +460,57 @@ class NodeService:
             return _upgrade_reply(stopped, _internal_error(err))
         finally:
             await flight.publisher.flush()
+
+    # --- backend.rollback / backend.previous.drop (extensions) --------------------------------
+
+    async def rollback(self, req: BackendRollbackRequest) -> BackendUpgradeReply:
+        """Put back the version the last upgrade replaced; stop its processes, start none.
+
+        Like an upgrade the processes are stopped (forced) before the files change, so no
+        process keeps running from a directory that is replaced; the slots come back through
+        routine installs, which start them from the restored files.
+        """
+        name = strip_gallery(req.backend)
+        problem = name_problem(name)
+        if problem is not None:
+            return BackendUpgradeReply(
+                success=False, error=f'invalid request: invalid backend name "{name}": {problem}'
+            )
+        installed = self.store.lookup(name)
+        concrete = installed.name if installed is not None else name
+        stopped: list[str] = []
+        try:
+            async with self._locks.hold(concrete):
+                if not self.store.previous(concrete).is_dir():
+                    return _upgrade_reply(
+                        stopped, f'backend "{name}": no previous version is kept on this node'
+                    )
+                for proc in self._procs_of(concrete):
+                    await self._stop_or_raise(
+                        proc, "stopping running backend before rollback", force=True
+                    )
+                    stopped.append(proc.key)
+                self.store.roll_back(concrete)
+            log.info("rolled %s back to its previous version", concrete)
+            return _upgrade_reply(stopped)
+        except AgentError as err:
+            return _upgrade_reply(stopped, err.message)
+        except OSError as err:
+            return _upgrade_reply(stopped, f"rolling back backend {name}: {err.strerror}")
+
+    async def drop_previous(self, req: BackendPreviousDropRequest) -> BackendPreviousDropReply:
+        """Forget the kept previous version (the rollout is over); idempotent."""
+        name = strip_gallery(req.backend)
+        problem = name_problem(name)
+        if problem is not None:
+            return BackendPreviousDropReply(
+                success=False, error=f'invalid request: invalid backend name "{name}": {problem}'
+            )
+        installed = self.store.lookup(name)
+        concrete = installed.name if installed is not None else name
+        async with self._locks.hold(concrete):
+            dropped = self.store.drop_previous(concrete)
+        return BackendPreviousDropReply(success=True, dropped=dropped)
 
     # --- backend.delete / backend.stop / queries ---------------------------------------------
 
@@ -531,14 +587,17 @@ class NodeService:
     def _slot_status(self, req: InstallStatusRequest) -> InstallStatusReply:
         key = process_key(req.backend, req.model_id, req.replica_index)
         proc = self._reusable(self.supervisor.get(key), req.backend)
-        if proc is not None:
-            address = routable(self.config.advertise_host, proc.port)
-            return InstallStatusReply(state=NodeSlotState.RUNNING, address=address)
         flights = [
             f
             for f in self._flights()
             if (f.kind == "install" and f.slot == key) or (req.op_id and req.op_id in f.ops)
         ]
+        # An upgrade's op is in flight while the old process of the slot still serves (it is
+        # stopped just before the swap): asked by op, the op's state is the answer.
+        by_op = [f for f in flights if req.op_id and req.op_id in f.ops and f.kind == "upgrade"]
+        if proc is not None and not by_op:
+            address = routable(self.config.advertise_host, proc.port)
+            return InstallStatusReply(state=NodeSlotState.RUNNING, address=address)
         if flights:
             flight = flights[0]
             latest = flight.latest
@@ -612,6 +671,11 @@ def _upgrade_reply(stopped: list[str], error: str = "") -> BackendUpgradeReply:
         stopped_process_keys=stopped,
         reports_stopped_processes=True,
     )
+
+
+def _backup_name(backup: Path) -> str:
+    """The backend name of a swap backup directory (``<name>.install-backup``)."""
+    return backup.name.removesuffix(BACKUP_SUFFIX)
 
 
 def _internal_error(err: BaseException) -> str:

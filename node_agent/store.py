@@ -7,6 +7,8 @@ Layout (docs/protocol.md §10)::
     <root>/<name>.install-tmp/                  staging of an install in progress
     <root>/<name>.install-backup/               previous version during a swap
     <root>/.downloads/<id>.partial              resumable downloads
+    <root>/.previous/<concrete>/                the version an upgrade replaced, kept for a
+                                                rollback until the rollout drops it
 
 A request may name a backend by concrete name, meta name or alias; :meth:`BackendStore.lookup`
 maps all three onto the one concrete directory, which is what the agent locks and records on
@@ -35,6 +37,7 @@ METADATA_FILE = "metadata.json"
 STAGING_SUFFIX = ".install-tmp"
 BACKUP_SUFFIX = ".install-backup"
 DOWNLOADS_DIR = ".downloads"
+PREVIOUS_DIR = ".previous"
 
 
 def _now() -> str:
@@ -278,6 +281,52 @@ class BackendStore:
         final = self.path(name)
         shutil.rmtree(final, ignore_errors=True)
         os.rename(backup, final)
+
+    def previous(self, name: str) -> Path:
+        """Where the version an upgrade replaced waits for a rollback (or to be dropped)."""
+        if name_problem(name) is not None:
+            raise ValueError(f"invalid backend name {name!r}")
+        return self.root / PREVIOUS_DIR / name
+
+    def keep_previous(self, name: str, backup: Path) -> bool:
+        """Keep ``backup`` as the previous version of ``name``, unless one is kept already.
+
+        The first kept version wins: a re-sent or repeated upgrade during one rollout must not
+        replace the version the rollout would roll back to with one of its own. The rollout
+        drops it when it ends. Returns whether ``backup`` was kept (else it is removed).
+        """
+        target = self.previous(name)
+        if target.exists():
+            shutil.rmtree(backup, ignore_errors=True)
+            return False
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(backup, target)
+        return True
+
+    def roll_back(self, name: str) -> bool:
+        """Make the kept previous version current again; False when none is kept.
+
+        Both steps are renames within the backends directory: the current version moves to the
+        swap backup, the previous one into place, then the backup goes. A crash in between is
+        repaired at start-up like an interrupted swap (:meth:`clean_leftovers`).
+        """
+        previous, final, backup = self.previous(name), self.path(name), self.backup(name)
+        if not previous.is_dir():
+            return False
+        shutil.rmtree(backup, ignore_errors=True)
+        if final.exists():
+            os.rename(final, backup)
+        os.rename(previous, final)
+        shutil.rmtree(backup, ignore_errors=True)
+        return True
+
+    def drop_previous(self, name: str) -> bool:
+        """Remove the kept previous version of ``name``; False when none was kept."""
+        previous = self.previous(name)
+        if not previous.exists():
+            return False
+        shutil.rmtree(previous, ignore_errors=True)
+        return True
 
     def remove(self, name: str) -> None:
         """Delete ``<root>/<name>`` and its leftovers."""

@@ -30,6 +30,7 @@ from activities.attach import await_install
 from activities.install import InstallActivities
 from activities.install_slots import install_slots
 from activities.probe import ProbeActivities
+from activities.upgrade import UpgradeActivities, check_slot_health
 from contracts.names import DEFAULT_TASK_QUEUE
 from contracts.search_attributes import SEARCH_ATTRIBUTES
 from orchestrator.versioning import Versioning
@@ -37,6 +38,7 @@ from telemetry import Telemetry
 from telemetry.temporal import client_traces, temporal_interceptors
 from workflows.install_backend import InstallBackendWorkflow
 from workflows.rollout import RolloutBackendWorkflow
+from workflows.upgrade_backend import UpgradeBackendWorkflow
 
 DEFAULT_TEMPORAL_ADDRESS = "localhost:7233"
 
@@ -45,6 +47,7 @@ log = logging.getLogger("orchestrator.worker")
 WORKFLOW_BEHAVIORS: dict[type[Any], VersioningBehavior] = {
     InstallBackendWorkflow: VersioningBehavior.PINNED,
     RolloutBackendWorkflow: VersioningBehavior.PINNED,
+    UpgradeBackendWorkflow: VersioningBehavior.PINNED,
 }
 """Every workflow type the worker runs, with its behavior on a versioned worker.
 
@@ -88,6 +91,7 @@ def create_worker(
     telemetry = telemetry or Telemetry()
     install = InstallActivities(nc, telemetry)
     probe = ProbeActivities(nc, telemetry)
+    upgrade = UpgradeActivities(nc, telemetry)
     if telemetry.tracing and not client_traces(client) and "interceptors" not in worker_options:
         worker_options["interceptors"] = temporal_interceptors(telemetry)
     if versioning is not None:
@@ -96,7 +100,16 @@ def create_worker(
         client,
         task_queue=task_queue,
         workflows=list(WORKFLOW_BEHAVIORS),
-        activities=[install.install_backend, probe.probe_slot, await_install, install_slots],
+        activities=[
+            install.install_backend,
+            probe.probe_slot,
+            await_install,
+            install_slots,
+            upgrade.upgrade_backend,
+            upgrade.inspect_backend,
+            upgrade.drop_previous_version,
+            check_slot_health,
+        ],
         **worker_options,  # type: ignore[arg-type]
     )
 

@@ -114,6 +114,34 @@ class BackendUpgradeReply(WireModel):
     reports_stopped_processes: OmitEmpty[bool] = False
 
 
+# --- Extensions of the node agent: previous version kept for rollback -----------------------
+
+
+class BackendRollbackRequest(WireModel):
+    """``backend.rollback`` (agent extension): put back the version an upgrade replaced.
+
+    The agent keeps the version an upgrade replaced until told to drop it; a rollback stops
+    every process of the backend (forced, like an upgrade) and starts none, so the slots are
+    re-installed from the restored files. Stock workers have no responder for it.
+    """
+
+    backend: str
+
+
+class BackendPreviousDropRequest(WireModel):
+    """``backend.previous.drop`` (agent extension): the rollout is over; forget the kept version."""
+
+    backend: str
+
+
+class BackendPreviousDropReply(WireModel):
+    """``success`` also when nothing was kept (dropping is idempotent)."""
+
+    success: bool = False
+    error: OmitEmpty[str] = ""
+    dropped: OmitEmpty[bool] = False
+
+
 # --- Progress ----------------------------------------------------------------------------------
 
 

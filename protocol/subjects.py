@@ -63,6 +63,16 @@ def upgrade(node_id: str) -> str:
     return f"{_node_prefix(node_id)}.backend.upgrade"
 
 
+def rollback(node_id: str) -> str:
+    """``nodes.<node>.backend.rollback`` (agent extension): restore the kept previous version."""
+    return f"{_node_prefix(node_id)}.backend.rollback"
+
+
+def previous_drop(node_id: str) -> str:
+    """``nodes.<node>.backend.previous.drop`` (agent extension): forget the kept version."""
+    return f"{_node_prefix(node_id)}.backend.previous.drop"
+
+
 def progress(node_id: str, op_id: str) -> str:
     """``nodes.<node>.backend.install.<op>.progress``: progress events of one op."""
     return f"{_node_prefix(node_id)}.backend.install.{check_token('op_id', op_id)}.progress"

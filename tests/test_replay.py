@@ -18,10 +18,11 @@ from temporalio.worker import Replayer
 
 from workflows.install_backend import InstallBackendWorkflow
 from workflows.rollout import RolloutBackendWorkflow
+from workflows.upgrade_backend import UpgradeBackendWorkflow
 
 HISTORIES = Path(__file__).resolve().parent / "histories"
 RECORDED = sorted(HISTORIES.glob("*/*.json"))
-WORKFLOWS = [InstallBackendWorkflow, RolloutBackendWorkflow]
+WORKFLOWS = [InstallBackendWorkflow, RolloutBackendWorkflow, UpgradeBackendWorkflow]
 
 
 def test_every_workflow_type_has_recorded_histories() -> None:

@@ -17,6 +17,7 @@ from contracts.activities import InstallProgress
 from contracts.install import InstallBackendInput, InstallBackendResult
 from workflows.install_backend import InstallBackendWorkflow
 from workflows.rollout import RolloutBackendWorkflow
+from workflows.upgrade_backend import UpgradeBackendWorkflow
 
 FAST = {
     "install_timeout_seconds": 2.0,
@@ -51,7 +52,7 @@ async def assert_replays(handle: WorkflowHandle[Any, Any]) -> None:
     """The closed workflow's history replays deterministically against today's code."""
     history = await handle.fetch_history()
     replayer = Replayer(
-        workflows=[InstallBackendWorkflow, RolloutBackendWorkflow],
+        workflows=[InstallBackendWorkflow, RolloutBackendWorkflow, UpgradeBackendWorkflow],
         data_converter=pydantic_data_converter,
     )
     await replayer.replay_workflow(history)

@@ -15,13 +15,19 @@ new with every slot's status.
 from __future__ import annotations
 
 import asyncio
+import urllib.parse
 from collections import Counter, deque
 from collections.abc import Iterable
 from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    ChildWorkflowError,
+    is_cancelled_exception,
+)
 
 with workflow.unsafe.imports_passed_through():
     import pydantic
@@ -32,11 +38,13 @@ with workflow.unsafe.imports_passed_through():
     from contracts.names import (
         ADD_TARGETS_UPDATE,
         CANCEL_ROLLOUT_SIGNAL,
+        DROP_PREVIOUS_ACTIVITY,
         INSTALL_SLOTS_ACTIVITY,
         ROLLOUT_STATUS_QUERY,
         ROLLOUT_WORKFLOW,
         SLOT_STATE_SIGNAL,
         SLOTS_STARTED_SIGNAL,
+        UPGRADE_WORKFLOW,
     )
     from contracts.rollout import (
         FINISHED_STATES,
@@ -45,6 +53,10 @@ with workflow.unsafe.imports_passed_through():
         FailurePolicy,
         InstallSlotsInput,
         InstallSlotsResult,
+        NodeOutcome,
+        NodeState,
+        RollbackState,
+        RolloutAction,
         RolloutInput,
         RolloutStatus,
         RolloutTarget,
@@ -54,6 +66,18 @@ with workflow.unsafe.imports_passed_through():
         SlotStatus,
         expand_slots,
     )
+    from contracts.upgrade import (
+        BACKEND_NOT_INSTALLED,
+        ROLLOUT_NODES_FAILED,
+        DropPreviousInput,
+        SlotRef,
+        UpgradeBackendResult,
+    )
+
+DELETE_WORKFLOW = "DeleteBackendWorkflow"
+"""``contracts.names.DELETE_WORKFLOW`` of the fleet branch (wire: delete — import it at merge)."""
+LIST_NODES_ACTIVITY = "list_nodes"
+"""``contracts.names.LIST_NODES_ACTIVITY`` of the fleet branch (import it at merge)."""
 
 DETAIL_ROWS = 40
 """Slots listed in the UI's current details; the query always has all of them."""
@@ -96,7 +120,12 @@ class RolloutBackendWorkflow:
         if self._invalid or input is None:
             input = RolloutInput(backend="")
         self._input = input
-        slots = input.carried_slots or expand_slots(input.targets, input.backend)
+        node_mode = input.action is not RolloutAction.INSTALL
+        slots = (
+            [] if node_mode else input.carried_slots or expand_slots(input.targets, input.backend)
+        )
+        self._nodes: dict[str, NodeOutcome] = {}
+        """Upgrade/delete: one row per target node, in the order they are worked on."""
         self._slots = {slot.workflow_id: slot for slot in slots}
         self._queue = deque(s.workflow_id for s in slots if s.state is SlotState.QUEUED)
         self._in_flight: set[str] = set()
@@ -117,6 +146,8 @@ class RolloutBackendWorkflow:
             raise ApplicationError(
                 self._invalid, self._problems, type=INVALID_INPUT, non_retryable=True
             )
+        if self._input.action is not RolloutAction.INSTALL:
+            return await self._run_nodes()
         try:
             await self._drive()
         except asyncio.CancelledError:
@@ -135,6 +166,8 @@ class RolloutBackendWorkflow:
             counts=_counts(self._slots.values()),
             slots=list(self._slots.values()),
             in_flight=len(self._in_flight),
+            action=self._input.action,
+            nodes=list(self._nodes.values()),
             cancelled=self._cancelled,
             stopped=self._stopped,
             runs=self._runs,
@@ -156,6 +189,8 @@ class RolloutBackendWorkflow:
 
     @add_targets.validator
     def _validate_targets(self, targets: list[RolloutTarget]) -> None:
+        if self._input.action is not RolloutAction.INSTALL:
+            raise ValueError("targets are added to install rollouts only")
         if self._cancelled or self._stopped or self._invalid:
             raise ValueError("the rollout no longer starts slots")
         update = self._input.model_copy(update={"targets": targets})
@@ -276,7 +311,7 @@ class RolloutBackendWorkflow:
         self._changed = True
 
     def _apply_failure_policy(self) -> None:
-        if self._input.failure_policy is not FailurePolicy.STOP or self._stopped:
+        if self._input.effective_policy() is not FailurePolicy.STOP or self._stopped:
             return
         failed = sum(1 for s in self._slots.values() if s.state is SlotState.FAILED)
         if failed >= self._input.max_failures:
@@ -309,6 +344,241 @@ class RolloutBackendWorkflow:
             await asyncio.gather(*batches, return_exceptions=True)
         self._publish()
 
+    # --- upgrade and delete: node by node -------------------------------------------------------
+
+    async def _run_nodes(self) -> RolloutStatus:
+        """Upgrade (or delete) node by node, ``max_unavailable`` at a time, health-gated.
+
+        Each node is one ``UpgradeBackendWorkflow`` child (or ``DeleteBackendWorkflow``), whose
+        success already includes the health gate: the node's slots back and answering
+        ``Health`` within ``health_gate_seconds``. Nodes are few next to slots, so children
+        keep the table exact at a few events per node. On a stop with ``rollback`` the nodes
+        already upgraded get their previous version back; the previous versions the agents
+        kept are dropped at the end. Fails when any node failed, unless the policy is
+        ``continue``.
+        """
+        input = self._input
+        # Replay-safe and unique to this execution: the workflow's seeded random, not its id
+        # (a replayed history may carry another id).
+        self._child_tag = workflow.uuid4().hex[:12]
+        nodes = input.node_ids() or await self._nodes_reporting_backend()
+        self._nodes = {node: NodeOutcome(node_id=node) for node in nodes}
+        queue = deque(nodes)
+        running: set[str] = set()
+        self._publish()
+        try:
+            while queue or running:
+                while queue and len(running) < input.max_unavailable and not self._halted():
+                    node = queue.popleft()
+                    running.add(node)
+                    self._nodes[node].state = NodeState.RUNNING
+                    self._batches[node] = asyncio.create_task(self._node(node, running))
+                if self._halted():
+                    while queue:
+                        self._nodes[queue.popleft()].state = NodeState.SKIPPED
+                if not running:
+                    break
+                self._changed = False
+                self._publish()
+                await workflow.wait_condition(lambda: self._changed or self._cancelled)
+                if self._cancelled:
+                    break
+        except asyncio.CancelledError:
+            self._cancelled = True
+        if self._cancelled:
+            for task in self._batches.values():
+                task.cancel()
+            await asyncio.gather(*self._batches.values(), return_exceptions=True)
+            for row in self._nodes.values():
+                if row.state in (NodeState.QUEUED, NodeState.RUNNING):
+                    row.state = (
+                        NodeState.SKIPPED if row.state is NodeState.QUEUED else NodeState.CANCELLED
+                    )
+        failed = [r for r in self._nodes.values() if r.state is NodeState.FAILED]
+        if input.action is RolloutAction.UPGRADE:
+            if failed and input.rollback and self._stopped and not self._cancelled:
+                await self._roll_back()
+            await self._drop_previous()
+        self._publish()
+        status = self.status()
+        if failed and input.effective_policy() is not FailurePolicy.CONTINUE:
+            listed = "; ".join(f"{r.node_id}: {r.error}" for r in failed[:MAX_PROBLEMS_SHOWN])
+            more = (
+                f" (and {len(failed) - MAX_PROBLEMS_SHOWN} more)"
+                if len(failed) > MAX_PROBLEMS_SHOWN
+                else ""
+            )
+            rolled = sum(1 for r in self._nodes.values() if r.rollback is RollbackState.ROLLED_BACK)
+            raise ApplicationError(
+                f"{input.action.value} of {input.backend} failed on {len(failed)} node(s): "
+                f"{listed}{more}" + (f"; {rolled} node(s) rolled back" if rolled else ""),
+                status,
+                type=ROLLOUT_NODES_FAILED,
+                non_retryable=True,
+            )
+        return status
+
+    def _halted(self) -> bool:
+        return bool(self._stopped) or self._cancelled
+
+    async def _nodes_reporting_backend(self) -> list[str]:
+        """Every known node that reports the backend installed (the fleet registry)."""
+        fleet = await workflow.execute_activity(
+            LIST_NODES_ACTIVITY,
+            result_type=dict,
+            start_to_close_timeout=timedelta(minutes=1),
+            retry_policy=RetryPolicy(maximum_attempts=5),
+            summary="list the fleet's nodes",
+        )
+        found: list[str] = []
+        for node in fleet.get("nodes") or []:
+            names = {b.get("name") for b in node.get("backends") or [] if isinstance(b, dict)}
+            node_id = node.get("node_id")
+            if isinstance(node_id, str) and self._input.backend in names:
+                found.append(node_id)
+        return list(dict.fromkeys(found))[:MAX_ROLLOUT_SLOTS]
+
+    async def _node(self, node: str, running: set[str]) -> None:
+        """One node's upgrade (or delete); its row ends with the outcome and the node's words."""
+        row = self._nodes[node]
+        input = self._input
+        try:
+            if input.action is RolloutAction.UPGRADE:
+                upgrade = input.upgrade_input(node, workflow.info().workflow_id)
+                row.workflow_id = self._child_id("upgrade", node)
+                result = await workflow.execute_child_workflow(
+                    UPGRADE_WORKFLOW,
+                    upgrade,
+                    id=row.workflow_id,
+                    result_type=UpgradeBackendResult,
+                    static_summary=f"upgrade {input.backend} on {node}",
+                )
+                row.repulled = True
+                row.slots = [
+                    SlotRef(model_id=o.model_id, replica_index=o.replica_index)
+                    for o in result.slots
+                ]
+                row.before_version = result.before.version
+                row.before_uri = result.before.uri
+                row.after_version = result.after.version
+            else:  # wire: delete — DeleteBackendInput of the fleet branch, by name
+                row.workflow_id = self._child_id("delete", node)
+                await workflow.execute_child_workflow(
+                    DELETE_WORKFLOW,
+                    {"node_id": node, "backend": input.backend, "force": input.force},
+                    id=row.workflow_id,
+                    static_summary=f"delete {input.backend} on {node}",
+                )
+            row.state = NodeState.SUCCEEDED
+        except (ChildWorkflowError, ApplicationError) as err:
+            if is_cancelled_exception(err):
+                row.state = NodeState.CANCELLED
+            else:
+                self._node_failed(row, err)
+        except asyncio.CancelledError:
+            row.state = NodeState.CANCELLED
+        finally:
+            running.discard(node)
+            self._batches.pop(node, None)
+            self._changed = True
+
+    def _node_failed(self, row: NodeOutcome, err: BaseException) -> None:
+        cause = _root_application_error(err)
+        row.error = _root_message(err)
+        if cause is not None and cause.details:
+            detail = cause.details[0]
+            if isinstance(detail, dict):
+                before, after = detail.get("before") or {}, detail.get("after") or {}
+                row.before_version = str(before.get("version") or "")
+                row.before_uri = str(before.get("uri") or "")
+                row.after_version = str(after.get("version") or "")
+                row.repulled = bool(after.get("listed")) and after != before
+                row.slots = [
+                    SlotRef(
+                        model_id=str(o.get("model_id") or ""),
+                        replica_index=int(o.get("replica_index") or 0),
+                    )
+                    for o in detail.get("slots") or []
+                    if isinstance(o, dict)
+                ]
+        if cause is not None and cause.type == BACKEND_NOT_INSTALLED:
+            row.state = NodeState.NOT_INSTALLED
+            return
+        row.state = NodeState.FAILED
+        failed = sum(1 for r in self._nodes.values() if r.state is NodeState.FAILED)
+        if (
+            self._input.effective_policy() is FailurePolicy.STOP
+            and failed >= self._input.max_failures
+        ):
+            self._stopped = self._stopped or (
+                f"stopped after {failed} failed node(s) (failure policy: stop)"
+            )
+
+    async def _roll_back(self) -> None:
+        """Return every node this rollout re-pulled to its previous version.
+
+        The nodes that succeeded, and the failed ones whose re-pull happened (their new
+        version is on disk but did not pass the gate): both have a kept previous version.
+        """
+        upgraded = [r for r in self._nodes.values() if r.repulled]
+        limit = self._input.max_unavailable
+        for start in range(0, len(upgraded), limit):
+            await asyncio.gather(
+                *(self._roll_back_node(r) for r in upgraded[start : start + limit])
+            )
+
+    async def _roll_back_node(self, row: NodeOutcome) -> None:
+        row.rollback = RollbackState.RUNNING
+        self._publish()
+        rollback = self._input.upgrade_input(row.node_id, workflow.info().workflow_id).model_copy(
+            update={
+                "rollback": True,
+                "keep_previous": False,
+                "expected_version": row.before_version,
+                "previous_uri": row.before_uri,
+                "restore_slots": row.slots,
+            }
+        )
+        try:
+            await workflow.execute_child_workflow(
+                UPGRADE_WORKFLOW,
+                rollback,
+                id=self._child_id("rollback", row.node_id),
+                result_type=UpgradeBackendResult,
+                static_summary=f"roll back {self._input.backend} on {row.node_id}",
+            )
+            row.rollback = RollbackState.ROLLED_BACK
+        except ChildWorkflowError as err:
+            row.rollback = RollbackState.FAILED
+            row.rollback_error = _root_message(err)
+
+    async def _drop_previous(self) -> None:
+        """The rollout is over: the agents forget the versions kept for a rollback."""
+        touched = [
+            r.node_id
+            for r in self._nodes.values()
+            if r.state not in (NodeState.QUEUED, NodeState.SKIPPED, NodeState.NOT_INSTALLED)
+        ]
+        await asyncio.gather(
+            *(
+                workflow.execute_activity(
+                    DROP_PREVIOUS_ACTIVITY,
+                    DropPreviousInput(node_id=node, backend=self._input.backend),
+                    result_type=bool,
+                    start_to_close_timeout=timedelta(minutes=1),
+                    retry_policy=RetryPolicy(maximum_attempts=3),
+                    summary=f"drop the previous version of {self._input.backend} on {node}",
+                )
+                for node in touched
+            ),
+            return_exceptions=True,
+        )
+
+    def _child_id(self, verb: str, node: str) -> str:
+        """A child id unique to this rollout and node, short whatever the rollout's id."""
+        parts = (verb, node, self._input.backend, self._child_tag)
+        return "/".join(urllib.parse.quote(part, safe="") for part in parts)
+
     # --- history and presentation --------------------------------------------------------------
 
     def _should_continue_as_new(self) -> bool:
@@ -325,6 +595,11 @@ class RolloutBackendWorkflow:
         )
 
     def _publish(self) -> None:
+        if self._input.action is not RolloutAction.INSTALL:
+            workflow.set_current_details(
+                _nodes_markdown(self._input, list(self._nodes.values()), self._stopped)
+            )
+            return
         workflow.set_current_details(
             _details_markdown(
                 self._input.backend, list(self._slots.values()), self._cancelled, self._stopped
@@ -342,6 +617,46 @@ def _counts(slots: Iterable[SlotStatus]) -> dict[str, int]:
     """Slots per state, every state present, in the order of ``SlotState``."""
     counted = Counter(slot.state.value for slot in slots)
     return {state.value: counted[state.value] for state in SlotState}
+
+
+def _root_application_error(err: BaseException) -> ApplicationError | None:
+    """The innermost ``ApplicationError`` of a failure chain, if any."""
+    found: ApplicationError | None = None
+    cause: BaseException | None = err
+    while cause is not None:
+        if isinstance(cause, ApplicationError):
+            found = cause
+        cause = cause.__cause__ or getattr(cause, "cause", None)
+    return found
+
+
+def _nodes_markdown(input: RolloutInput, rows: list[NodeOutcome], stopped: str) -> str:
+    """An upgrade or delete rollout at a glance: one row per node, failures first."""
+    counted = Counter(row.state.value for row in rows)
+    summary = " · ".join(f"{state}: {n}" for state, n in counted.items())
+    lines = [
+        f"**{input.action.value.capitalize()} of `{input.backend}`** · {len(rows)} nodes · "
+        f"max unavailable {input.max_unavailable} · {summary}"
+    ]
+    if stopped:
+        lines.append(f"\n**{stopped}**")
+    order = {NodeState.FAILED: 0, NodeState.RUNNING: 1}
+    shown = sorted(rows, key=lambda r: order.get(r.state, 2))[:DETAIL_ROWS]
+    lines += [
+        "",
+        "| node | state | before | after | rollback | error |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in shown:
+        error = row.error + (f" · rollback: {row.rollback_error}" if row.rollback_error else "")
+        error = error.replace("|", "\\|").replace("\n", " ")[:160]
+        lines.append(
+            f"| {row.node_id} | {row.state.value.replace('_', ' ')} | {row.before_version or '-'} "
+            f"| {row.after_version or '-'} | {row.rollback.value.replace('_', ' ')} | {error} |"
+        )
+    if len(rows) > DETAIL_ROWS:
+        lines.append(f"\n… {len(rows) - DETAIL_ROWS} more nodes in the `status` query")
+    return "\n".join(lines)
 
 
 def _root_message(err: BaseException) -> str:

@@ -30,15 +30,24 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from contracts.install import InstallPhase
-from contracts.rollout import FailurePolicy, RolloutInput, RolloutTarget
+from contracts.rollout import FailurePolicy, RolloutAction, RolloutInput, RolloutTarget
 from contracts.search_attributes import SEARCH_ATTRIBUTES
+from contracts.upgrade import UpgradeBackendInput
 from orchestrator.worker import create_worker
-from protocol.messages import BackendInstallReply, BackendInstallRequest
+from protocol import subjects
+from protocol.messages import (
+    BackendInstallReply,
+    BackendInstallRequest,
+    BackendUpgradeReply,
+    NodeBackendInfo,
+    RunningModelInfo,
+)
 from tests.fake_node import FakeNode
 from tests.servers import find_binary, nats_server
 from tests.workflow_helpers import FAST, install_input, start_install, wait_for, wait_until
 from workflows.install_backend import InstallBackendWorkflow
 from workflows.rollout import RolloutBackendWorkflow
+from workflows.upgrade_backend import UpgradeBackendWorkflow
 
 HISTORIES = Path(__file__).resolve().parent
 
@@ -344,6 +353,108 @@ async def rollout_continue_as_new(stack: Stack) -> list[WorkflowHandle[Any, Any]
     if (await latest.describe()).run_id != first_run:
         runs.append(latest)
     return runs
+
+
+# --- UpgradeBackendWorkflow and rollouts of action upgrade (issue 13) ---------------------
+
+UPGRADE_FAST: dict[str, Any] = {
+    "probe_interval_seconds": 0.5,
+    "retry_backoff_seconds": 0.5,
+    "retry_backoff_max_seconds": 1,
+    "health_gate_seconds": 30,
+    "install_options": {k: v for k, v in FAST.items() if k != "deadline_seconds"},
+}
+
+
+def _stock_upgradable(node: FakeNode) -> None:
+    """A stock node (no upgrade subject) whose forced install of a uri installs that version."""
+    node.backends = [
+        NodeBackendInfo(name="echo", version="1.0.0", uri="file:///echo-v1", installed_at="t0")
+    ]
+    node.running = [RunningModelInfo(model_id="m", replica_index=0, address="127.0.0.1:50051")]
+
+    async def forced(request: BackendInstallRequest, number: int) -> BackendInstallReply:
+        version = "1.0.0" if request.uri.endswith("v1") else "2.0.0"
+        node.backends = [
+            NodeBackendInfo(
+                name="echo",
+                version=version,
+                uri=request.uri or "file:///echo-v2",
+                installed_at=f"t{number}",
+            )
+        ]
+        return await node.reply_running(request, number)
+
+    node.script = forced
+
+
+async def _lying(stack: Stack, node: FakeNode) -> None:
+    """The node answers ``backend.upgrade`` with success and changes nothing."""
+    node.backends = [
+        NodeBackendInfo(name="echo", version="1.0.0", uri="file:///echo-v1", installed_at="t0")
+    ]
+
+    async def on_upgrade(msg: Any) -> None:
+        await msg.respond(BackendUpgradeReply(success=True).to_wire())
+
+    node._subs.append(await stack.nc.subscribe(subjects.upgrade(node.node_id), cb=on_upgrade))
+
+
+@scenario
+async def upgrade_stock_fallback(stack: Stack) -> list[WorkflowHandle[Any, Any]]:
+    node = await stack.node()
+    _stock_upgradable(node)
+    handle = await stack.client.start_workflow(
+        UpgradeBackendWorkflow.run,
+        UpgradeBackendInput(node_id=node.node_id, backend="echo", **UPGRADE_FAST),
+        id=f"upgrade-{uuid.uuid4().hex[:8]}",
+        task_queue=stack.queue,
+    )
+    await handle.result()
+    await node.stop()
+    return [handle]
+
+
+@scenario
+async def upgrade_not_applied(stack: Stack) -> list[WorkflowHandle[Any, Any]]:
+    node = await stack.node()
+    await _lying(stack, node)
+    handle = await stack.client.start_workflow(
+        UpgradeBackendWorkflow.run,
+        UpgradeBackendInput(node_id=node.node_id, backend="echo", **UPGRADE_FAST),
+        id=f"upgrade-{uuid.uuid4().hex[:8]}",
+        task_queue=stack.queue,
+    )
+    await _settle(handle)
+    await node.stop()
+    return [handle]
+
+
+@scenario
+async def rollout_upgrade_rolled_back(stack: Stack) -> list[WorkflowHandle[Any, Any]]:
+    good, liar = await stack.node(), await stack.node()
+    _stock_upgradable(good)
+    await _lying(stack, liar)
+    fast = {k: v for k, v in UPGRADE_FAST.items() if k not in ("install_options",)}
+    gate = fast.pop("health_gate_seconds")
+    handle = await stack.client.start_workflow(
+        RolloutBackendWorkflow.run,
+        RolloutInput(
+            backend="echo",
+            action=RolloutAction.UPGRADE,
+            targets=[RolloutTarget(node_id=good.node_id), RolloutTarget(node_id=liar.node_id)],
+            rollback=True,
+            health_gate_seconds=gate,
+            install_options=UPGRADE_FAST["install_options"],
+            upgrade_options=fast,
+        ),
+        id=f"rollout-upgrade-{uuid.uuid4().hex[:8]}",
+        task_queue=stack.queue,
+    )
+    await _settle(handle)
+    for node in (good, liar):
+        await node.stop()
+    return [handle]
 
 
 @contextlib.asynccontextmanager
