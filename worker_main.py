@@ -38,8 +38,10 @@ from temporalio.runtime import Runtime
 from temporalio.worker import Worker
 
 from activities.attach import await_install
+from activities.fleet import FleetActivities
 from activities.install import InstallActivities
 from activities.install_slots import install_slots
+from activities.lifecycle import LifecycleActivities
 from activities.probe import ProbeActivities
 from contracts.names import DEFAULT_TASK_QUEUE
 from contracts.search_attributes import SEARCH_ATTRIBUTES
@@ -55,6 +57,8 @@ from worker_versioning import (
     make_current,
     warn_if_routed_to_a_version,
 )
+from workflows.delete_backend import DeleteBackendWorkflow
+from workflows.drift import DriftCheckWorkflow
 from workflows.install_backend import InstallBackendWorkflow
 from workflows.rollout import RolloutBackendWorkflow
 
@@ -65,6 +69,8 @@ log = logging.getLogger("worker_main")
 WORKFLOW_BEHAVIORS: dict[type[Any], VersioningBehavior] = {
     InstallBackendWorkflow: VersioningBehavior.PINNED,
     RolloutBackendWorkflow: VersioningBehavior.PINNED,
+    DeleteBackendWorkflow: VersioningBehavior.PINNED,
+    DriftCheckWorkflow: VersioningBehavior.PINNED,
 }
 """Every workflow type the worker runs, with its behavior on a versioned worker.
 
@@ -108,6 +114,8 @@ def create_worker(
     telemetry = telemetry or Telemetry()
     install = InstallActivities(nc, telemetry)
     probe = ProbeActivities(nc, telemetry)
+    lifecycle = LifecycleActivities(nc, telemetry)
+    fleet = FleetActivities(nc, telemetry)
     if telemetry.tracing and not client_traces(client) and "interceptors" not in worker_options:
         worker_options["interceptors"] = temporal_interceptors(telemetry)
     if versioning is not None:
@@ -116,7 +124,17 @@ def create_worker(
         client,
         task_queue=task_queue,
         workflows=list(WORKFLOW_BEHAVIORS),
-        activities=[install.install_backend, probe.probe_slot, await_install, install_slots],
+        activities=[
+            install.install_backend,
+            probe.probe_slot,
+            await_install,
+            install_slots,
+            lifecycle.node_inventory,
+            lifecycle.stop_backend,
+            lifecycle.delete_backend,
+            fleet.list_nodes,
+            fleet.check_drift,
+        ],
         **worker_options,  # type: ignore[arg-type]
     )
 

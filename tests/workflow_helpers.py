@@ -50,10 +50,9 @@ async def start_install(
 async def assert_replays(handle: WorkflowHandle[Any, Any]) -> None:
     """The closed workflow's history replays deterministically against today's code."""
     history = await handle.fetch_history()
-    replayer = Replayer(
-        workflows=[InstallBackendWorkflow, RolloutBackendWorkflow],
-        data_converter=pydantic_data_converter,
-    )
+    from worker_main import WORKFLOW_BEHAVIORS  # every registered type, new ones included
+
+    replayer = Replayer(workflows=list(WORKFLOW_BEHAVIORS), data_converter=pydantic_data_converter)
     await replayer.replay_workflow(history)
 
 
