@@ -16,7 +16,6 @@ from backendctl.watch import pending_install_progress
 from contracts.activities import InstallProgress
 from contracts.install import InstallBackendInput, InstallBackendResult
 from workflows.install_backend import InstallBackendWorkflow
-from workflows.rollout import RolloutBackendWorkflow
 
 FAST = {
     "install_timeout_seconds": 2.0,
