@@ -46,9 +46,13 @@ ACTIVITY_RETRY = RetryPolicy(
 )
 
 
-def upgrade_workflow_id(backend: str, drift_workflow_id: str) -> str:
-    """``drift-upgrade/<backend>/<drift run's workflow id>``: one per backend per check."""
-    return f"drift-upgrade/{backend}/{drift_workflow_id}"
+def upgrade_workflow_id(backend: str) -> str:
+    """``drift-upgrade/<backend>/<UTC time of the check>-<8 hex>``: one per backend per check.
+
+    Deterministic (workflow time and ``workflow.uuid4``) and independent of the drift run's
+    own workflow id, so a recorded history replays under any id.
+    """
+    return f"drift-upgrade/{backend}/{workflow.now():%Y%m%dT%H%M%SZ}-{workflow.uuid4().hex[:8]}"
 
 
 @workflow.defn(name=DRIFT_WORKFLOW)
@@ -121,7 +125,7 @@ class DriftCheckWorkflow:
         self, input: DriftCheckInput, backend: str, targets: list[str]
     ) -> UpgradeStarted:
         info = workflow.info()
-        workflow_id = upgrade_workflow_id(backend, info.workflow_id)
+        workflow_id = upgrade_workflow_id(backend)
         rollout_input: dict[str, Any] = {
             **input.upgrade_options,
             "backend": backend,
