@@ -112,4 +112,5 @@ async def test_delete_of_a_node_that_does_not_answer_fails_naming_the_node(
     with pytest.raises(WorkflowFailureError) as failure:
         await handle.result()
 
-    assert node_id in str(failure.value.cause.cause)
+    activity_failure = failure.value.cause
+    assert activity_failure is not None and node_id in str(activity_failure.cause)
