@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError
 
 from contracts.lifecycle import DeleteBackendInput, DeleteBackendResult, DeleteOutcome
 from devstack.sample_backend import Gallery, SampleBackend
@@ -113,4 +113,5 @@ async def test_delete_of_a_node_that_does_not_answer_fails_naming_the_node(
         await handle.result()
 
     activity_failure = failure.value.cause
-    assert activity_failure is not None and node_id in str(activity_failure.cause)
+    assert isinstance(activity_failure, ActivityError)
+    assert node_id in str(activity_failure.cause)
