@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from temporalio.common import WorkflowIDConflictPolicy
 
+from backendctl import fleet_commands
 from backendctl.watch import watch
 from contracts.install import InstallBackendInput, install_workflow_id
 from contracts.names import DEFAULT_TASK_QUEUE
@@ -46,12 +47,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="FIELD=JSON",
         help="any other InstallBackendWorkflow input field, e.g. install_timeout_seconds=60",
     )
+    fleet_commands.register(commands)
     return parser.parse_args(argv)
 
 
 async def run(args: argparse.Namespace) -> int:
     client = await connect_temporal(args.address, args.namespace)
     live = sys.stdout.isatty() and not args.no_live
+    if getattr(args, "run_command", None):  # delete, drift, drift-schedule
+        return await fleet_commands.run(args.run_command, client, args)
     if args.command == "watch":
         return await watch(client, args.workflow_id, sys.stdout, live)
     options = {}

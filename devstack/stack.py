@@ -27,6 +27,8 @@ from devstack.gallery import THROTTLE_BYTES_PER_SECOND, ThrottledFileServer, pre
 from devstack.processes import ProcessGroup, check_port_free, wait_for_line, wait_for_port
 from devstack.registry import registry_binary
 from protocol import nats_auth
+from protocol.announce import open_registry
+from protocol.connection import NatsOptions
 from protocol.messages import encode_galleries
 from worker_main import connect_temporal
 from workflows.install_backend import InstallBackendWorkflow
@@ -132,6 +134,8 @@ class Stack:
             ready=lambda c: wait_for_port(config.temporal_port, 60, c.proc),
         )
         nats = [find_binary("nats-server"), "-a", "127.0.0.1", "-p", str(config.nats_port)]
+        # JetStream holds the node registry bucket (node agents announce themselves there)
+        nats += ["-js", "-sd", str(self.state / "jetstream")]
         credentials: dict[str, dict[str, str]] = {}
         if config.nats_auth:
             nats_dir = self.state / "nats"
@@ -145,6 +149,8 @@ class Stack:
                 ]
             }
         self.group.start("nats", nats, ready=lambda c: wait_for_port(config.nats_port, 20, c.proc))
+        # The worker's user creates the registry bucket; node users may only write their keys.
+        asyncio.run(create_registry(config.nats_url, credentials.get("worker", {})))
         for position, node_id in enumerate(config.node_ids()):
             low = config.backend_port_base + 20 * position
             self.group.start(
@@ -200,6 +206,20 @@ class Stack:
     def stop(self) -> None:
         self.group.stop()
         self.artifacts.stop()
+
+
+async def create_registry(url: str, credentials: dict[str, str]) -> None:
+    """Create the node registry bucket as the orchestrator, before any agent announces."""
+    options = NatsOptions(
+        url=url,
+        user=credentials.get("NATS_USER", ""),
+        password=credentials.get("NATS_PASSWORD", ""),
+    )
+    nc = await options.connect("devstack-registry")
+    try:
+        await open_registry(nc, create=True)
+    finally:
+        await nc.close()
 
 
 async def start_sample_install(config: StackConfig) -> str:
