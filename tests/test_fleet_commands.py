@@ -9,7 +9,12 @@ import uuid
 from pathlib import Path
 
 from nats.aio.client import Client as NATS
-from temporalio.client import Client, ScheduleActionStartWorkflow, WorkflowExecutionStatus
+from temporalio.client import (
+    Client,
+    ScheduleActionExecutionStartWorkflow,
+    ScheduleActionStartWorkflow,
+    WorkflowExecutionStatus,
+)
 
 from contracts.drift import DriftReport
 from contracts.names import DRIFT_WORKFLOW
@@ -142,6 +147,7 @@ async def test_drift_schedule_creates_a_schedule_whose_runs_check_drift(
 
         await wait_until(ran, what="a run of the schedule")
         run = (await schedule.describe()).info.recent_actions[0].action
+        assert isinstance(run, ScheduleActionExecutionStartWorkflow)
         handle = client.get_workflow_handle(run.workflow_id, result_type=DriftReport)
         report = await handle.result()
         assert (await handle.describe()).status == WorkflowExecutionStatus.COMPLETED
