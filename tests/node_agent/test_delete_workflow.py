@@ -115,3 +115,16 @@ async def test_delete_of_a_node_that_does_not_answer_fails_naming_the_node(
     activity_failure = failure.value.cause
     assert isinstance(activity_failure, ActivityError)
     assert node_id in str(activity_failure.cause)
+
+
+async def test_an_invalid_node_id_fails_at_once_as_invalid_input_naming_the_field(
+    client: Client, task_queue: str
+) -> None:
+    handle = await start_delete(client, task_queue, "node.*", "cpu-echo")
+
+    with pytest.raises(WorkflowFailureError) as failure:
+        await handle.result()
+
+    cause = failure.value.cause
+    assert isinstance(cause, ApplicationError) and cause.type == "InvalidInput"
+    assert cause.message.startswith("invalid input: node_id: it contains '.'")
