@@ -13,10 +13,11 @@ from pathlib import Path
 from nats.aio.client import Client as NATS
 
 from activities.fleet import FleetActivities
-from contracts.nodes import FleetView, NodeAnnouncement
+from contracts.nodes import NODE_ANNOUNCE_TTL_SECONDS, FleetView, NodeAnnouncement
 from devstack.sample_backend import Gallery, SampleBackend
 from node_agent import NatsOptions
 from protocol.announce import announcement_key, open_registry
+from tests.node_agent.agent_process import agent_command, running_agent
 from tests.node_agent.conftest import AgentFactory
 from tests.servers import nats_server
 from tests.workflow_helpers import wait_until
@@ -120,3 +121,26 @@ async def test_an_agent_on_a_server_without_jetstream_still_serves(
         node = await start_agent(nats=NatsOptions(url=plain_url))
         assert node.agent.announcer is not None and node.agent.announcer.announced == 0
         await node.agent.stop()
+
+
+async def test_a_killed_agents_entry_expires_with_the_ttl(
+    nc: NATS,
+    nats_url: str,
+    node_id: str,
+    tmp_path: Path,
+    gallery: Gallery,
+    port_range: tuple[int, int],
+) -> None:
+    command = agent_command(node_id, tmp_path / "backends", gallery, nats_url, port_range)
+    async with running_agent(command, tmp_path / "agent.log") as agent:
+        assert (await fleet_of(nc, node_id)).nodes, "announced once ready"
+        await agent.kill()  # SIGKILL: no goodbye
+
+        assert (await fleet_of(nc, node_id)).nodes, "the entry outlives the process for a while"
+
+        async def expired() -> bool:
+            return not (await fleet_of(nc, node_id)).nodes
+
+        await wait_until(
+            expired, within=NODE_ANNOUNCE_TTL_SECONDS + 60, interval=1.0, what="the TTL expiry"
+        )
