@@ -201,6 +201,8 @@ def print_report(report: DriftReport, out: TextIO) -> None:
     for node in report.nodes:
         if not node.answered:
             rows.append((node.node_id, "-", "unreachable", "", "", node.error))
+        elif not node.backends:
+            rows.append((node.node_id, "-", "-", "", "", "nothing installed"))
         for backend in node.backends:
             rows.append(
                 (
