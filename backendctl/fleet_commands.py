@@ -9,6 +9,8 @@ upgrade checker, durable and visible in the UI). User errors are one line on std
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import re
 import sys
 from collections.abc import Awaitable, Callable
@@ -25,9 +27,12 @@ from temporalio.client import (
     SchedulePolicy,
     ScheduleSpec,
     WorkflowFailureError,
+    WorkflowHandle,
+    WorkflowQueryFailedError,
 )
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError
 
 from contracts.drift import DriftCheckInput, DriftReport
 from contracts.lifecycle import DeleteBackendInput, DeleteBackendResult, delete_workflow_id
@@ -35,6 +40,8 @@ from contracts.names import DEFAULT_TASK_QUEUE, DELETE_WORKFLOW, DRIFT_WORKFLOW
 from protocol.messages import GalleryConfig
 
 DEFAULT_SCHEDULE_ID = "drift-check"
+DELETE_PROGRESS_QUERY = "progress"
+PHASE_POLL_SECONDS = 0.5
 DEFAULT_EVERY = "6h"
 _DURATION = re.compile(r"^(\d+)([smhd])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -132,7 +139,7 @@ async def run_delete(client: Client, args: argparse.Namespace) -> int:
     )
     print(f"delete {workflow_id}", flush=True)
     try:
-        result: DeleteBackendResult = await handle.result()
+        result = await _follow_phases(handle)
     except WorkflowFailureError as err:
         print(f"error: {_failure_text(err)}", file=sys.stderr)
         return 1
@@ -159,6 +166,21 @@ async def run_drift(client: Client, args: argparse.Namespace) -> int:
         return 1
     print_report(report, sys.stdout)
     return 0
+
+
+async def _follow_phases(handle: WorkflowHandle[Any, DeleteBackendResult]) -> DeleteBackendResult:
+    """Print each step of the delete as it happens (``progress`` query), then the result."""
+    outcome = asyncio.ensure_future(handle.result())
+    shown = ""
+    while True:
+        done, _ = await asyncio.wait({outcome}, timeout=PHASE_POLL_SECONDS)
+        if done:
+            return outcome.result()
+        with contextlib.suppress(RPCError, WorkflowQueryFailedError):
+            phase = await handle.query(DELETE_PROGRESS_QUERY, result_type=str)
+            if phase != shown:
+                print(f"  {phase}", flush=True)
+                shown = phase
 
 
 def drift_schedule(input: DriftCheckInput, every: timedelta, task_queue: str) -> Schedule:

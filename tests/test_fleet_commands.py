@@ -165,3 +165,32 @@ async def test_drift_schedule_creates_a_schedule_whose_runs_check_drift(
         assert again.stderr.startswith(f"error: schedule {schedule_id} exists; delete it first")
     finally:
         await schedule.delete()
+
+
+async def test_a_forced_delete_prints_its_steps_and_what_it_did(
+    temporal_address: str, task_queue: str, nc: NATS, node_id: str
+) -> None:
+    node = FakeNode(nc, node_id)
+    node.backends = [NodeBackendInfo(name="cpu-echo")]
+    node.running = [RunningModelInfo(model_id="qwen3", backend="cpu-echo")]
+    await node.start()
+    await node.obey_stop_and_delete()
+
+    out = await asyncio.to_thread(
+        backendctl,
+        temporal_address,
+        "delete",
+        "--node-id",
+        node_id,
+        "--backend",
+        "cpu-echo",
+        "--force",
+        "--task-queue",
+        task_queue,
+    )
+
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == f"delete delete/{node_id}/cpu-echo"
+    assert lines[-1] == f"deleted cpu-echo from {node_id} after stopping 1 slot(s)"
+    assert node.running == [] and node.backends is None

@@ -26,7 +26,6 @@ from typing import Any
 
 import nats
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 from temporalio.client import Client, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
@@ -37,9 +36,7 @@ from contracts.lifecycle import DeleteBackendInput
 from contracts.rollout import FailurePolicy, RolloutInput, RolloutTarget
 from contracts.search_attributes import SEARCH_ATTRIBUTES
 from devstack.sample_backend import Gallery
-from protocol import subjects
 from protocol.messages import (
-    BackendDeleteReply,
     BackendInstallReply,
     BackendInstallRequest,
     NodeBackendInfo,
@@ -370,20 +367,7 @@ async def _deleting_node(stack: Stack, installed: bool, running: bool) -> FakeNo
         node.backends = [NodeBackendInfo(name="cpu-echo", version="1.0.0")]
     if running:
         node.running = [RunningModelInfo(model_id="qwen3", backend="cpu-echo")]
-
-    async def on_stop(msg: Msg) -> None:
-        node.running = []
-
-    async def on_delete(msg: Msg) -> None:
-        node.backends = None
-        await msg.respond(BackendDeleteReply(success=True).to_wire())
-
-    for subject, callback in (
-        (subjects.backend_stop(node.node_id), on_stop),
-        (subjects.backend_delete(node.node_id), on_delete),
-    ):
-        node._subs.append(await stack.nc.subscribe(subject, cb=callback))
-    await stack.nc.flush()
+    await node.obey_stop_and_delete()
     return node
 
 
