@@ -14,6 +14,7 @@ from collections import Counter
 from nats.aio.client import Client as NATS
 from pydantic import ValidationError
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from activities.lifecycle import node_error_text
 from activities.probe import ask_node
@@ -24,10 +25,16 @@ from contracts.drift import (
     DriftState,
     NodeDrift,
 )
+from contracts.failures import REGISTRY_UNAVAILABLE
 from contracts.names import CHECK_DRIFT_ACTIVITY, LIST_NODES_ACTIVITY
 from contracts.nodes import FleetView, NodeAnnouncement
 from protocol import subjects
-from protocol.announce import MAX_ANNOUNCEMENT_BYTES, announcement_key, open_registry
+from protocol.announce import (
+    MAX_ANNOUNCEMENT_BYTES,
+    NODE_REGISTRY_BUCKET,
+    announcement_key,
+    open_registry,
+)
 from protocol.gallery import GalleryEntry, GalleryIndexError, parse_index, read_index_source
 from protocol.messages import BackendListReply, NodeBackendInfo
 from telemetry import Telemetry
@@ -131,8 +138,16 @@ class FleetActivities:
         Creates the bucket when it does not exist yet (a fresh NATS server), so an empty
         fleet is an empty view, not an error.
         """
-        kv = await open_registry(self._nc, create=True)
-        watcher = await kv.watchall(ignore_deletes=True)
+        try:
+            kv = await open_registry(self._nc, create=True)
+            watcher = await kv.watchall(ignore_deletes=True)
+        except Exception as err:  # no JetStream, permissions, connection trouble
+            raise ApplicationError(
+                f"the node registry (JetStream key-value bucket {NODE_REGISTRY_BUCKET}) cannot "
+                f"be read: {type(err).__name__}; run nats-server with JetStream (-js), or check "
+                "without it (use_registry false, explicit nodes)",
+                type=REGISTRY_UNAVAILABLE,
+            ) from err
         nodes: list[NodeAnnouncement] = []
         skipped = 0
         try:

@@ -113,3 +113,6 @@ DELETE_INCOMPLETE = "DeleteIncomplete"
 
 NODE_SILENT = "NodeSilent"
 """The node has responders but did not answer within the request timeout (retried)."""
+
+REGISTRY_UNAVAILABLE = "RegistryUnavailable"
+"""The node registry bucket cannot be read (no JetStream, permissions); retried."""

@@ -10,7 +10,9 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from nats.aio.client import Client as NATS
+from temporalio.exceptions import ApplicationError
 
 from activities.fleet import FleetActivities
 from contracts.nodes import NODE_ANNOUNCE_TTL_SECONDS, FleetView, NodeAnnouncement
@@ -144,3 +146,16 @@ async def test_a_killed_agents_entry_expires_with_the_ttl(
         await wait_until(
             expired, within=NODE_ANNOUNCE_TTL_SECONDS + 60, interval=1.0, what="the TTL expiry"
         )
+
+
+async def test_list_nodes_without_jetstream_fails_saying_what_to_turn_on() -> None:
+    with nats_server() as plain_url:
+        plain = await NatsOptions(url=plain_url).connect("test-plain")
+        try:
+            with pytest.raises(ApplicationError) as failure:
+                await FleetActivities(plain).list_nodes()
+        finally:
+            await plain.close()
+
+    assert failure.value.type == "RegistryUnavailable"
+    assert "JetStream (-js)" in failure.value.message
