@@ -309,17 +309,6 @@ async def wait_for_details(page: Page, text: str, attempts: int = 20) -> None:
     raise AssertionError(f"{text!r} never showed in the current details")
 
 
-def test_sigint_stops_every_process_the_stack_started(stack: RunningStack) -> None:
-    assert stack.leftover_processes(), "the stack's processes are visible while it runs"
-
-    stack.proc.send_signal(signal.SIGINT)
-    stack.proc.wait(timeout=60)
-
-    assert stack.proc.returncode == 0
-    assert stack.leftover_processes() == []
-    assert "stopped." in stack.printed()
-
-
 async def test_the_stacks_agents_announce_themselves_and_a_drift_check_finds_both(
     stack: RunningStack,
 ) -> None:
@@ -334,3 +323,14 @@ async def test_the_stacks_agents_announce_themselves_and_a_drift_check_finds_bot
     assert ["node-1", "cpu-large", "up_to_date"] in [row[:3] for row in rows]
     assert "node-2" in [row[0] for row in rows], "node-2 announced itself too"
     assert "unreachable" not in out.stdout
+
+
+def test_sigint_stops_every_process_the_stack_started(stack: RunningStack) -> None:
+    assert stack.leftover_processes(), "the stack's processes are visible while it runs"
+
+    stack.proc.send_signal(signal.SIGINT)
+    stack.proc.wait(timeout=60)
+
+    assert stack.proc.returncode == 0
+    assert stack.leftover_processes() == []
+    assert "stopped." in stack.printed()
