@@ -18,6 +18,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
+from opentelemetry.trace import Tracer
 from pydantic import ValidationError
 from temporalio import activity
 
@@ -60,7 +61,7 @@ _Reply = TypeVar("_Reply", bound=WireModel)
 
 
 @dataclass(frozen=True)
-class _Answer(Generic[_Reply]):
+class NodeAnswer(Generic[_Reply]):
     """A stock request's reply, or why there is none."""
 
     reply: _Reply | None
@@ -208,29 +209,52 @@ class ProbeActivities:
 
     async def _ask(
         self, what: str, subject: str, reply_type: type[_Reply], wait: float
-    ) -> _Answer[_Reply]:
-        """One stock request; silence is recorded, never turned into "absent"."""
-        try:
-            with request_span(self._tracer, what, subject) as call:
-                msg = await self._nc.request(subject, b"{}", timeout=wait, headers=call.headers)
-                return _Answer(reply_type.model_validate_json(msg.data))
-        except NoRespondersError:
-            return _Answer(None, f"{what}: no responders (node offline)", offline=True)
-        except NatsTimeoutError:
-            return _Answer(None, f"{what}: no answer within {wait:g}s")
-        except ValidationError:
-            return _Answer(None, f"{what}: unreadable reply")
+    ) -> NodeAnswer[_Reply]:
+        return await ask_node(self._nc, self._tracer, what, subject, reply_type, wait)
+
+
+async def ask_node(
+    nc: NATS,
+    tracer: Tracer,
+    what: str,
+    subject: str,
+    reply_type: type[_Reply],
+    wait: float,
+    body: bytes = b"{}",
+) -> NodeAnswer[_Reply]:
+    """One request to a node; silence is recorded, never turned into "absent".
+
+    Shared by the probe and the delete/drift activities. The reply is validated against
+    ``reply_type``; an unreadable one is a note that never echoes the node's bytes.
+    """
+    try:
+        with request_span(tracer, what, subject) as call:
+            msg = await nc.request(subject, body, timeout=wait, headers=call.headers)
+            return NodeAnswer(reply_type.model_validate_json(msg.data))
+    except NoRespondersError:
+        return NodeAnswer(None, f"{what}: no responders (node offline)", offline=True)
+    except NatsTimeoutError:
+        return NodeAnswer(None, f"{what}: no answer within {wait:g}s")
+    except ValidationError:
+        return NodeAnswer(None, f"{what}: unreadable reply")
 
 
 async def _installed_name(listing: BackendListReply, input: ProbeInput, notes: list[str]) -> str:
     """The listed backend that ``input.backend`` means, mapping meta and alias names."""
+    return await installed_name(listing, input.backend, input.galleries_json, notes)
+
+
+async def installed_name(
+    listing: BackendListReply, backend: str, galleries_json: str, notes: list[str]
+) -> str:
+    """The listed backend that ``backend`` means, mapping meta and alias names ("" if none)."""
     listed = {b.name.lower(): b.name for b in listing.backends or []}
-    wanted = input.backend.lower()
+    wanted = backend.lower()
     if wanted in listed:
         return listed[wanted]
-    entries = await asyncio.to_thread(_gallery_entries, input.galleries_json, notes)
+    entries = await asyncio.to_thread(_gallery_entries, galleries_json, notes)
     if entries:
-        for name in sorted(candidate_concrete_names(entries, input.backend)):
+        for name in sorted(candidate_concrete_names(entries, backend)):
             if name in listed:
                 return listed[name]
         return ""
@@ -238,7 +262,7 @@ async def _installed_name(listing: BackendListReply, input: ProbeInput, notes: l
     # llama-cpp), so a listed name ending in "-<backend>" is most likely its concrete.
     for name, original in sorted(listed.items()):
         if name.endswith(f"-{wanted}"):
-            notes.append(f"{original} taken as the concrete of {input.backend} by its name")
+            notes.append(f"{original} taken as the concrete of {backend} by its name")
             return original
     return ""
 

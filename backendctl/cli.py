@@ -22,7 +22,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError
 
-from backendctl import connect, fleet, listing, tables, upgrade_commands
+from backendctl import connect, fleet, fleet_commands, listing, tables, upgrade_commands
 from backendctl.errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -214,6 +214,7 @@ def build_parser() -> Parser:
     rollout.add_argument("--no-watch", action="store_true", help="start it and exit")
     # Lifecycle commands live in modules of their own; each sets a ``handler`` default.
     upgrade_commands.register(commands)
+    fleet_commands.register(commands)
     return parser
 
 
@@ -251,6 +252,8 @@ async def run(args: argparse.Namespace, session: Session, out: TextIO) -> int:
     client = await connect.temporal(args)
     address = connect.temporal_address(args)
     try:
+        if getattr(args, "run_command", None) is not None:  # delete, drift, drift-schedule
+            return await fleet_commands.run(args.run_command, client, args)
         if getattr(args, "handler", None) is not None:
             session.watching = getattr(args, "workflow_id", "")
             return int(await args.handler(client, args))

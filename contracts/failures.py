@@ -98,3 +98,21 @@ def node_failure(error_type: str, message: str, *details: Any) -> ApplicationErr
             else ApplicationErrorCategory.UNSPECIFIED
         ),
     )
+
+
+# --- delete and drift (issue 13) -----------------------------------------------------------------
+
+DELETE_REFUSED = "DeleteRefused"
+"""Slots run the backend and ``force`` was not set; nothing was stopped or deleted."""
+
+DELETE_FAILED = "DeleteFailed"
+"""The node answered ``backend.delete`` with ``success:false`` (other than "not found")."""
+
+DELETE_INCOMPLETE = "DeleteIncomplete"
+"""After the delete the node still lists the backend or runs a slot of it."""
+
+NODE_SILENT = "NodeSilent"
+"""The node has responders but did not answer within the request timeout (retried)."""
+
+REGISTRY_UNAVAILABLE = "RegistryUnavailable"
+"""The node registry bucket cannot be read (no JetStream, permissions); retried."""

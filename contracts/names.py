@@ -75,3 +75,26 @@ DROP_PREVIOUS_ACTIVITY = "drop_previous_version"
 
 UPGRADE_STATUS_QUERY = "progress"
 """Upgrade workflow: :class:`contracts.upgrade.UpgradeStatus`."""
+
+# --- issue 13, fleet: node registry, delete, drift ------------------------------------------------
+
+LIST_NODES_ACTIVITY = "list_nodes"
+"""Reads the node registry bucket; returns a :class:`contracts.nodes.FleetView`."""
+
+DELETE_WORKFLOW = "DeleteBackendWorkflow"
+"""Removes one backend from one node, refusing while slots run it unless forced."""
+
+DRIFT_WORKFLOW = "DriftCheckWorkflow"
+"""Compares the fleet's installed backends with the gallery; optionally starts upgrades."""
+
+CHECK_DRIFT_ACTIVITY = "check_drift"
+"""One node's ``backend.list`` compared with the gallery's current entries."""
+
+DELETE_ACTIVITY = "delete_backend"
+"""Sends ``backend.delete`` to one node."""
+
+STOP_BACKEND_ACTIVITY = "stop_backend"
+"""Publishes ``backend.stop`` for one backend's processes on one node."""
+
+NODE_INVENTORY_ACTIVITY = "node_inventory"
+"""One node's ``backend.list`` and ``models.running``, as a :class:`NodeInventory`."""

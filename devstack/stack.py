@@ -29,6 +29,8 @@ from devstack.processes import ProcessGroup, check_port_free, wait_for_line, wai
 from devstack.registry import registry_binary
 from orchestrator.worker import connect_temporal
 from protocol import nats_auth
+from protocol.announce import open_registry
+from protocol.connection import NatsOptions
 from protocol.messages import encode_galleries
 from workflows.install_backend import InstallBackendWorkflow
 
@@ -143,6 +145,8 @@ class Stack:
             drop_env_prefixes=TEMPORAL_SERVER_DROPPED_ENV,
         )
         nats = [find_binary("nats-server"), "-a", "127.0.0.1", "-p", str(config.nats_port)]
+        # JetStream holds the node registry bucket (node agents announce themselves there)
+        nats += ["-js", "-sd", str(self.state / "jetstream")]
         credentials: dict[str, dict[str, str]] = {}
         if config.nats_auth:
             nats_dir = self.state / "nats"
@@ -156,6 +160,8 @@ class Stack:
                 ]
             }
         self.group.start("nats", nats, ready=lambda c: wait_for_port(config.nats_port, 20, c.proc))
+        # The worker's user creates the registry bucket; node users may only write their keys.
+        asyncio.run(create_registry(config.nats_url, credentials.get("worker", {})))
         for position, node_id in enumerate(config.node_ids()):
             low = config.backend_port_base + 20 * position
             self.group.start(
@@ -211,6 +217,20 @@ class Stack:
     def stop(self) -> None:
         self.group.stop()
         self.artifacts.stop()
+
+
+async def create_registry(url: str, credentials: dict[str, str]) -> None:
+    """Create the node registry bucket as the orchestrator, before any agent announces."""
+    options = NatsOptions(
+        url=url,
+        user=credentials.get("NATS_USER", ""),
+        password=credentials.get("NATS_PASSWORD", ""),
+    )
+    nc = await options.connect("devstack-registry")
+    try:
+        await open_registry(nc, create=True)
+    finally:
+        await nc.close()
 
 
 async def start_sample_install(config: StackConfig) -> str:

@@ -43,6 +43,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from pydantic import ValidationError
 
+from node_agent.announce import Announcer
 from node_agent.config import AgentConfig
 from node_agent.duplicates import DuplicateAgent, Instance, instance_subject, other_instances
 from node_agent.errors import AgentError
@@ -57,6 +58,8 @@ from protocol.messages import (
     BackendStopRequest,
     BackendUpgradeRequest,
     InstallStatusRequest,
+    NodeBackendInfo,
+    RunningModelInfo,
     error_body,
     process_key,
 )
@@ -118,6 +121,8 @@ class Agent:
         self.conflict = ""
         """Why this agent stopped serving because an older one has its node id ("" if not)."""
         self._duplicate_watch: asyncio.Task[None] | None = None
+        self.announcer: Announcer | None = None
+        """This agent's node registry entry (after :meth:`start`, unless announcing is off)."""
 
     async def __aenter__(self) -> Agent:
         await self.start()
@@ -179,6 +184,17 @@ class Agent:
             raise
         if self.config.duplicate_check_interval > 0:
             self._duplicate_watch = asyncio.create_task(self._watch_duplicates())
+        if self.config.announce_interval > 0:
+            self.announcer = Announcer(
+                self.nc,
+                node,
+                self.service.instance_id,
+                self.config.capability,
+                self.instance.host,
+                self._inventory,
+                self.config.announce_interval,
+            )
+            await self.announcer.start()
         log.info("node agent %s listening (%s)", node, self.instance.describe())
 
     async def _refuse_if_taken(self) -> None:
@@ -275,6 +291,8 @@ class Agent:
         if watch is not None and watch is not asyncio.current_task():
             watch.cancel()
             await asyncio.gather(watch, return_exceptions=True)
+        if self.announcer is not None:
+            await self.announcer.stop()
         for sub in self._subscriptions:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
@@ -289,6 +307,13 @@ class Agent:
     async def wait_stopped(self) -> None:
         """Wait until the agent has stopped (e.g. after ``nodes.<node>.stop``)."""
         await self._stopped.wait()
+
+    def _inventory(self) -> tuple[list[NodeBackendInfo], list[RunningModelInfo]]:
+        """What the registry entry carries: ``backend.list`` and ``models.running``."""
+        return (
+            list(self.service.list_backends().backends or []),
+            list(self.service.running().models or []),
+        )
 
     # --- plumbing ----------------------------------------------------------------------------
 

@@ -124,6 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=15.0,
         help="seconds between checks that no other agent serves this node id (0: only at start)",
     )
+    parser.add_argument(
+        "--announce-interval",
+        type=float,
+        default=10.0,
+        help="seconds between puts of this agent's entry in the backend-nodes JetStream "
+        "key-value bucket, the node registry (0: do not announce)",
+    )
     _add_trust_arguments(parser)
     NatsOptions.add_arguments(parser)
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
@@ -200,6 +207,11 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
     problem = token_problem(args.node_id)
     if problem is not None:
         raise ValueError(f"--node-id {args.node_id!r}: {problem}")
+    if not 0 <= args.announce_interval <= 25:
+        raise ValueError(
+            f"--announce-interval {args.announce_interval!r}: must be 0 (off) or up to 25 "
+            "seconds, below the registry's 30 s TTL"
+        )
     if not args.duplicate_check_interval >= 0:
         raise ValueError(
             f"--duplicate-check-interval {args.duplicate_check_interval!r}: must be 0 or more"
@@ -226,6 +238,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         max_unpacked_bytes=args.max_unpacked_size,
         readiness_timeout=args.readiness_timeout,
         duplicate_check_interval=args.duplicate_check_interval,
+        announce_interval=args.announce_interval,
         nats=NatsOptions.from_args(args),
         allow_request_galleries=allow_galleries,
         allow_request_uris=allow_uris,

@@ -71,3 +71,5 @@ class AgentConfig:
     allow_request_galleries: tuple[str, ...] = ()
     allow_request_uris: tuple[str, ...] = ()
     allow_remote_stop: bool = False
+    announce_interval: float = 10.0
+    """Seconds between puts of this agent's entry in the node registry; 0 turns it off."""

@@ -159,7 +159,8 @@ class Pipeline:
     ) -> tuple[str, str]:
         """Materialise the first source that works into ``staging``.
 
-        Returns its URI and, for an OCI image, its manifest digest (else "").
+        Returns its URI and its digest: an OCI image's manifest digest, an archive's
+        ``sha256:<hex>``, "" for a local directory (nothing stable to hash).
         """
         failures: list[str] = []
         unsupported = 0
@@ -180,8 +181,7 @@ class Pipeline:
                 continue
             _empty(staging)
             try:
-                await self._materialise(uri, kind, artifact, staging, on_tick, abort)
-                return uri, ""
+                return uri, await self._materialise(uri, kind, artifact, staging, on_tick, abort)
             except DownloadError as err:
                 failures.append(f'"{uri}": {err}' if uri != artifact.sources[0] else str(err))
             except archive.UnsafeArchive as err:
@@ -218,7 +218,8 @@ class Pipeline:
         staging: Path,
         on_tick: TickFn,
         abort: Abort,
-    ) -> None:
+    ) -> str:
+        """Download (or copy) and extract ``uri`` into ``staging``; returns its digest or ""."""
         loop = asyncio.get_running_loop()
         limit = self._config.max_unpacked_bytes
         if kind is SourceKind.DIRECTORY:
@@ -230,7 +231,7 @@ class Pipeline:
                     abort,
                     lambda: archive.copy_directory(source, staging, limit=limit, abort=abort),
                 )
-            return
+            return ""
         partial = partial_path(self._store, uri)
         downloading = _Throttle(
             loop,
@@ -289,6 +290,7 @@ class Pipeline:
             partial.unlink(missing_ok=True)  # cancelled, or the archive is bad: start over
             raise
         partial.unlink(missing_ok=True)
+        return f"sha256:{digest.lower()}"
 
 
 def _pull_reporter(

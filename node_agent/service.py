@@ -572,7 +572,10 @@ class NodeService:
             if parsed is not None:
                 models.append(
                     RunningModelInfo(
-                        model_id=parsed[0], replica_index=parsed[1], address=proc.local_address
+                        model_id=parsed[0],
+                        replica_index=parsed[1],
+                        address=proc.local_address,
+                        backend=proc.backend,
                     )
                 )
         return ModelsRunningReply(models=models)

@@ -27,8 +27,10 @@ from temporalio.runtime import Runtime
 from temporalio.worker import Worker
 
 from activities.attach import await_install
+from activities.fleet import FleetActivities
 from activities.install import InstallActivities
 from activities.install_slots import install_slots
+from activities.lifecycle import LifecycleActivities
 from activities.probe import ProbeActivities
 from activities.upgrade import UpgradeActivities, check_slot_health
 from contracts.names import DEFAULT_TASK_QUEUE
@@ -36,6 +38,8 @@ from contracts.search_attributes import SEARCH_ATTRIBUTES
 from orchestrator.versioning import Versioning
 from telemetry import Telemetry
 from telemetry.temporal import client_traces, temporal_interceptors
+from workflows.delete_backend import DeleteBackendWorkflow
+from workflows.drift import DriftCheckWorkflow
 from workflows.install_backend import InstallBackendWorkflow
 from workflows.rollout import RolloutBackendWorkflow
 from workflows.upgrade_backend import UpgradeBackendWorkflow
@@ -48,6 +52,8 @@ WORKFLOW_BEHAVIORS: dict[type[Any], VersioningBehavior] = {
     InstallBackendWorkflow: VersioningBehavior.PINNED,
     RolloutBackendWorkflow: VersioningBehavior.PINNED,
     UpgradeBackendWorkflow: VersioningBehavior.PINNED,
+    DeleteBackendWorkflow: VersioningBehavior.PINNED,
+    DriftCheckWorkflow: VersioningBehavior.PINNED,
 }
 """Every workflow type the worker runs, with its behavior on a versioned worker.
 
@@ -92,6 +98,8 @@ def create_worker(
     install = InstallActivities(nc, telemetry)
     probe = ProbeActivities(nc, telemetry)
     upgrade = UpgradeActivities(nc, telemetry)
+    lifecycle = LifecycleActivities(nc, telemetry)
+    fleet = FleetActivities(nc, telemetry)
     if telemetry.tracing and not client_traces(client) and "interceptors" not in worker_options:
         worker_options["interceptors"] = temporal_interceptors(telemetry)
     if versioning is not None:
@@ -109,6 +117,11 @@ def create_worker(
             upgrade.inspect_backend,
             upgrade.drop_previous_version,
             check_slot_health,
+            lifecycle.node_inventory,
+            lifecycle.stop_backend,
+            lifecycle.delete_backend,
+            fleet.list_nodes,
+            fleet.check_drift,
         ],
         **worker_options,  # type: ignore[arg-type]
     )

@@ -228,6 +228,8 @@ class RunningModelInfo(WireModel):
     model_id: str
     replica_index: int = 0
     address: OmitEmpty[str] = ""
+    backend: OmitEmpty[Annotated[str, Field(max_length=256)]] = ""
+    """Node agent extension: the concrete backend the process runs (stock workers omit it)."""
 
 
 class ModelsRunningReply(WireModel):

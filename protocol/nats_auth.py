@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from protocol.announce import NODE_REGISTRY_BUCKET
 from protocol.subjects import check_token
 
 ORCHESTRATOR_USER = "orchestrator"
@@ -75,26 +76,51 @@ class Permissions:
         return config
 
 
+REGISTRY_STREAM = f"KV_{NODE_REGISTRY_BUCKET}"
+"""The JetStream stream behind the node registry bucket."""
+
+
 def node_permissions(node_id: str) -> Permissions:
-    """A node agent: its own subjects only; replies go out through ``allow_responses``."""
-    prefix = f"nodes.{check_token('node_id', node_id)}"
+    """A node agent: its own subjects only; replies go out through ``allow_responses``.
+
+    In the node registry it may look the bucket up and write (put, delete) only keys under
+    its own node id: it cannot announce as, or remove, another node, nor create the bucket.
+    """
+    node = check_token("node_id", node_id)
+    prefix = f"nodes.{node}"
     return Permissions(
         publish=(
             f"{prefix}.backend.install.*.progress",
             f"{prefix}.models.running",  # start-up self-check: a request to itself
             f"{prefix}.agent.>",
+            f"$KV.{NODE_REGISTRY_BUCKET}.{node}.>",
+            f"$JS.API.STREAM.INFO.{REGISTRY_STREAM}",
         ),
         subscribe=(f"{prefix}.>",),
         allow_responses=True,
     )
 
 
+REGISTRY_READ = (
+    f"$JS.API.STREAM.INFO.{REGISTRY_STREAM}",
+    f"$JS.API.STREAM.CREATE.{REGISTRY_STREAM}",
+    f"$JS.API.CONSUMER.CREATE.{REGISTRY_STREAM}",
+    f"$JS.API.CONSUMER.CREATE.{REGISTRY_STREAM}.>",
+    f"$JS.API.CONSUMER.DELETE.{REGISTRY_STREAM}.>",
+    f"$JS.API.CONSUMER.INFO.{REGISTRY_STREAM}.>",
+    f"$JS.API.DIRECT.GET.{REGISTRY_STREAM}.>",
+    f"$JS.API.STREAM.MSG.GET.{REGISTRY_STREAM}",
+    f"$JS.FC.{REGISTRY_STREAM}.>",
+)
+"""What reading the registry (an ordered consumer over the bucket) and creating it takes."""
+
 ORCHESTRATOR_PERMISSIONS = Permissions(
-    publish=("nodes.*.backend.>", "nodes.*.models.running", "nodes.*.model.>"),
-    publish_deny=("nodes.*.backend.install.*.progress",),
+    publish=("nodes.*.backend.>", "nodes.*.models.running", "nodes.*.model.>", *REGISTRY_READ),
+    publish_deny=("nodes.*.backend.install.*.progress", f"$KV.{NODE_REGISTRY_BUCKET}.>"),
     subscribe=("_INBOX.>", "nodes.*.backend.install.*.progress"),
 )
-"""The worker (install, probe, cancel, status, list requests): never ``nodes.*.stop``."""
+"""The worker (install, probe, cancel, status, list requests, reading the node registry):
+never ``nodes.*.stop``, never an entry of the registry (only nodes announce)."""
 
 
 @dataclass(frozen=True)

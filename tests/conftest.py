@@ -24,8 +24,8 @@ from tests.servers import find_binary, nats_server
 
 @pytest.fixture(scope="session")
 def nats_url() -> Iterator[str]:
-    """URL of a real ``nats-server`` started for this session."""
-    with nats_server() as url:
+    """URL of a real ``nats-server`` (JetStream on, for the node registry) for this session."""
+    with nats_server(jetstream=True) as url:
         yield url
 
 

@@ -18,6 +18,7 @@ from nats.aio.subscription import Subscription
 
 from protocol import subjects
 from protocol.messages import (
+    BackendDeleteReply,
     BackendInstallProgressEvent,
     BackendInstallReply,
     BackendInstallRequest,
@@ -100,6 +101,23 @@ class FakeNode:
         for task in list(self._tasks):
             task.cancel()
         self._subs = []
+
+    async def obey_stop_and_delete(self) -> None:
+        """Answer ``backend.delete`` (success, the list empties) and obey ``backend.stop``
+        (every slot stops), as a stock worker does (issue 13)."""
+
+        async def on_stop(msg: Msg) -> None:
+            self.running = []
+
+        async def on_delete(msg: Msg) -> None:
+            self.backends = None
+            await msg.respond(BackendDeleteReply(success=True).to_wire())
+
+        self._subs.append(await self.nc.subscribe(subjects.backend_stop(self.node_id), cb=on_stop))
+        self._subs.append(
+            await self.nc.subscribe(subjects.backend_delete(self.node_id), cb=on_delete)
+        )
+        await self.nc.flush()
 
     def spawn(self, coro: Awaitable[None]) -> None:
         """Run ``coro`` in the background for the node's lifetime."""

@@ -11,6 +11,7 @@ import datetime
 import ipaddress
 import os
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,17 +29,24 @@ __all__ = ["CertFiles", "find_binary", "free_port", "make_tls_files", "nats_serv
 
 
 @contextmanager
-def nats_server(port: int | None = None, config: Path | None = None) -> Iterator[str]:
+def nats_server(
+    port: int | None = None, config: Path | None = None, *, jetstream: bool = False
+) -> Iterator[str]:
     """Run ``nats-server`` on loopback for the block; yields its URL.
 
     ``config`` is a configuration file (users, permissions, TLS); the port and the loopback
     address given here win over any ``listen`` in it. Its log goes to ``<config>.log``.
+    ``jetstream`` turns JetStream on (``-js``, what the node registry bucket needs) with its
+    store in a temporary directory removed afterwards.
     """
     port = port or free_port()
     command = [find_binary("nats-server"), "-a", "127.0.0.1", "-p", str(port)]
     log = None if config is None else config.with_suffix(".log").open("wb")
     if config is not None:
         command += ["-c", str(config)]
+    store = tempfile.TemporaryDirectory(prefix="nats-js-") if jetstream else None
+    if store is not None:
+        command += ["-js", "-sd", store.name]
     proc = subprocess.Popen(
         command, stdout=subprocess.DEVNULL, stderr=log or subprocess.DEVNULL, env={**os.environ}
     )
@@ -54,6 +62,8 @@ def nats_server(port: int | None = None, config: Path | None = None) -> Iterator
             proc.wait()
         if log is not None:
             log.close()
+        if store is not None:
+            store.cleanup()
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from nats.aio.msg import Msg
 from temporalio.client import Client
 from temporalio.testing import ActivityEnvironment
 
+from activities.fleet import FleetActivities
 from activities.install import InstallActivities
 from contracts.activities import InstallActivityInput
 from devstack.sample_backend import Gallery, SampleBackend
@@ -69,7 +70,7 @@ def secured_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredNa
     """nats-server with users and permissions, no TLS."""
     auth_dir = tmp_path_factory.mktemp("nats-auth")
     fleet = nats_auth.write_auth_dir(auth_dir, NODES, cost=LOW_COST)
-    with nats_server(config=auth_dir / nats_auth.CONFIG_FILE) as url:
+    with nats_server(config=auth_dir / nats_auth.CONFIG_FILE, jetstream=True) as url:
         yield SecuredNats(url, fleet, auth_dir)
 
 
@@ -261,6 +262,44 @@ async def test_an_agent_with_another_nodes_credentials_refuses_to_start(
     message = str(refused.value)
     assert "NATS refused node node-1 the use of nodes.node-1." in message
     assert "permissions violation" in message and "\n" not in message
+
+
+async def test_an_agent_announces_under_its_own_credentials_and_the_worker_reads_the_fleet(
+    secured_nats: SecuredNats, tmp_path: Path
+) -> None:
+    worker_nc = await secured_nats.options(secured_nats.fleet.orchestrator).connect("worker")
+    gallery = Gallery(path=tmp_path / "gallery" / "index.yaml")
+    gallery.write()
+    config = fast_config("node-1", tmp_path / "backends", gallery, secured_nats.url, (52000, 52019))
+    agent = Agent(
+        dataclasses.replace(config, nats=secured_nats.options(secured_nats.node("node-1")))
+    )
+    try:
+        await FleetActivities(worker_nc).list_nodes()  # the worker creates the bucket
+        await agent.start()
+        assert agent.announcer is not None and agent.announcer.announced == 1
+        view = await FleetActivities(worker_nc).list_nodes()
+    finally:
+        await agent.stop()
+        await worker_nc.close()
+
+    assert [(n.node_id, n.instance_id) for n in view.nodes] == [
+        ("node-1", agent.service.instance_id)
+    ]
+
+
+async def test_a_node_cannot_announce_as_another_node_and_the_worker_cannot_announce_at_all(
+    secured_nats: SecuredNats, connect_as
+) -> None:
+    node1 = await connect_as(secured_nats.node("node-1"))
+    orchestrator = await connect_as(secured_nats.fleet.orchestrator)
+
+    await node1.nc.publish("$KV.backend-nodes.node-2.forged", b"{}")
+    await orchestrator.nc.publish("$KV.backend-nodes.node-1.forged", b"{}")
+
+    # the recorded errors are lower-cased
+    await node1.violation("$kv.backend-nodes.node-2.forged")
+    await orchestrator.violation("$kv.backend-nodes.node-1.forged")
 
 
 @pytest.fixture(params=["auth", "auth+tls"])

@@ -16,13 +16,21 @@ from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
+from workflows.delete_backend import DeleteBackendWorkflow
+from workflows.drift import DriftCheckWorkflow
 from workflows.install_backend import InstallBackendWorkflow
 from workflows.rollout import RolloutBackendWorkflow
 from workflows.upgrade_backend import UpgradeBackendWorkflow
 
 HISTORIES = Path(__file__).resolve().parent / "histories"
 RECORDED = sorted(HISTORIES.glob("*/*.json"))
-WORKFLOWS = [InstallBackendWorkflow, RolloutBackendWorkflow, UpgradeBackendWorkflow]
+WORKFLOWS = [
+    InstallBackendWorkflow,
+    RolloutBackendWorkflow,
+    UpgradeBackendWorkflow,
+    DeleteBackendWorkflow,
+    DriftCheckWorkflow,
+]
 
 
 def test_every_workflow_type_has_recorded_histories() -> None:

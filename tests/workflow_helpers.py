@@ -16,8 +16,6 @@ from backendctl.progress import pending_install_progress
 from contracts.activities import InstallProgress
 from contracts.install import InstallBackendInput, InstallBackendResult
 from workflows.install_backend import InstallBackendWorkflow
-from workflows.rollout import RolloutBackendWorkflow
-from workflows.upgrade_backend import UpgradeBackendWorkflow
 
 FAST = {
     "install_timeout_seconds": 2.0,
@@ -51,10 +49,9 @@ async def start_install(
 async def assert_replays(handle: WorkflowHandle[Any, Any]) -> None:
     """The closed workflow's history replays deterministically against today's code."""
     history = await handle.fetch_history()
-    replayer = Replayer(
-        workflows=[InstallBackendWorkflow, RolloutBackendWorkflow, UpgradeBackendWorkflow],
-        data_converter=pydantic_data_converter,
-    )
+    from orchestrator.worker import WORKFLOW_BEHAVIORS  # every registered type, new ones too
+
+    replayer = Replayer(workflows=list(WORKFLOW_BEHAVIORS), data_converter=pydantic_data_converter)
     await replayer.replay_workflow(history)
 
 

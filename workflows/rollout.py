@@ -34,12 +34,15 @@ with workflow.unsafe.imports_passed_through():
 
     from contracts.failures import INVALID_INPUT
     from contracts.install import MAX_PROBLEMS_SHOWN, describe_problems, missing_input_message
+    from contracts.lifecycle import DeleteBackendInput
     from contracts.limits import MAX_ROLLOUT_SLOTS, MAX_SEARCH_ATTRIBUTE_BYTES, utf8_problem
     from contracts.names import (
         ADD_TARGETS_UPDATE,
         CANCEL_ROLLOUT_SIGNAL,
+        DELETE_WORKFLOW,
         DROP_PREVIOUS_ACTIVITY,
         INSTALL_SLOTS_ACTIVITY,
+        LIST_NODES_ACTIVITY,
         ROLLOUT_STATUS_QUERY,
         ROLLOUT_WORKFLOW,
         SLOT_STATE_SIGNAL,
@@ -73,11 +76,6 @@ with workflow.unsafe.imports_passed_through():
         SlotRef,
         UpgradeBackendResult,
     )
-
-DELETE_WORKFLOW = "DeleteBackendWorkflow"
-"""``contracts.names.DELETE_WORKFLOW`` of the fleet branch (wire: delete — import it at merge)."""
-LIST_NODES_ACTIVITY = "list_nodes"
-"""``contracts.names.LIST_NODES_ACTIVITY`` of the fleet branch (import it at merge)."""
 
 DETAIL_ROWS = 40
 """Slots listed in the UI's current details; the query always has all of them."""
@@ -461,11 +459,11 @@ class RolloutBackendWorkflow:
                 row.before_version = result.before.version
                 row.before_uri = result.before.uri
                 row.after_version = result.after.version
-            else:  # wire: delete — DeleteBackendInput of the fleet branch, by name
+            else:
                 row.workflow_id = self._child_id("delete", node)
                 await workflow.execute_child_workflow(
                     DELETE_WORKFLOW,
-                    {"node_id": node, "backend": input.backend, "force": input.force},
+                    DeleteBackendInput(node_id=node, backend=input.backend, force=input.force),
                     id=row.workflow_id,
                     static_summary=f"delete {input.backend} on {node}",
                 )

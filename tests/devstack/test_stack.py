@@ -359,6 +359,22 @@ async def wait_for_details(page: Page, text: str | re.Pattern[str], attempts: in
     raise AssertionError(f"{text!r} never showed in the current details")
 
 
+async def test_the_stacks_agents_announce_themselves_and_a_drift_check_finds_both(
+    stack: RunningStack,
+) -> None:
+    client = await connect(stack)
+    await client.get_workflow_handle(stack.sample_workflow_id()).result()
+    gallery = (stack.state_dir / "gallery" / "index.yaml").resolve().as_uri()
+
+    out = await asyncio.to_thread(backendctl, stack, "drift", "--gallery", gallery)
+
+    assert out.returncode == 0, out.stderr
+    rows = [line.split() for line in out.stdout.splitlines()]
+    assert ["node-1", "cpu-large", "up_to_date"] in [row[:3] for row in rows]
+    assert "node-2" in [row[0] for row in rows], "node-2 announced itself too"
+    assert "unreachable" not in out.stdout
+
+
 def test_sigint_stops_every_process_the_stack_started(stack: RunningStack) -> None:
     assert stack.leftover_processes(), "the stack's processes are visible while it runs"
 

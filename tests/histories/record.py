@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import sys
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -29,10 +30,13 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from contracts.drift import DriftCheckInput
 from contracts.install import InstallPhase
+from contracts.lifecycle import DeleteBackendInput
 from contracts.rollout import FailurePolicy, RolloutAction, RolloutInput, RolloutTarget
 from contracts.search_attributes import SEARCH_ATTRIBUTES
 from contracts.upgrade import UpgradeBackendInput
+from devstack.sample_backend import Gallery
 from orchestrator.worker import create_worker
 from protocol import subjects
 from protocol.messages import (
@@ -45,6 +49,8 @@ from protocol.messages import (
 from tests.fake_node import FakeNode
 from tests.servers import find_binary, nats_server
 from tests.workflow_helpers import FAST, install_input, start_install, wait_for, wait_until
+from workflows.delete_backend import DeleteBackendWorkflow
+from workflows.drift import DriftCheckWorkflow
 from workflows.install_backend import InstallBackendWorkflow
 from workflows.rollout import RolloutBackendWorkflow
 from workflows.upgrade_backend import UpgradeBackendWorkflow
@@ -455,6 +461,113 @@ async def rollout_upgrade_rolled_back(stack: Stack) -> list[WorkflowHandle[Any, 
     for node in (good, liar):
         await node.stop()
     return [handle]
+
+
+# --- issue 13: delete and drift ------------------------------------------------------------------
+
+
+async def _deleting_node(stack: Stack, installed: bool, running: bool) -> FakeNode:
+    """A stock node with cpu-echo (listed and/or running) that obeys stop and delete."""
+    node = await stack.node()
+    if installed:
+        node.backends = [NodeBackendInfo(name="cpu-echo", version="1.0.0")]
+    if running:
+        node.running = [RunningModelInfo(model_id="qwen3", backend="cpu-echo")]
+    await node.obey_stop_and_delete()
+    return node
+
+
+async def _delete(stack: Stack, node: FakeNode, force: bool = False) -> WorkflowHandle[Any, Any]:
+    handle = await stack.client.start_workflow(
+        DeleteBackendWorkflow.run,
+        DeleteBackendInput(
+            node_id=node.node_id,
+            backend="cpu-echo",
+            force=force,
+            request_timeout_seconds=5,
+            poll_interval_seconds=0.2,
+        ),
+        id=f"delete-{uuid.uuid4().hex[:8]}",
+        task_queue=stack.queue,
+    )
+    await _settle(handle)
+    await node.stop()
+    return handle
+
+
+@scenario
+async def delete_absent(stack: Stack) -> list[WorkflowHandle[Any, Any]]:
+    return [await _delete(stack, await _deleting_node(stack, installed=False, running=False))]
+
+
+@scenario
+async def delete_refused(stack: Stack) -> list[WorkflowHandle[Any, Any]]:
+    return [await _delete(stack, await _deleting_node(stack, installed=True, running=True))]
+
+
+@scenario
+async def delete_forced(stack: Stack) -> list[WorkflowHandle[Any, Any]]:
+    node = await _deleting_node(stack, installed=True, running=True)
+    return [await _delete(stack, node, force=True)]
+
+
+@scenario
+async def rollout_delete(stack: Stack) -> list[WorkflowHandle[Any, Any]]:
+    """A rollout with action delete over two stock nodes named as targets."""
+    nodes = [await _deleting_node(stack, installed=True, running=False) for _ in range(2)]
+    handle = await stack.client.start_workflow(
+        RolloutBackendWorkflow.run,
+        RolloutInput(
+            backend="cpu-echo",
+            action=RolloutAction.DELETE,
+            targets=[RolloutTarget(node_id=node.node_id) for node in nodes],
+        ),
+        id=f"rollout-delete-{uuid.uuid4().hex[:8]}",
+        task_queue=stack.queue,
+    )
+    await _settle(handle)
+    for node in nodes:
+        await node.stop()
+    return [handle]
+
+
+async def _drift(stack: Stack, start_upgrades: bool) -> list[WorkflowHandle[Any, Any]]:
+    node = await stack.node()
+    node.backends = [
+        NodeBackendInfo(name="cpu-echo", version="1.0.0"),
+        NodeBackendInfo(name="cpu-gone", version="1.0.0"),
+    ]
+    with tempfile.TemporaryDirectory() as root:
+        gallery = Gallery(path=Path(root) / "index.yaml")
+        gallery.add({"name": "cpu-echo", "uri": "file:///srv/cpu-echo.tar.gz", "version": "2.0"})
+        handle = await stack.client.start_workflow(
+            DriftCheckWorkflow.run,
+            DriftCheckInput(
+                backend_galleries=[gallery.config],
+                nodes=[node.node_id],
+                use_registry=False,
+                start_upgrades=start_upgrades,
+                upgrade_task_queue="record-rollout-unpolled",
+                request_timeout_seconds=5,
+            ),
+            id=f"drift-{uuid.uuid4().hex[:8]}",
+            task_queue=stack.queue,
+        )
+        report = await handle.result()
+    for upgrade in report.upgrades:  # nobody polls their queue; they only had to start
+        await stack.client.get_workflow_handle(upgrade.workflow_id).terminate("recorded")
+    await node.stop()
+    return [handle]
+
+
+@scenario
+async def drift_report_only(stack: Stack) -> list[WorkflowHandle[Any, Any]]:
+    return await _drift(stack, start_upgrades=False)
+
+
+@scenario
+async def drift_starts_upgrades(stack: Stack) -> list[WorkflowHandle[Any, Any]]:
+    return await _drift(stack, start_upgrades=True)
 
 
 @contextlib.asynccontextmanager
