@@ -38,6 +38,7 @@ from temporalio.runtime import Runtime
 from temporalio.worker import Worker
 
 from activities.attach import await_install
+from activities.fast_path import FastPathActivities
 from activities.install import InstallActivities
 from activities.install_slots import install_slots
 from activities.probe import ProbeActivities
@@ -108,6 +109,7 @@ def create_worker(
     telemetry = telemetry or Telemetry()
     install = InstallActivities(nc, telemetry)
     probe = ProbeActivities(nc, telemetry)
+    fast = FastPathActivities(nc, telemetry)
     if telemetry.tracing and not client_traces(client) and "interceptors" not in worker_options:
         worker_options["interceptors"] = temporal_interceptors(telemetry)
     if versioning is not None:
@@ -116,7 +118,13 @@ def create_worker(
         client,
         task_queue=task_queue,
         workflows=list(WORKFLOW_BEHAVIORS),
-        activities=[install.install_backend, probe.probe_slot, await_install, install_slots],
+        activities=[
+            install.install_backend,
+            fast.install_backend_fast,
+            probe.probe_slot,
+            await_install,
+            install_slots,
+        ],
         **worker_options,  # type: ignore[arg-type]
     )
 
