@@ -19,6 +19,7 @@ from bench import (
     bench_progress,
     bench_rollout,
     bench_warm_latency,
+    bench_warm_path,
     bench_warm_throughput,
 )
 from bench.cli import Benchmark, run_one
@@ -27,6 +28,7 @@ from bench.report import RESULTS_DIR, Report, machine
 BENCHMARKS: dict[str, Benchmark] = {
     bench_warm_latency.NAME: bench_warm_latency.run,
     bench_warm_throughput.NAME: bench_warm_throughput.run,
+    bench_warm_path.NAME: bench_warm_path.run,
     bench_progress.NAME: bench_progress.run,
     bench_many_installs.NAME: bench_many_installs.run,
     bench_rollout.NAME: bench_rollout.run,
