@@ -4,6 +4,8 @@ A wildcard subscription on ``nodes.*.backend.install`` stands in for any number 
 the fake costs one callback per request and the benchmark measures the orchestrator. An
 install either gets its reply at once (the node's fast path) or is held: a progress event
 goes out every ``event_interval`` seconds until ``hold_seconds`` have passed, then the reply.
+A second request for an op that is held joins it, as on a node agent: the workflow's fast
+path asks first with a short bound, then its install activity sends the same op again.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import asyncio
 import contextlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -32,6 +34,11 @@ class HeldInstall:
     reply_to: str
     due: float
     events: int = 0
+    joined: list[str] = field(default_factory=list)
+    """Reply subjects of later requests for the same op, answered with the first."""
+
+    def reply_subjects(self) -> list[str]:
+        return [self.reply_to, *self.joined]
 
 
 def progress_body(node_id: str, op_id: str, seq: int) -> bytes:
@@ -59,6 +66,8 @@ class WildcardNode:
         self.event_interval = event_interval
         self.requests = 0
         self.held: dict[str, HeldInstall] = {}
+        self._by_op: dict[tuple[str, str], str] = {}
+        """(node, op) to the key of the held install, so a repeated op joins it."""
         self.max_held = 0
         self.events_published = 0
         self.arrived = asyncio.Event()
@@ -83,7 +92,8 @@ class WildcardNode:
     async def release_all(self) -> None:
         """Reply to every held install now."""
         for key in list(self.held):
-            await self.nc.publish(self.held.pop(key).reply_to, REPLY)
+            for subject in self.held.pop(key).reply_subjects():
+                await self.nc.publish(subject, REPLY)
         await self.nc.flush()
 
     async def _on_install(self, msg: Msg) -> None:
@@ -93,6 +103,12 @@ class WildcardNode:
             return
         node_id = msg.subject.split(".")[1]
         op_id = json.loads(msg.data).get("op_id", "")
+        holding = self.held.get(self._by_op.get((node_id, op_id), "")) if op_id else None
+        if holding is not None:
+            holding.joined.append(msg.reply)
+            return
+        if op_id:
+            self._by_op[(node_id, op_id)] = msg.reply
         self.held[msg.reply] = HeldInstall(
             node_id, op_id, msg.reply, time.monotonic() + self.hold_seconds
         )
@@ -109,7 +125,8 @@ class WildcardNode:
             for key, held in list(self.held.items()):
                 if held.due <= now:
                     del self.held[key]
-                    await self.nc.publish(held.reply_to, REPLY)
+                    for subject in held.reply_subjects():
+                        await self.nc.publish(subject, REPLY)
                     continue
                 if held.op_id:
                     held.events += 1

@@ -20,6 +20,7 @@ from bench import (
     bench_rollout,
     bench_upgrade,
     bench_warm_latency,
+    bench_warm_path,
     bench_warm_throughput,
 )
 from bench.cli import Benchmark, run_one
@@ -28,6 +29,7 @@ from bench.report import RESULTS_DIR, Report, machine
 BENCHMARKS: dict[str, Benchmark] = {
     bench_warm_latency.NAME: bench_warm_latency.run,
     bench_warm_throughput.NAME: bench_warm_throughput.run,
+    bench_warm_path.NAME: bench_warm_path.run,
     bench_progress.NAME: bench_progress.run,
     bench_many_installs.NAME: bench_many_installs.run,
     bench_rollout.NAME: bench_rollout.run,

@@ -21,7 +21,7 @@ import nats
 from temporalio.worker import Worker
 
 from bench.baseline import MinimalActivities, MinimalWorkflow
-from orchestrator.worker import connect_temporal, create_worker
+from orchestrator.worker import compile_workflow_modules, connect_temporal, create_worker
 
 INSTALL_QUEUE = "bench-install"
 BASELINE_QUEUE = "bench-baseline"
@@ -50,6 +50,7 @@ async def serve(temporal_address: str, nats_url: str) -> None:
         max_cached_workflows=MAX_CACHED_WORKFLOWS,
         graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
     )
+    compile_workflow_modules([MinimalWorkflow])  # as create_worker does for the project's
     baseline = Worker(
         client,
         task_queue=BASELINE_QUEUE,

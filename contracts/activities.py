@@ -71,6 +71,25 @@ class InstallActivityResult(_Model):
     elapsed_seconds: float
 
 
+class FastInstallResult(_Model):
+    """What the fast path learned: the node's immediate answer, or why there was none.
+
+    ``answered`` is False when the node did not reply within the bound (it may be working on
+    the op: the regular install activity joins it with the same op id), when nothing answers
+    on its subject, or when the request could not be made. A ``success:false`` reply is not
+    a result: it fails the local activity with the same typed failure the install activity
+    raises, so the workflow handles it exactly as a failed first request.
+    """
+
+    node_id: str
+    op_id: str
+    answered: bool
+    address: str = ""
+    reason: str = ""
+    """Why the node gave no immediate answer (``timeout``, ``no responders``, ...)."""
+    elapsed_seconds: float = 0.0
+
+
 class ProbeState(StrEnum):
     """What the probe concluded about a slot on a node."""
 

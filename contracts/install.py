@@ -19,6 +19,7 @@ from contracts.activities import InstallProgress, ProbeResult, liveness_interval
 from contracts.limits import (
     MAX_DEADLINE_SECONDS,
     MAX_FAILED_ATTEMPTS,
+    MAX_FAST_PATH_SECONDS,
     MAX_GALLERIES,
     MAX_GALLERIES_JSON_BYTES,
     MAX_GALLERY_MIRRORS,
@@ -179,6 +180,10 @@ class InstallBackendInput(BaseModel):
     liveness_check_interval_seconds: float = 15.0
     """Without progress for this long, the install activity asks whether the node still has
     the op; a node that restarted or went silent ends the wait at once. 0 turns it off."""
+    fast_path_seconds: float = 1.0
+    """How long the first request waits for an immediate answer inside the first workflow
+    task (a local activity) before the install falls through to the heartbeating install
+    activity with the same op id; 0 turns the fast path off."""
     rollout_id: str = ""
     """Set by rollouts: the rollout's workflow id. The install signals it when the slot goes
     between installing and still installing, and is findable by the ``RolloutId`` search
@@ -224,6 +229,15 @@ class InstallBackendInput(BaseModel):
                     "progress_report_interval_seconds",
                     f"must be 0 (off) or a finite number between {MIN_DURATION_SECONDS:g} "
                     f"and {MAX_INTERVAL_SECONDS:g} seconds",
+                )
+            )
+        fast = self.fast_path_seconds
+        if fast != 0 and number_problem(fast, MIN_DURATION_SECONDS, MAX_FAST_PATH_SECONDS):
+            found.append(
+                (
+                    "fast_path_seconds",
+                    f"must be 0 (off) or a finite number between {MIN_DURATION_SECONDS:g} "
+                    f"and {MAX_FAST_PATH_SECONDS:g} seconds",
                 )
             )
         if liveness := liveness_interval_problem(self.liveness_check_interval_seconds):
@@ -358,6 +372,9 @@ class InstallBackendResult(BaseModel):
     probes: int
     found_running: bool = False
     """A probe found the slot already running before the final request."""
+    fast_path: bool = False
+    """The node answered the first request at once, inside the first workflow task (a local
+    activity): no heartbeating install activity ran."""
     progress_events: int = 0
     started_at: datetime
     completed_at: datetime

@@ -26,6 +26,10 @@ MAX_INTERVAL_SECONDS = DAY
 MIN_DURATION_SECONDS = 0.1
 """Shortest wait: anything shorter only spins the workflow and the node."""
 
+MAX_FAST_PATH_SECONDS = 5.0
+"""Longest bound of the fast path's request: it holds the install's first workflow task
+open, and the SDK's default workflow task timeout is 10 s."""
+
 MAX_PROBE_LISTEN_SECONDS = 300.0
 """A probe listens this long at most for progress events before it answers."""
 

@@ -23,6 +23,11 @@ ROLLOUT_WORKFLOW = "RolloutBackendWorkflow"
 INSTALL_ACTIVITY = "install_backend"
 """Sends one ``backend.install`` and forwards its progress as heartbeats."""
 
+FAST_INSTALL_ACTIVITY = "install_backend_fast"
+"""The warm path, run as a local activity in the install's first workflow task: one
+``backend.install`` with a short bound; anything but an immediate reply falls through to
+:data:`INSTALL_ACTIVITY` with the same op id."""
+
 PROBE_ACTIVITY = "probe_slot"
 """Asks a node what it knows about one slot (the idempotency probe)."""
 

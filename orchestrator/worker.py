@@ -10,7 +10,11 @@ way the worker does (Temporal's env config, the pydantic data converter, tracing
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import py_compile
+import sys
+from collections.abc import Sequence
 from typing import Any
 
 from nats.aio.client import Client as NATS
@@ -27,6 +31,7 @@ from temporalio.runtime import Runtime
 from temporalio.worker import Worker
 
 from activities.attach import await_install
+from activities.fast_path import FastPathActivities
 from activities.fleet import FleetActivities
 from activities.install import InstallActivities
 from activities.install_slots import install_slots
@@ -78,6 +83,31 @@ def default_behavior() -> VersioningBehavior:
     return behaviors.pop()
 
 
+def compile_workflow_modules(workflows: Sequence[type[Any]]) -> list[str]:
+    """Byte-compile the modules of ``workflows`` once; the paths written.
+
+    Temporal's sandbox imports a workflow's module afresh for every workflow run. Where
+    bytecode is not written (``PYTHONDONTWRITEBYTECODE=1``, common in containers) and none was
+    shipped, every run compiled ``workflows/install_backend.py`` from source: about 9 ms of CPU
+    on the benchmark machine, half of the warm path's only workflow task (bench/README.md).
+    ``py_compile`` writes the ``.pyc`` where the import system reads it whatever that setting
+    says, once per worker start; a read-only install is left as it is, only slower.
+    """
+    written: list[str] = []
+    for workflow_class in workflows:
+        source = getattr(sys.modules.get(workflow_class.__module__), "__file__", None)
+        if not source or not source.endswith(".py"):
+            continue
+        cached = importlib.util.cache_from_source(source)
+        try:
+            py_compile.compile(source, cfile=cached, doraise=True)
+        except (OSError, py_compile.PyCompileError) as err:
+            log.debug("workflow module %s stays uncompiled: %s", source, err)
+        else:
+            written.append(cached)
+    return written
+
+
 def create_worker(
     client: Client,
     nc: NATS,
@@ -97,11 +127,13 @@ def create_worker(
     telemetry = telemetry or Telemetry()
     install = InstallActivities(nc, telemetry)
     probe = ProbeActivities(nc, telemetry)
+    fast = FastPathActivities(nc, telemetry)
     upgrade = UpgradeActivities(nc, telemetry)
     lifecycle = LifecycleActivities(nc, telemetry)
     fleet = FleetActivities(nc, telemetry)
     if telemetry.tracing and not client_traces(client) and "interceptors" not in worker_options:
         worker_options["interceptors"] = temporal_interceptors(telemetry)
+    compile_workflow_modules(list(WORKFLOW_BEHAVIORS))
     if versioning is not None:
         worker_options["deployment_config"] = versioning.deployment_config(default_behavior())
     return Worker(
@@ -110,6 +142,7 @@ def create_worker(
         workflows=list(WORKFLOW_BEHAVIORS),
         activities=[
             install.install_backend,
+            fast.install_backend_fast,
             probe.probe_slot,
             await_install,
             install_slots,

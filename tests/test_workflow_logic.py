@@ -115,6 +115,7 @@ FAST_INPUT: dict[str, Any] = {
     "probe_listen_seconds": TICK,
     "heartbeat_timeout_seconds": 5.0,
     "deadline_seconds": 30.0,
+    "fast_path_seconds": 0.0,  # the scripted worker has no fast path activity; these are the loop's
 }
 
 

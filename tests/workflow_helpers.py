@@ -26,8 +26,11 @@ FAST = {
     "heartbeat_timeout_seconds": 5.0,
     "progress_report_interval_seconds": 0.5,
     "deadline_seconds": 120.0,
+    "fast_path_seconds": 0.0,
 }
-"""Short intervals for tests, set through the input fields as any caller would."""
+"""Short intervals for tests, set through the input fields as any caller would. The fast path
+is off: scripted nodes number their requests, and these tests are about the install activity's
+path; ``tests/test_fast_path.py`` turns it on (the default) and shows how the two meet."""
 
 
 def install_input(node_id: str, **overrides: Any) -> InstallBackendInput:

@@ -19,6 +19,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import (
     ActivityError,
     ApplicationError,
+    FailureError,
     TimeoutError,
     is_cancelled_exception,
 )
@@ -27,6 +28,7 @@ with workflow.unsafe.imports_passed_through():
     import pydantic
 
     from contracts.activities import (
+        FastInstallResult,
         InstallActivityInput,
         InstallActivityResult,
         InstallProgress,
@@ -56,6 +58,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from contracts.limits import MAX_NAME_LENGTH
     from contracts.names import (
+        FAST_INSTALL_ACTIVITY,
         INSTALL_ACTIVITY,
         INSTALL_WORKFLOW,
         PROBE_ACTIVITY,
@@ -94,6 +97,18 @@ INVALID_INPUT_WRITES_NO_SEARCH_ATTRIBUTE = "invalid-input-writes-no-search-attri
 """Patch id: an invalid input used to upsert ``InstallPhase=failed`` before failing; now it
 writes nothing (tests/histories/InstallBackendWorkflow/invalid_input.json replays the old way).
 Remove the old branch once no execution started before this change can still be replayed."""
+
+FAST_PATH = "fast-path"
+"""Patch id: a fresh install first asks the node with a short bound in a local activity and
+completes in its first workflow task when the node answers at once; executions started before
+replay the old way (straight to the install activity; tests/histories/InstallBackendWorkflow)."""
+
+FAST_PATH_MARGIN = timedelta(seconds=2)
+"""Slack between the fast path's NATS bound and its local activity's start-to-close timeout."""
+
+FAST_PATH_RETRY = RetryPolicy(maximum_attempts=1)
+"""The fast path is tried once: anything but an immediate answer falls through to the install
+activity, which has its own retries."""
 
 OP_ID_NAMESPACE = uuid.UUID("5f0c3d4e-6a39-4d8e-9a51-0d7e2b8c1f00")
 
@@ -240,6 +255,7 @@ class InstallBackendWorkflow:
         carry = input.resume
         self._input = input
         self._found_running = carry.found_running if carry else False
+        self._fast_path_taken = False
         self._published_phase: InstallPhase | None = None
         # A rollout marks a slot INSTALLING when it starts the install, so a fresh run does
         # not report that again: on a 1,000-slot rollout the redundant signals doubled the
@@ -295,7 +311,18 @@ class InstallBackendWorkflow:
         workflow.upsert_search_attributes(attributes)
         self._set_phase(InstallPhase.INSTALLING)
         try:
-            return await self._loop(_Next.PROBE if input.resume else _Next.INSTALL)
+            first = _Next.PROBE if input.resume else _Next.INSTALL
+            # patched() last: only an execution that takes the fast path records the marker.
+            if (
+                first is _Next.INSTALL
+                and input.fast_path_seconds > 0
+                and workflow.patched(FAST_PATH)
+            ):
+                outcome = await self._fast_path()
+                if isinstance(outcome, InstallBackendResult):
+                    return outcome
+                first = outcome
+            return await self._loop(first)
         except (asyncio.CancelledError, ActivityError) as err:
             if is_cancelled_exception(err):
                 self._status.last_error = "cancelled"
@@ -350,6 +377,65 @@ class InstallBackendWorkflow:
                 )
                 step = _Next.PROBE
 
+    async def _fast_path(self) -> InstallBackendResult | _Next:
+        """Ask the node with a short bound in a local activity, inside this workflow task.
+
+        An immediate ``success:true`` completes the install here (one workflow task, one
+        request). No answer in time, no responders, or any failure of the local activity
+        itself falls through to the install activity with the same op id: a node still
+        working on the op joins it, so nothing is installed twice. A ``success:false`` reply
+        is the first request's failure, handled exactly as the install activity's would be.
+        """
+        input = self._input
+        remaining = self._remaining()
+        bound = min(input.fast_path_seconds, remaining.total_seconds())
+        activity_input = install_activity_input(input, self._status.op_id, remaining)
+        activity_input = activity_input.model_copy(update={"install_timeout_seconds": bound})
+        try:
+            fast: FastInstallResult = await workflow.execute_local_activity(
+                FAST_INSTALL_ACTIVITY,
+                activity_input,
+                result_type=FastInstallResult,
+                start_to_close_timeout=timedelta(seconds=bound) + FAST_PATH_MARGIN,
+                retry_policy=FAST_PATH_RETRY,
+                summary=f"ask {input.node_id} for {self._status.slot} (fast path, "
+                f"{bound:g}s bound)",
+            )
+        except FailureError as err:
+            # A local activity's failure arrives wrapped in ActivityError or as its cause.
+            if is_cancelled_exception(err):
+                raise
+            cause = err.cause if isinstance(err, ActivityError) else err
+            if isinstance(cause, ApplicationError) and cause.type in ACTIVITY_ROUTED_TYPES:
+                self._status.attempts += 1  # the node answered: that was request 1
+                return self._after_failure(cause, err)
+            self._log_fall_through(str(cause or err))
+            return _Next.INSTALL
+        if not fast.answered:
+            self._log_fall_through(fast.reason)
+            return _Next.INSTALL
+        self._status.attempts += 1
+        self._fast_path_taken = True
+        return self._complete(
+            InstallActivityResult(
+                node_id=fast.node_id,
+                op_id=fast.op_id,
+                address=fast.address,
+                attempt=1,
+                progress=InstallProgress(op_id=fast.op_id, node_id=fast.node_id),
+                elapsed_seconds=fast.elapsed_seconds,
+            )
+        )
+
+    def _log_fall_through(self, reason: str) -> None:
+        workflow.logger.info(
+            "fast path not taken for %s on %s (%s): the install activity sends the same op",
+            self._status.slot,
+            self._input.node_id,
+            reason[:200],
+            extra=self._log_fields(),
+        )
+
     async def _install(self) -> InstallActivityResult | _Next:
         """Send one install; the result, or what to do next given how it failed."""
         input = self._input
@@ -380,7 +466,10 @@ class InstallBackendWorkflow:
     def _after_failed_install(self, err: ActivityError) -> _Next:
         if is_cancelled_exception(err):
             raise err
-        cause = err.cause
+        return self._after_failure(err.cause, err)
+
+    def _after_failure(self, cause: BaseException | None, err: BaseException) -> _Next:
+        """What to do after a failed install request, given the failure's cause."""
         if isinstance(cause, TimeoutError):
             # The worker running the activity died or hung through every retry: the node may
             # well be installing, so find out before sending anything again.
@@ -479,6 +568,7 @@ class InstallBackendWorkflow:
             attempts=self._status.attempts,
             probes=self._status.probes,
             found_running=self._found_running,
+            fast_path=self._fast_path_taken,
             progress_events=self._status.progress_events,
             started_at=self._status.started_at,
             completed_at=now,

@@ -48,7 +48,14 @@ from protocol.messages import (
 )
 from tests.fake_node import FakeNode
 from tests.servers import find_binary, nats_server
-from tests.workflow_helpers import FAST, install_input, start_install, wait_for, wait_until
+from tests.workflow_helpers import (
+    FAST,
+    heartbeat_with_events,
+    install_input,
+    start_install,
+    wait_for,
+    wait_until,
+)
 from workflows.delete_backend import DeleteBackendWorkflow
 from workflows.drift import DriftCheckWorkflow
 from workflows.install_backend import InstallBackendWorkflow
@@ -93,6 +100,62 @@ async def warm_install(stack: Stack) -> list[WorkflowHandle[Any, Any]]:
     handle = await start_install(
         stack.client, stack.queue, install_input(node.node_id, model_id="qwen3")
     )
+    await handle.result()
+    await node.stop()
+    return [handle]
+
+
+@scenario
+async def fast_path_warm_install(stack: Stack) -> list[WorkflowHandle[Any, Any]]:
+    """The node answers the fast path's request at once: one workflow task, no activity."""
+    node = await stack.node()
+    input = install_input(node.node_id, model_id="qwen3", fast_path_seconds=5.0)
+    handle = await start_install(stack.client, stack.queue, input)
+    await handle.result()
+    await node.stop()
+    return [handle]
+
+
+@scenario
+async def fast_path_slow_node(stack: Stack) -> list[WorkflowHandle[Any, Any]]:
+    """The fast path gets no answer in time; the install activity joins the same op."""
+    node = await stack.node()
+    finished = asyncio.Event()
+
+    async def slow(request: BackendInstallRequest, number: int) -> BackendInstallReply | None:
+        if number == 1:
+            await node.stream_progress(request.op_id, request.backend, finished)
+            return None
+        await finished.wait()
+        return BackendInstallReply(success=True, address="10.0.0.7:50077")
+
+    node.script = slow
+    input = install_input(node.node_id, fast_path_seconds=0.5, install_timeout_seconds=60.0)
+    handle = await start_install(stack.client, stack.queue, input)
+    await wait_for(lambda: len(node.install_bodies) == 2, what="the install activity's request")
+    await heartbeat_with_events(stack.client, handle, at_least=1)  # it follows the op
+    finished.set()
+    await handle.result()
+    await node.stop()
+    return [handle]
+
+
+@scenario
+async def fast_path_failure_then_success(stack: Stack) -> list[WorkflowHandle[Any, Any]]:
+    """The fast path's answer is a transient failure: back off, probe, the same op again."""
+    node = await stack.node()
+
+    async def flaky(request: BackendInstallRequest, number: int) -> BackendInstallReply:
+        if number == 1:
+            return BackendInstallReply(
+                success=False,
+                error='installing backend from gallery: failed to download backend "x": EOF',
+            )
+        return await node.reply_running(request, number)
+
+    node.script = flaky
+    input = install_input(node.node_id, fast_path_seconds=5.0)
+    handle = await start_install(stack.client, stack.queue, input)
     await handle.result()
     await node.stop()
     return [handle]
