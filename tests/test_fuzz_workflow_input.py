@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from google.protobuf.duration_pb2 import Duration
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 from temporalio.api.common.v1 import Payload
@@ -222,6 +222,11 @@ def decode(data: dict[str, Any], model: type[M]) -> M | None:
     except ValidationError as err:
         event("ValidationError")
         for error in err.errors():
+            if error["type"] == "json_invalid":
+                # Not a JSON document at all (e.g. a lone surrogate escape, which json.dumps
+                # writes and strict parsers refuse): the error names the line and column.
+                assert "line" in error["msg"] and "column" in error["msg"]
+                continue
             assert error["loc"], f"an error naming no field: {error['msg']}"
             assert error["loc"][0] in model.model_fields or error["loc"][0] in data
         return None
@@ -278,6 +283,7 @@ def test_every_install_input_is_refused_naming_a_field_or_runs_without_overflow(
 
 @FUZZ
 @given(rollout_inputs)
+@example({"backend": "b", "targets": [{"node_id": "\ud800"}]})  # not JSON once encoded
 def test_every_rollout_input_is_refused_naming_a_field_or_gives_valid_installs(
     data: dict[str, Any],
 ) -> None:
