@@ -94,6 +94,32 @@ async def _settle(handle: WorkflowHandle[Any, Any]) -> None:
         await handle.result()
 
 
+def _fail_once_then_run(node: FakeNode) -> None:
+    """The first install fails transiently (a download error); later ones run the slot."""
+
+    async def flaky(request: BackendInstallRequest, number: int) -> BackendInstallReply:
+        if number == 1:
+            return BackendInstallReply(
+                success=False,
+                error='installing backend from gallery: failed to download backend "x": EOF',
+            )
+        return await node.reply_running(request, number)
+
+    node.script = flaky
+
+
+def _reject_every_install(node: FakeNode) -> None:
+    """Every install fails permanently (the gallery has no such backend)."""
+
+    async def reject(request: BackendInstallRequest, number: int) -> BackendInstallReply:
+        return BackendInstallReply(
+            success=False,
+            error='installing backend from gallery: no backend found with name "vllm"',
+        )
+
+    node.script = reject
+
+
 @scenario
 async def warm_install(stack: Stack) -> list[WorkflowHandle[Any, Any]]:
     node = await stack.node()
@@ -145,15 +171,7 @@ async def fast_path_failure_then_success(stack: Stack) -> list[WorkflowHandle[An
     """The fast path's answer is a transient failure: back off, probe, the same op again."""
     node = await stack.node()
 
-    async def flaky(request: BackendInstallRequest, number: int) -> BackendInstallReply:
-        if number == 1:
-            return BackendInstallReply(
-                success=False,
-                error='installing backend from gallery: failed to download backend "x": EOF',
-            )
-        return await node.reply_running(request, number)
-
-    node.script = flaky
+    _fail_once_then_run(node)
     input = install_input(node.node_id, fast_path_seconds=5.0)
     handle = await start_install(stack.client, stack.queue, input)
     await handle.result()
@@ -194,13 +212,7 @@ async def still_installing_then_running(stack: Stack) -> list[WorkflowHandle[Any
 async def permanent_failure(stack: Stack) -> list[WorkflowHandle[Any, Any]]:
     node = await stack.node()
 
-    async def reject(request: BackendInstallRequest, number: int) -> BackendInstallReply:
-        return BackendInstallReply(
-            success=False,
-            error='installing backend from gallery: no backend found with name "vllm"',
-        )
-
-    node.script = reject
+    _reject_every_install(node)
     handle = await start_install(stack.client, stack.queue, install_input(node.node_id))
     await _settle(handle)
     await node.stop()
@@ -211,15 +223,7 @@ async def permanent_failure(stack: Stack) -> list[WorkflowHandle[Any, Any]]:
 async def transient_failure_then_success(stack: Stack) -> list[WorkflowHandle[Any, Any]]:
     node = await stack.node()
 
-    async def flaky(request: BackendInstallRequest, number: int) -> BackendInstallReply:
-        if number == 1:
-            return BackendInstallReply(
-                success=False,
-                error='installing backend from gallery: failed to download backend "x": EOF',
-            )
-        return await node.reply_running(request, number)
-
-    node.script = flaky
+    _fail_once_then_run(node)
     handle = await start_install(stack.client, stack.queue, install_input(node.node_id))
     await handle.result()
     await node.stop()
@@ -370,13 +374,7 @@ async def rollout(stack: Stack) -> list[WorkflowHandle[Any, Any]]:
 async def rollout_stopped_by_failures(stack: Stack) -> list[WorkflowHandle[Any, Any]]:
     node = await stack.node()
 
-    async def reject(request: BackendInstallRequest, number: int) -> BackendInstallReply:
-        return BackendInstallReply(
-            success=False,
-            error='installing backend from gallery: no backend found with name "vllm"',
-        )
-
-    node.script = reject
+    _reject_every_install(node)
     handle = await _rollout(
         stack,
         stack.client,
