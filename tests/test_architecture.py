@@ -39,3 +39,84 @@ def test_package_does_not_import(package: str, forbidden: set[str]) -> None:
 def test_the_worker_library_has_no_command_line() -> None:
     """create_worker, connect_temporal and friends import without argparse or worker_main."""
     assert imported_packages("orchestrator") & {"argparse", "worker_main"} == set()
+
+
+PASSED_THROUGH_CORE = ["install_state.py", "install_steps.py", "summary.py"]
+"""Workflow code the sandbox passes through (imported once per worker, not per run): it gets
+none of the sandbox's checks, so it must be deterministic by construction."""
+
+CORE_MAY_IMPORT = {
+    "__future__",
+    "contracts",
+    "protocol",
+    "workflows",
+    "dataclasses",
+    "datetime",
+    "enum",
+    "typing",
+    "uuid",
+    "temporalio.common",
+    "temporalio.exceptions",
+}
+
+NONDETERMINISTIC_NAMES = {
+    "now",
+    "utcnow",
+    "today",
+    "time",
+    "monotonic",
+    "perf_counter",
+    "random",
+    "uuid1",
+    "uuid4",
+    "environ",
+    "getenv",
+    "open",
+    "sleep",
+}
+
+
+def _imports(tree: ast.AST) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return found
+
+
+@pytest.mark.parametrize("module", PASSED_THROUGH_CORE)
+def test_passed_through_workflow_code_imports_no_workflow_api_and_no_io(module: str) -> None:
+    tree = ast.parse((ROOT / "workflows" / module).read_text())
+    outside = {
+        name
+        for name in _imports(tree)
+        if name not in CORE_MAY_IMPORT
+        and name.split(".")[0] not in CORE_MAY_IMPORT - {"temporalio"}
+    }
+    assert outside == set()
+
+
+@pytest.mark.parametrize("module", PASSED_THROUGH_CORE)
+def test_passed_through_workflow_code_reads_no_clock_randomness_or_environment(
+    module: str,
+) -> None:
+    tree = ast.parse((ROOT / "workflows" / module).read_text())
+    used = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
+    used |= {
+        node.func.id
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+    }
+    assert used & NONDETERMINISTIC_NAMES == set()
+
+
+def test_the_install_workflow_passes_its_core_through_the_sandbox() -> None:
+    """Imported inside ``imports_passed_through``, so the sandbox does not re-import them."""
+    tree = ast.parse((ROOT / "workflows" / "install_backend.py").read_text())
+    passed: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.With) and "imports_passed_through" in ast.unparse(node.items[0]):
+            passed |= _imports(ast.Module(body=node.body, type_ignores=[]))
+    assert {f"workflows.{m.removesuffix('.py')}" for m in PASSED_THROUGH_CORE} <= passed

@@ -107,6 +107,25 @@ async def test_the_fast_path_leaves_query_search_attributes_and_details_as_the_i
     assert result.address in str(metadata), "the current details show the address"
 
 
+async def test_a_warm_install_writes_its_search_attributes_in_one_upsert(
+    client: Client, nc: NATS, task_queue: str, node_id: str
+) -> None:
+    """Each upsert is a visibility write on the server; nobody could see the ones in between."""
+    async with FakeNode(nc, node_id):
+        handle = await start_install(client, task_queue, fast_input(node_id, model_id="qwen3"))
+        await handle.result()
+
+    upserts = [
+        set(
+            event.upsert_workflow_search_attributes_event_attributes.search_attributes.indexed_fields
+        )
+        for event in (await handle.fetch_history()).events
+        if event.event_type == EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES
+    ]
+    ours = [fields for fields in upserts if fields != {"TemporalChangeVersion"}]
+    assert ours == [{"NodeId", "BackendName", "ModelId", "InstallPhase"}]
+
+
 async def test_a_slow_node_gets_the_same_op_from_the_install_activity_which_joins_it(
     client: Client, nc: NATS, task_queue: str, node_id: str
 ) -> None:

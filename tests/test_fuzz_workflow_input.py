@@ -24,7 +24,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from contracts.activities import InstallActivityInput, ProbeInput
 from contracts.install import InstallBackendInput
 from contracts.rollout import RolloutInput, expand_slots
-from workflows.install_backend import (
+from workflows.install_steps import (
     ACTIVITY_MARGIN,
     backoff_seconds,
     install_activity_input,

@@ -9,7 +9,7 @@ import pytest
 from contracts.install import InstallBackendInput, InstallPhase, InstallStatus, describe_problems
 from protocol.messages import BackendInstallProgressEvent, GalleryConfig
 from protocol.subjects import token_problem
-from workflows.install_backend import backoff_seconds, derive_op_id
+from workflows.install_steps import backoff_seconds, derive_op_id
 from workflows.summary import describe_progress, details_markdown
 
 

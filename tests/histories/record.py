@@ -8,7 +8,20 @@ replays one of them would break those executions on deploy. Re-record only when 
 shape (a new workflow type or a new path through one); never re-record to make a failing replay
 pass — version the change with ``workflow.patched`` instead (README, "Changing workflow code").
 
-``python -m tests.histories.record warm_install rollout`` records only the scenarios named.
+``python -m tests.histories.record`` records the scenarios that have no history yet; naming
+scenarios (``python -m tests.histories.record warm_install rollout``) re-records them.
+
+Histories that no scenario records any more are older shapes of the code, kept so that the
+executions they stand for still replay:
+
+- ``InstallBackendWorkflow/fast_path_warm_install``, ``fast_path_slow_node`` and
+  ``fast_path_failure_then_success``: the fast path before the patch
+  ``fast-path-writes-attributes-once`` (identity and ``installing`` upserted before the fast
+  path); today's shape is ``fast_path_answered``, ``fast_path_falls_through`` and
+  ``fast_path_transient_failure``.
+- ``InstallBackendWorkflow/invalid_input``: before ``invalid-input-writes-no-search-attribute``
+  (an invalid input upserted ``InstallPhase=failed``); today's shape is
+  ``out_of_bounds_input``.
 """
 
 from __future__ import annotations
@@ -21,6 +34,7 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -132,10 +146,10 @@ async def warm_install(stack: Stack) -> list[WorkflowHandle[Any, Any]]:
 
 
 @scenario
-async def fast_path_warm_install(stack: Stack) -> list[WorkflowHandle[Any, Any]]:
+async def fast_path_answered(stack: Stack) -> list[WorkflowHandle[Any, Any]]:
     """The node answers the fast path's request at once: one workflow task, no activity."""
     node = await stack.node()
-    input = install_input(node.node_id, model_id="qwen3", fast_path_seconds=5.0)
+    input = install_input(node.node_id, model_id="qwen3", fast_path_seconds=1.0)
     handle = await start_install(stack.client, stack.queue, input)
     await handle.result()
     await node.stop()
@@ -143,7 +157,23 @@ async def fast_path_warm_install(stack: Stack) -> list[WorkflowHandle[Any, Any]]
 
 
 @scenario
-async def fast_path_slow_node(stack: Stack) -> list[WorkflowHandle[Any, Any]]:
+async def fast_path_short_task_timeout(stack: Stack) -> list[WorkflowHandle[Any, Any]]:
+    """A task timeout too short for the fast path's bound: attributes first, then the path."""
+    node = await stack.node()
+    handle = await stack.client.start_workflow(
+        InstallBackendWorkflow.run,
+        install_input(node.node_id, model_id="qwen3", fast_path_seconds=1.0),
+        id=f"install-short-task-{uuid.uuid4().hex[:8]}",
+        task_queue=stack.queue,
+        task_timeout=timedelta(seconds=2),
+    )
+    await handle.result()
+    await node.stop()
+    return [handle]
+
+
+@scenario
+async def fast_path_falls_through(stack: Stack) -> list[WorkflowHandle[Any, Any]]:
     """The fast path gets no answer in time; the install activity joins the same op."""
     node = await stack.node()
     finished = asyncio.Event()
@@ -167,7 +197,7 @@ async def fast_path_slow_node(stack: Stack) -> list[WorkflowHandle[Any, Any]]:
 
 
 @scenario
-async def fast_path_failure_then_success(stack: Stack) -> list[WorkflowHandle[Any, Any]]:
+async def fast_path_transient_failure(stack: Stack) -> list[WorkflowHandle[Any, Any]]:
     """The fast path's answer is a transient failure: back off, probe, the same op again."""
     node = await stack.node()
 
@@ -276,18 +306,6 @@ async def deadline_exceeded(stack: Stack) -> list[WorkflowHandle[Any, Any]]:
     handle = await start_install(stack.client, stack.queue, input)
     await _settle(handle)
     await node.stop()
-    return [handle]
-
-
-@scenario
-async def invalid_input(stack: Stack) -> list[WorkflowHandle[Any, Any]]:
-    handle = await stack.client.start_workflow(
-        "InstallBackendWorkflow",
-        {"node_id": "a.b", "backend": "llama-cpp"},
-        id=f"install-invalid-{uuid.uuid4().hex[:8]}",
-        task_queue=stack.queue,
-    )
-    await _settle(handle)
     return [handle]
 
 
@@ -678,6 +696,11 @@ async def record(names: list[str]) -> None:
                 print(f"recorded {path.relative_to(HISTORIES.parent.parent)}")
 
 
+def _recorded(name: str) -> bool:
+    """Whether a history of the scenario exists (``<name>.json`` or ``<name>.run1.json``)."""
+    return any(HISTORIES.glob(f"*/{name}.json")) or any(HISTORIES.glob(f"*/{name}.run1.json"))
+
+
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("temporalio").setLevel(logging.ERROR)  # failed activities are scenarios
@@ -685,7 +708,7 @@ def main(argv: list[str]) -> int:
     if unknown:
         print(f"error: unknown scenario {unknown[0]!r}; known: {', '.join(SCENARIOS)}")
         return 2
-    asyncio.run(record(argv or list(SCENARIOS)))
+    asyncio.run(record(argv or [name for name in SCENARIOS if not _recorded(name)]))
     return 0
 
 
