@@ -91,8 +91,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--max-concurrent-activities",
         type=int,
         default=int(env("WORKER_MAX_CONCURRENT_ACTIVITIES", "1000")),
-        help="install and probe activities this worker runs at once; an install mostly "
-        "waits on the node, so this is far above the SDK's 100 "
+        help="install and probe activities this worker runs at once, and as many fast-path "
+        "requests; an install mostly waits on the node, so this is far above the SDK's 100 "
         "(env WORKER_MAX_CONCURRENT_ACTIVITIES; default %(default)s)",
     )
     temporal.add_argument(

@@ -8,7 +8,11 @@ same run, with the node answering at once:
    ``await_install``; both start with ``request_eager_start=True``, so the server hands the
    first workflow task back in the start response. Rounds interleave install and minimal
    (order alternating). Target: install median <= 0.6x minimal; p95 and p99 reported.
-2. **eager burst** — N of each started at once the same way; completions/s. Target >= 1.2x.
+2. **eager burst** — N of each started at once the same way; completions/s. Rounds are
+   pairs (one burst of each, back to back, the order alternating) and the figure is the
+   median of the pairs' ratios: the load of a shared machine drifts between rounds, and a
+   pair sees the same load twice. Target >= 1.2x; the lowest and highest pair and the ratio
+   of the two medians are reported too.
 3. **temporal CLI** — ``temporal workflow execute`` against the benchmark's worker process
    (a separate process: no eager start possible), process start included for both.
    Target: install median <= 0.8x minimal.
@@ -42,6 +46,12 @@ from orchestrator.worker import compile_workflow_modules, create_worker
 
 NAME = "warm_path"
 
+EAGER_SLOTS = 500
+"""Workflow-task slots of both in-process workers. The server answers a start eagerly only
+while the starting process's worker has a free slot (the SDK default is 100), so a burst
+larger than that was mostly dispatched the ordinary way; above the largest burst (300), every
+start of a burst can be eager, for both workflows alike."""
+
 Timed = Callable[[str], Awaitable["Sample"]]
 
 
@@ -70,6 +80,7 @@ async def in_process_workers(s: Stack) -> AsyncIterator[tuple[str, str]]:
                 install_queue,
                 max_concurrent_activities=MAX_CONCURRENT_ACTIVITIES,
                 max_cached_workflows=MAX_CACHED_WORKFLOWS,
+                max_concurrent_workflow_tasks=EAGER_SLOTS,
                 graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
             ),
             Worker(
@@ -79,6 +90,7 @@ async def in_process_workers(s: Stack) -> AsyncIterator[tuple[str, str]]:
                 activities=[MinimalActivities(nc).request],
                 max_concurrent_activities=MAX_CONCURRENT_ACTIVITIES,
                 max_cached_workflows=MAX_CACHED_WORKFLOWS,
+                max_concurrent_workflow_tasks=EAGER_SLOTS,
                 graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
             ),
         ):
@@ -164,10 +176,11 @@ async def interleaved(
     return samples
 
 
-async def burst_rate(workload: Timed, count: int, tag: str) -> float:
+async def burst_rate(workload: Timed, count: int, tag: str) -> tuple[float, float]:
+    """Completions per second of ``count`` starts at once, and the share started eagerly."""
     began = time.perf_counter()
-    await asyncio.gather(*(workload(f"{tag}-{i}") for i in range(count)))
-    return count / (time.perf_counter() - began)
+    samples = await asyncio.gather(*(workload(f"{tag}-{i}") for i in range(count)))
+    return count / (time.perf_counter() - began), sum(s.eager for s in samples) / count
 
 
 def latency_rows(report: Report, label: str, samples: dict[str, list[Sample]]) -> float:
@@ -196,7 +209,7 @@ def latency_rows(report: Report, label: str, samples: dict[str, list[Sample]]) -
 
 
 async def run(quick: bool) -> Report:
-    rounds, count, bursts, cli_rounds = (40, 100, 1, 10) if quick else (300, 300, 3, 60)
+    rounds, count, bursts, cli_rounds = (40, 100, 3, 10) if quick else (300, 200, 7, 60)
     report = Report(NAME, quick)
     async with stack(NAME) as s:
         node = await WildcardNode(s.nc).start()
@@ -209,9 +222,12 @@ async def run(quick: bool) -> Report:
             await interleaved(eager, 5, f"warm-{tag}")
             latency = await interleaved(eager, rounds, f"eager-{tag}")
             rates: dict[str, list[float]] = {"minimal": [], "install": []}
-            for r in range(bursts):
+            eager_shares: dict[str, list[float]] = {"minimal": [], "install": []}
+            for r in range(bursts):  # one pair per round, the order alternating
                 for name in list(eager)[:: 1 - 2 * (r % 2)]:
-                    rates[name].append(await burst_rate(eager[name], count, f"b{r}-{name}-{tag}"))
+                    rate, share = await burst_rate(eager[name], count, f"b{r}-{name}-{tag}")
+                    rates[name].append(rate)
+                    eager_shares[name].append(share)
         cli = {
             "minimal": cli_execute(s, MINIMAL_WORKFLOW, s.baseline_queue),
             "install": cli_execute(s, INSTALL_WORKFLOW, s.install_queue),
@@ -221,9 +237,23 @@ async def run(quick: bool) -> Report:
         await node.stop()
     eager_ratio = latency_rows(report, "eager", latency)
     for name, values in rates.items():
-        report.row(f"eager burst {name}", per_second=median(values), best=max(values), n=count)
-    rate_ratio = median(rates["install"]) / median(rates["minimal"])
-    report.row("eager burst ratio install/minimal", per_second=rate_ratio, rounds=bursts)
+        report.row(
+            f"eager burst {name}",
+            per_second=median(values),
+            best=max(values),
+            eager=min(eager_shares[name]),
+            n=count,
+        )
+    pairs = [i / m for i, m in zip(rates["install"], rates["minimal"], strict=True)]
+    rate_ratio = median(pairs)
+    report.row(
+        "eager burst ratio install/minimal",
+        per_second=rate_ratio,
+        lowest=min(pairs),
+        highest=max(pairs),
+        of_medians=median(rates["install"]) / median(rates["minimal"]),
+        rounds=bursts,
+    )
     cli_ratio = latency_rows(report, "cli", by_cli)
     report.check("eager median install / minimal", eager_ratio, 0.6, "<=", "x")
     report.check("eager completions/s install / minimal", rate_ratio, 1.2, ">=", "x")

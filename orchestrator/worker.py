@@ -134,6 +134,12 @@ def create_worker(
     if telemetry.tracing and not client_traces(client) and "interceptors" not in worker_options:
         worker_options["interceptors"] = temporal_interceptors(telemetry)
     compile_workflow_modules(list(WORKFLOW_BEHAVIORS))
+    if "max_concurrent_activities" in worker_options:
+        # Every install's first request is the fast path's local activity: as many of those
+        # may run at once as install activities (the SDK's own default is 100 of each).
+        worker_options.setdefault(
+            "max_concurrent_local_activities", worker_options["max_concurrent_activities"]
+        )
     if versioning is not None:
         worker_options["deployment_config"] = versioning.deployment_config(default_behavior())
     return Worker(

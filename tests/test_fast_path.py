@@ -19,6 +19,7 @@ from temporalio.exceptions import ApplicationError
 from contracts.activities import FastInstallResult
 from contracts.install import InstallBackendInput, InstallPhase
 from contracts.search_attributes import INSTALL_PHASE, NODE_ID
+from orchestrator.worker import create_worker
 from protocol.messages import BackendInstallReply, BackendInstallRequest
 from tests.fake_node import FakeNode
 from tests.workflow_helpers import (
@@ -246,3 +247,14 @@ def test_the_fast_path_bound_is_checked_like_every_other_duration() -> None:
             ).problems()
             == []
         )
+
+
+async def test_the_fast_path_may_run_as_many_requests_at_once_as_the_install_activity(
+    client: Client, nc: NATS
+) -> None:
+    """Every install's first request is a local activity: the SDK's 100 would queue a burst."""
+    worker = create_worker(client, nc, "unused-queue", max_concurrent_activities=700)
+
+    config = worker.config()
+
+    assert config.get("max_concurrent_local_activities") == 700
