@@ -15,4 +15,7 @@ echo "== mypy"
 .venv/bin/mypy .
 echo "== pytest"
 # Coverage is reported (terminal table, files below 100 % only), never enforced.
-.venv/bin/pytest --cov --cov-report=term "$@"
+# Two pytest-xdist workers by default (TEST_WORKERS=0 for one process): most tests wait on
+# servers, nodes and timers rather than use a core, so two halve the wall time on two cores.
+# Each worker starts its own servers; tests/ports.py keeps their backend ports apart.
+.venv/bin/pytest -n "${TEST_WORKERS:-2}" --dist loadfile --cov --cov-report=term "$@"

@@ -10,8 +10,6 @@ and nobody asked the node to cancel.
 from __future__ import annotations
 
 import contextlib
-import itertools
-import random
 import tarfile
 import threading
 import uuid
@@ -31,6 +29,7 @@ from devstack.sample_backend import Gallery, SampleBackend, build_archive
 from node_agent import backend_rpc
 from protocol.messages import GalleryConfig
 from tests.chaos.procs import LiveProcess, processes_under
+from tests.ports import CHAOS_PORTS
 from tests.workflow_helpers import FAST, wait_for, wait_until
 from workflows.install_backend import InstallBackendWorkflow
 
@@ -48,13 +47,10 @@ CHAOS_INPUT: dict[str, Any] = {
 """The test intervals, except that one install request waits as long as in production (the
 default 900 s): recovering from a fault must not depend on a request timing out first."""
 
-_PORT_BLOCKS = itertools.count(random.randrange(0, 400) * 20 + 20000, 20)
-"""Backend ports, in blocks of 20 below the ephemeral range and apart from the agent tests'."""
-
 
 def port_block() -> tuple[int, int]:
-    low = next(_PORT_BLOCKS)
-    return low, low + 19
+    """Backend ports for one agent (``tests/ports.py``)."""
+    return CHAOS_PORTS.block()
 
 
 class CountingFileServer(ThrottledFileServer):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
-import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -15,18 +13,16 @@ from nats.aio.client import Client as NATS
 from devstack.sample_backend import Gallery
 from node_agent import Agent, AgentConfig, NatsOptions
 from tests.node_agent.helpers import ArtifactServer, NodeClient
+from tests.ports import AGENT_PORTS
 
 ADVERTISE_HOST = "127.0.0.2"
 """Routable on Linux loopback yet different from the agent's local 127.0.0.1 address."""
 
-_PORT_BLOCKS = itertools.count(random.randrange(400, 800) * 20 + 40000, 20)
-
 
 @pytest.fixture
 def port_range() -> tuple[int, int]:
-    """A block of 20 ports no other test of this session uses."""
-    low = next(_PORT_BLOCKS)
-    return low, low + 19
+    """A block of 20 ports no other test uses, in this or a parallel worker."""
+    return AGENT_PORTS.block()
 
 
 @pytest.fixture

@@ -14,8 +14,9 @@ from contracts.rollout import RolloutAction, RolloutInput
 from devstack.sample_backend import Gallery, SampleBackend
 from node_agent import Agent
 from protocol.messages import BackendInstallRequest
-from tests.node_agent.conftest import _PORT_BLOCKS, AgentFactory, fast_config
+from tests.node_agent.conftest import AgentFactory, fast_config
 from tests.node_agent.helpers import NodeClient
+from tests.ports import AGENT_PORTS
 from tests.workflow_helpers import assert_replays, install_input, start_install
 from workflows.delete_backend import DeleteBackendWorkflow
 from workflows.rollout import RolloutBackendWorkflow
@@ -144,8 +145,9 @@ async def test_a_delete_rollout_deletes_the_backend_on_every_node_reporting_it(
     try:
         for name in ("a", "b", "c"):
             node_id = f"del-{name}-{uuid.uuid4().hex[:6]}"
-            low = next(_PORT_BLOCKS)
-            config = fast_config(node_id, tmp_path / node_id, gallery, nats_url, (low, low + 19))
+            config = fast_config(
+                node_id, tmp_path / node_id, gallery, nats_url, AGENT_PORTS.block()
+            )
             agents.append(Agent(config))
             await agents[-1].start()
         having, without = agents[:2], agents[2]

@@ -28,7 +28,8 @@ from contracts.rollout import NodeState, RollbackState, RolloutInput, RolloutSta
 from devstack.sample_backend import Gallery, SampleBackend
 from node_agent import Agent
 from orchestrator.worker import WORKFLOW_BEHAVIORS
-from tests.node_agent.conftest import _PORT_BLOCKS, fast_config
+from tests.node_agent.conftest import fast_config
+from tests.ports import AGENT_PORTS
 from tests.workflow_helpers import FAST, assert_replays
 from workflows.rollout import RolloutBackendWorkflow
 
@@ -84,8 +85,7 @@ async def fleet(nats_url: str, tmp_path: Path) -> AsyncIterator[tuple[Fleet, Gal
 
 
 def _ports() -> tuple[int, int]:
-    low = next(_PORT_BLOCKS)
-    return low, low + 19
+    return AGENT_PORTS.block()
 
 
 @pytest.fixture
