@@ -13,24 +13,24 @@ import random
 from collections.abc import Iterator
 
 BLOCK = 20
-MAX_WORKERS = 4
-"""Slices per pool; ``make test`` runs fewer xdist workers than this."""
 
 
-def _worker_index() -> int:
-    """``gw3`` → 3 under pytest-xdist; 0 in a plain run."""
+def _worker() -> tuple[int, int]:
+    """This worker's index and the number of workers: ``(3, 4)`` for ``gw3`` of ``-n 4``."""
     name = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
-    return int(name.removeprefix("gw") or 0) % MAX_WORKERS
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    return int(name.removeprefix("gw") or 0), max(count, 1)
 
 
 class PortPool:
     """Hands out consecutive blocks from this worker's slice of ``[low, high)``."""
 
     def __init__(self, low: int, high: int) -> None:
-        slice_size = (high - low) // MAX_WORKERS
-        start = low + _worker_index() * slice_size
+        index, workers = _worker()
+        slice_size = (high - low) // workers
+        start = low + index * slice_size
         # Start anywhere in the first fifth of the slice; the rest is the head-room.
-        offset = random.randrange(0, slice_size // 5 // BLOCK) * BLOCK
+        offset = random.randrange(0, max(slice_size // 5 // BLOCK, 1)) * BLOCK
         self._next: Iterator[int] = itertools.count(start + offset, BLOCK)
         self._end = start + slice_size
 
