@@ -113,6 +113,8 @@ class Agent:
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopped = asyncio.Event()
         self._stopping = False
+        self.left_running = 0
+        """Backend processes the stopped agent left running (``keep_backends``)."""
         self.service = NodeService(config, self._publish)
         self._tracer = config.telemetry.tracer()
         self.instance = Instance(
@@ -282,7 +284,8 @@ class Agent:
         raise RuntimeError(f"NATS does not route {probe} to this agent")
 
     async def stop(self) -> None:
-        """Stop answering, cancel in-flight work, stop every backend process, disconnect."""
+        """Stop answering, cancel in-flight work, stop every backend process (or, with
+        ``keep_backends``, leave them for the next agent), disconnect."""
         if self._stopping:
             await self._stopped.wait()
             return
@@ -296,7 +299,7 @@ class Agent:
         for sub in self._subscriptions:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
-        await self.service.close()
+        self.left_running = await self.service.close(keep_backends=self.config.keep_backends)
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._owns_connection and self._nc is not None:

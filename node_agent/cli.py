@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import re
 import signal
@@ -123,6 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=15.0,
         help="seconds between checks that no other agent serves this node id (0: only at start)",
+    )
+    node.add_argument(
+        "--keep-backends",
+        action="store_true",
+        default=os.environ.get("NODE_AGENT_KEEP_BACKENDS", "").lower() in _TRUE,
+        help="on SIGTERM/SIGINT leave backend processes running, for the next agent on this "
+        "backends dir to adopt: restarting or upgrading the agent keeps every slot serving "
+        "(env NODE_AGENT_KEEP_BACKENDS=1; default: stop them, as a LocalAI worker does)",
     )
     parser.add_argument(
         "--announce-interval",
@@ -243,6 +252,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         allow_request_galleries=allow_galleries,
         allow_request_uris=allow_uris,
         allow_remote_stop=args.allow_remote_stop,
+        keep_backends=args.keep_backends,
     )
 
 
@@ -258,6 +268,13 @@ async def run(config: AgentConfig) -> None:
     await agent.wait_stopped()
     if agent.conflict:
         raise DuplicateAgent(agent.conflict)
+    if agent.left_running:
+        # asyncio kills a still-running child when its transport is closed or collected,
+        # which Python's shutdown would do; leave now, with everything still referenced.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def dump_tasks() -> None:

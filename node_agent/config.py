@@ -71,5 +71,8 @@ class AgentConfig:
     allow_request_galleries: tuple[str, ...] = ()
     allow_request_uris: tuple[str, ...] = ()
     allow_remote_stop: bool = False
+    keep_backends: bool = False
+    """On stop, leave backend processes running for the next agent to adopt (``--keep-backends``):
+    restarting or upgrading the agent then costs no slot its process."""
     announce_interval: float = 10.0
     """Seconds between puts of this agent's entry in the node registry; 0 turns it off."""

@@ -127,14 +127,16 @@ class NodeService:
         self.store.recover()
         await self.supervisor.recover()
 
-    async def close(self) -> None:
-        """Cancel in-flight work (cleaning its staging), stop every process."""
+    async def close(self, keep_backends: bool = False) -> int:
+        """Cancel in-flight work (cleaning its staging), stop every process, or with
+        ``keep_backends`` leave them running; returns how many were left running."""
         tasks = [f.task for f in self._flights() if f.task is not None]
         for task in tasks:
             task.cancel("agent shutting down")
         await asyncio.gather(*tasks, return_exceptions=True)
-        await self.supervisor.close()
+        left = await self.supervisor.close(keep=keep_backends)
         self._executor.shutdown(wait=False, cancel_futures=True)
+        return left
 
     # --- helpers -----------------------------------------------------------------------------
 

@@ -414,11 +414,26 @@ class Supervisor:
         await asyncio.gather(*(self.stop(p, force=force) for p in procs))
         return [p.key for p in procs]
 
-    async def close(self) -> None:
-        """Stop everything and wait for the watchers (agent shutdown)."""
+    async def close(self, keep: bool = False) -> int:
+        """Agent shutdown: stop every process, or with ``keep`` leave them running (their
+        records stay for the next agent to adopt); returns how many were left running."""
+        if keep:
+            left = [p for p in self.all() if p.alive]
+            for watcher in self._watchers:
+                watcher.cancel()  # stop watching; the process runs on
+            await asyncio.gather(*self._watchers, return_exceptions=True)
+            if left:
+                log.info(
+                    "left %d backend process%s running for the next agent to adopt: %s",
+                    len(left),
+                    "" if len(left) == 1 else "es",
+                    ", ".join(f"{p.key} (pid {p.pid})" for p in left),
+                )
+            return len(left)
         await self.stop_all()
         if self._watchers:
             await asyncio.gather(*self._watchers, return_exceptions=True)
+        return 0
 
 
 async def _none_after(waiting: Awaitable[None]) -> int | None:

@@ -39,6 +39,13 @@ class AgentProcess:
             self.process.kill()
         await self.process.wait()
 
+    async def terminate(self) -> int:
+        """SIGTERM, as systemd or a container runtime stops it; its exit status."""
+        with contextlib.suppress(ProcessLookupError):
+            self.process.terminate()
+        async with asyncio.timeout(WAIT):
+            return await self.process.wait()
+
 
 def agent_command(
     node_id: str, backends_dir: Path, gallery: Gallery, nats_url: str, ports: tuple[int, int]

@@ -95,6 +95,56 @@ async def test_a_backend_outlives_a_killed_agent_and_the_restarted_agent_adopts_
             assert await running(nc, node_id) == []
 
 
+async def test_a_stopped_agent_stops_its_backends_by_default(
+    nc: NATS,
+    node_id: str,
+    tmp_path: Path,
+    gallery: Gallery,
+    archives: Path,
+    nats_url: str,
+    port_range: tuple[int, int],
+) -> None:
+    gallery.add_backend(SampleBackend("cpu-echo"), archives)
+    backend_dir = tmp_path / "backends" / "cpu-echo"
+    command = agent_command(node_id, tmp_path / "backends", gallery, nats_url, port_range)
+    with reaping(backend_dir):
+        async with running_agent(command, tmp_path / "agent.log") as agent:
+            assert (await install(nc, node_id)).success
+            assert await agent.terminate() == 0
+
+        assert processes_in(backend_dir) == []
+
+
+async def test_with_keep_backends_a_restarted_agent_adopts_what_the_stopped_one_left_serving(
+    nc: NATS,
+    node_id: str,
+    tmp_path: Path,
+    gallery: Gallery,
+    archives: Path,
+    nats_url: str,
+    port_range: tuple[int, int],
+) -> None:
+    """An agent upgrade or restart (SIGTERM) costs no slot its process."""
+    gallery.add_backend(SampleBackend("cpu-echo"), archives)
+    backend_dir = tmp_path / "backends" / "cpu-echo"
+    command = agent_command(node_id, tmp_path / "backends", gallery, nats_url, port_range)
+    command.append("--keep-backends")
+    with reaping(backend_dir):
+        async with running_agent(command, tmp_path / "first.log") as first:
+            before = await install(nc, node_id)
+            assert before.success, before.error
+            assert await first.terminate() == 0
+            assert "left 1 backend process running" in first.log_text()
+        [backend_pid] = processes_in(backend_dir)
+
+        async with running_agent(command, tmp_path / "second.log") as second:
+            after = await install(nc, node_id)
+
+            assert (after.success, after.address) == (True, before.address)
+            assert processes_in(backend_dir) == [backend_pid]
+            assert "adopted" in second.log_text()
+
+
 async def test_a_survivor_that_does_not_answer_health_is_killed_and_the_slot_respawned(
     nc: NATS,
     node_id: str,
