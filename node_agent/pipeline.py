@@ -162,7 +162,8 @@ class Pipeline:
         Returns its URI and its digest: an OCI image's manifest digest, an archive's
         ``sha256:<hex>``, "" for a local directory (nothing stable to hash).
         """
-        failures: list[str] = []
+        failures: list[str] = []  # one text per source that failed, in order
+        rejected: list[str] = []  # the images no retry can fix: '"<uri>": <cause>'
         unsupported = 0
         for uri in artifact.sources:
             kind = fetch.classify(uri)
@@ -171,9 +172,13 @@ class Pipeline:
                 try:
                     return uri, await self._pull_image(uri, staging, on_tick, abort)
                 except oci.PullError as err:
+                    # The next source may well have it (a mirror, the development build):
+                    # LocalAI tries every source, whatever the failure.
                     if err.permanent:
-                        raise InstallError(f'rejected OCI image "{uri}": {err.cause}') from err
-                    failures.append(f'failed to pull OCI image "{uri}": {err.cause}')
+                        rejected.append(f'"{uri}": {err.cause}')
+                        failures.append(f'rejected OCI image "{uri}": {err.cause}')
+                    else:
+                        failures.append(f'failed to pull OCI image "{uri}": {err.cause}')
                     continue
             if kind in (SourceKind.OCI, SourceKind.UNSUPPORTED):
                 unsupported += 1
@@ -189,6 +194,10 @@ class Pipeline:
         primary = artifact.sources[0] if artifact.sources else ""
         if unsupported == len(artifact.sources):
             raise InstallError(f'OCI image "{primary}" is not supported by this agent')
+        if rejected and len(rejected) + unsupported == len(artifact.sources):
+            # Every image was refused for good (no such tag, integrity, refused credentials):
+            # no retry can help, so the reply says "rejected" (InstallRejected).
+            raise InstallError("rejected OCI image " + "; ".join(rejected))
         raise InstallError(f'failed to download backend "{primary}": ' + "; ".join(failures))
 
     async def _pull_image(self, uri: str, staging: Path, on_tick: TickFn, abort: Abort) -> str:

@@ -204,7 +204,8 @@ class NodeService:
             ),
         )
         entry = resolution.concrete
-        sources = tuple(s for s in (entry.uri, *entry.mirrors) if s)
+        listed = (entry.uri, *entry.mirrors, *catalog.tag_fallbacks(entry.uri))
+        sources = tuple(dict.fromkeys(s for s in listed if s))
         self.trust.check_entry_sources(resolution.gallery, sources)
         artifact = Artifact(
             name=entry.name,

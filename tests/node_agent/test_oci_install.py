@@ -55,6 +55,45 @@ async def test_a_gallery_entry_pointing_at_an_image_installs_and_serves(
     assert not list((node.backends_dir / ".downloads").glob("oci-*"))
 
 
+async def test_a_released_tag_that_is_missing_falls_back_to_the_development_build(
+    node: NodeClient, registry: RunningRegistry, pusher: Pusher
+) -> None:
+    """LocalAI's order: ``uri``, mirrors, then ``latest-`` → ``master-`` (and ``-development``)."""
+    digest = pusher.image(
+        "backends/fallback-master", "master-cpu-echo", backend_image(SampleBackend("cpu-echo"))
+    )
+    released = f"{registry.host}/backends/fallback-master:latest-cpu-echo"
+    node.gallery.add({"name": "cpu-echo", "uri": released})
+
+    reply = await node.install("cpu-echo", model_id="m")
+
+    assert reply.success, reply.error
+    [row] = (await node.listing()).backends or []
+    assert (row.uri, row.digest) == (
+        f"{registry.host}/backends/fallback-master:master-cpu-echo",
+        digest,
+    )
+
+
+async def test_the_development_suffix_is_the_last_fallback(
+    node: NodeClient, registry: RunningRegistry, pusher: Pusher
+) -> None:
+    pusher.image(
+        "backends/fallback-dev",
+        "master-cpu-echo-development",
+        backend_image(SampleBackend("cpu-echo")),
+    )
+    node.gallery.add(
+        {"name": "cpu-echo", "uri": f"{registry.host}/backends/fallback-dev:latest-cpu-echo"}
+    )
+
+    reply = await node.install("cpu-echo", model_id="m")
+
+    assert reply.success, reply.error
+    [row] = (await node.listing()).backends or []
+    assert row.uri.endswith(":master-cpu-echo-development")
+
+
 async def test_progress_names_each_layer_and_counts_over_the_whole_image(
     node: NodeClient, registry: RunningRegistry, pusher: Pusher
 ) -> None:

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from devstack.registry import file_member, tar_layer
 from node_agent.blocking import Abort
 from node_agent.capability import detect, detect_hardware
+from node_agent.catalog import tag_fallbacks
 from node_agent.oci import reference
 from node_agent.oci.layers import LayerApplier, UnsafeLayer
 from node_agent.oci.manifest import (
@@ -343,3 +344,27 @@ def test_the_environment_beats_the_capability_file_which_beats_detection(tmp_pat
     (tmp_path / "run/localai/capability").write_text("intel\n")
     assert detect(tmp_path, {}) == "intel"
     assert detect(tmp_path, {"LOCALAI_FORCE_META_BACKEND_CAPABILITY": "nvidia"}) == "nvidia"
+
+
+@pytest.mark.parametrize(
+    ("uri", "fallbacks"),
+    [
+        (
+            "quay.io/go-skynet/local-ai-backends:latest-cpu-llama-cpp",
+            (
+                "quay.io/go-skynet/local-ai-backends:master-cpu-llama-cpp",
+                "quay.io/go-skynet/local-ai-backends:master-cpu-llama-cpp-development",
+            ),
+        ),
+        (
+            "quay.io/a/b:latest-x-latest-y",
+            ("quay.io/a/b:master-x-latest-y", "quay.io/a/b:master-x-latest-y-development"),
+        ),
+        ("quay.io/go-skynet/local-ai-backends:v3.1.0-cpu-llama-cpp", ()),
+        ("", ()),
+    ],
+)
+def test_a_released_image_falls_back_to_its_development_build_as_in_localai(
+    uri: str, fallbacks: tuple[str, ...]
+) -> None:
+    assert tag_fallbacks(uri) == fallbacks
