@@ -77,7 +77,7 @@ def compare(installed: NodeBackendInfo, entry: GalleryEntry | None) -> BackendDr
         return drift.model_copy(
             update={"reason": "meta entry; its concrete build is compared instead"}
         )
-    known_uris = {entry.uri, *entry.mirrors} - {""}
+    known_uris = set(entry.sources())
     if entry.version and installed.version:
         if entry.version != installed.version:
             return drift.model_copy(

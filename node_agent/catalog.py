@@ -35,19 +35,6 @@ from protocol.messages import GalleryConfig, format_size
 log = logging.getLogger(__name__)
 
 
-def tag_fallbacks(uri: str) -> tuple[str, ...]:
-    """Where LocalAI looks after an entry's ``uri`` and mirrors fail: the development build.
-
-    The first ``latest-`` becomes ``master-`` (``…:latest-cpu-llama-cpp`` →
-    ``…:master-cpu-llama-cpp``), then that with ``-development`` appended; an entry without
-    ``latest-`` has no fallback.
-    """
-    if "latest-" not in uri:
-        return ()
-    master = uri.replace("latest-", "master-", 1)
-    return (master, f"{master}-development")
-
-
 @dataclass(frozen=True)
 class Resolution:
     """What a requested name installs: one concrete entry, maybe reached through a meta entry."""

@@ -204,8 +204,7 @@ class NodeService:
             ),
         )
         entry = resolution.concrete
-        listed = (entry.uri, *entry.mirrors, *catalog.tag_fallbacks(entry.uri))
-        sources = tuple(dict.fromkeys(s for s in listed if s))
+        sources = entry.sources()
         self.trust.check_entry_sources(resolution.gallery, sources)
         artifact = Artifact(
             name=entry.name,

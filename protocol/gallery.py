@@ -48,6 +48,19 @@ class GalleryEntry(BaseModel):
         """A meta entry points at concrete builds per capability and has no artifact."""
         return bool(self.capabilities) and not self.uri
 
+    def sources(self) -> tuple[str, ...]:
+        """Where the artifact may come from, in LocalAI's download order.
+
+        ``uri``, each mirror, then the development build of a released image: ``uri`` with
+        its first ``latest-`` replaced by ``master-``, then that with ``-development``
+        appended (``…:latest-cpu-x`` → ``…:master-cpu-x`` → ``…:master-cpu-x-development``).
+        """
+        listed = [self.uri, *self.mirrors]
+        if "latest-" in self.uri:
+            master = self.uri.replace("latest-", "master-", 1)
+            listed += [master, f"{master}-development"]
+        return tuple(dict.fromkeys(s for s in listed if s))
+
 
 class GalleryIndexError(ValueError):
     """The index could not be fetched or is not a list of entries."""

@@ -37,6 +37,11 @@ def installed(**fields: Any) -> NodeBackendInfo:
         ),
         (installed(uri="old"), entry(uri="new"), DriftState.OUTDATED),
         (
+            installed(version="1.0", uri=f"{IMAGE}:master-cpu-echo"),
+            entry(version="1.0", uri=f"{IMAGE}:latest-cpu-echo"),
+            DriftState.UP_TO_DATE,
+        ),
+        (
             installed(uri=f"{IMAGE}@{DIGEST_A}", digest=DIGEST_A),
             entry(uri=f"{IMAGE}@{DIGEST_A}"),
             DriftState.UP_TO_DATE,
@@ -61,6 +66,7 @@ def installed(**fields: Any) -> NodeBackendInfo:
         "same-version-other-source",
         "same-version-from-a-mirror",
         "no-version-source-moved",
+        "same-version-from-the-development-fallback",
         "pinned-digest-matches",
         "mutable-tag-no-version",
         "archive-sha-matches",

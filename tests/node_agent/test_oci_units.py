@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 from devstack.registry import file_member, tar_layer
 from node_agent.blocking import Abort
 from node_agent.capability import detect, detect_hardware
-from node_agent.catalog import tag_fallbacks
 from node_agent.oci import reference
 from node_agent.oci.layers import LayerApplier, UnsafeLayer
 from node_agent.oci.manifest import (
@@ -24,6 +23,7 @@ from node_agent.oci.manifest import (
     parse_index,
     parse_manifest,
 )
+from protocol.gallery import GalleryEntry
 
 DIGEST = "sha256:" + "a" * 64
 
@@ -367,4 +367,5 @@ def test_the_environment_beats_the_capability_file_which_beats_detection(tmp_pat
 def test_a_released_image_falls_back_to_its_development_build_as_in_localai(
     uri: str, fallbacks: tuple[str, ...]
 ) -> None:
-    assert tag_fallbacks(uri) == fallbacks
+    entry = GalleryEntry(name="x", uri=uri, mirrors=["mirror.example/x:1"])
+    assert entry.sources() == tuple(s for s in (uri, "mirror.example/x:1", *fallbacks) if s)
