@@ -14,7 +14,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,7 +26,8 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from contracts.search_attributes import SEARCH_ATTRIBUTES
 from devstack.binaries import find_binary, free_port
 from devstack.processes import _die_with_parent
-from protocol.messages import GalleryConfig, encode_galleries
+from protocol.messages import GalleryConfig
+from tests.node_agent.agent_process import agent_command
 from tests.worker_process import ROOT, worker_command
 from tests.workflow_helpers import wait_until
 
@@ -346,27 +346,7 @@ class AgentProcess(LogReady):
         self.backends_dir = backends_dir
         super().__init__(
             f"agent-{node_id}",
-            [
-                sys.executable,
-                "-m",
-                "node_agent",
-                "--node-id",
-                node_id,
-                "--backends-dir",
-                str(backends_dir),
-                "--galleries",
-                encode_galleries([gallery]),
-                "--advertise-host",
-                "127.0.0.1",
-                "--bind-host",
-                "127.0.0.1",
-                "--port-range",
-                f"{ports[0]}-{ports[1]}",
-                "--nats-url",
-                nats_url,
-                "--readiness-timeout",
-                "30",
-            ],
+            agent_command(node_id, backends_dir, gallery, nats_url, ports, readiness_timeout=30),
             workdir / f"agent-{node_id}.log",
             cwd=ROOT,
         )

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from devstack.sample_backend import Gallery
-from protocol.messages import encode_galleries
+from protocol.messages import GalleryConfig, encode_galleries
 from tests.node_agent.helpers import WAIT
 
 
@@ -48,9 +48,17 @@ class AgentProcess:
 
 
 def agent_command(
-    node_id: str, backends_dir: Path, gallery: Gallery, nats_url: str, ports: tuple[int, int]
+    node_id: str,
+    backends_dir: Path,
+    gallery: Gallery | GalleryConfig,
+    nats_url: str,
+    ports: tuple[int, int],
+    *,
+    readiness_timeout: float = 20,
 ) -> list[str]:
-    """The command line of an agent like the ``start_agent`` fixture's."""
+    """``python -m node_agent`` for one node: the one command line every test that runs the
+    agent as a real process uses (node agent tests, the chaos suite)."""
+    config = gallery.config if isinstance(gallery, Gallery) else gallery
     return [
         sys.executable,
         "-m",
@@ -60,13 +68,15 @@ def agent_command(
         "--backends-dir",
         str(backends_dir),
         "--galleries",
-        encode_galleries([gallery.config]),
+        encode_galleries([config]),
         "--advertise-host",
+        "127.0.0.1",
+        "--bind-host",
         "127.0.0.1",
         "--port-range",
         f"{ports[0]}-{ports[1]}",
         "--readiness-timeout",
-        "20",
+        f"{readiness_timeout:g}",
         "--nats-url",
         nats_url,
     ]

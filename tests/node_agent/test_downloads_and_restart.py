@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 from pathlib import Path
 
 from devstack.sample_backend import SampleBackend, build_archive
 from protocol import subjects
-from protocol.messages import BackendInstallRequest, encode_galleries
+from protocol.messages import BackendInstallRequest
+from tests.node_agent.agent_process import agent_command
 from tests.node_agent.helpers import ArtifactServer, NodeClient, eventually
 
 GALLERY = "installing backend from gallery: "
@@ -76,26 +76,6 @@ async def test_all_sources_failing_names_the_primary_uri(
     assert reply.error.startswith(f'{GALLERY}failed to download backend "{missing}": HTTP 404')
 
 
-def _agent_command(node: NodeClient, nats_url: str, ports: tuple[int, int]) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "node_agent",
-        "--node-id",
-        node.node_id,
-        "--backends-dir",
-        str(node.backends_dir),
-        "--galleries",
-        encode_galleries([node.gallery.config]),
-        "--advertise-host",
-        "127.0.0.1",
-        "--port-range",
-        f"{ports[0]}-{ports[1]}",
-        "--nats-url",
-        nats_url,
-    ]
-
-
 async def test_agent_killed_mid_install_is_cleaned_at_restart_and_the_next_install_succeeds(
     start_agent,
     nc,
@@ -111,7 +91,8 @@ async def test_agent_killed_mid_install_is_cleaned_at_restart_and_the_next_insta
     _publish(client, artifact_server, archives, "cpu-echo")
     artifact_server.hold_after = 900
     proc = await asyncio.create_subprocess_exec(
-        *_agent_command(client, nats_url, port_range), stdout=asyncio.subprocess.PIPE
+        *agent_command(client.node_id, client.backends_dir, client.gallery, nats_url, port_range),
+        stdout=asyncio.subprocess.PIPE,
     )
     try:
         assert proc.stdout is not None
