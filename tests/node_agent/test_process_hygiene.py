@@ -8,8 +8,10 @@ import json
 import os
 import signal
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 from nats.aio.client import Client as NATS
 
 from devstack.sample_backend import Gallery, SampleBackend
@@ -48,6 +50,31 @@ def reaping(directory: Path) -> Iterator[None]:
                 os.kill(pid, signal.SIGKILL)  # also a stopped one
 
 
+@dataclass
+class EchoNode:
+    """An agent command line for this test's node, its gallery offering ``cpu-echo``."""
+
+    command: list[str]
+    backend_dir: Path
+    """Where ``cpu-echo`` is installed and its processes run."""
+
+
+@pytest.fixture
+def echo_node(
+    node_id: str,
+    tmp_path: Path,
+    gallery: Gallery,
+    archives: Path,
+    nats_url: str,
+    port_range: tuple[int, int],
+) -> EchoNode:
+    gallery.add_backend(SampleBackend("cpu-echo"), archives)
+    backends = tmp_path / "backends"
+    return EchoNode(
+        agent_command(node_id, backends, gallery, nats_url, port_range), backends / "cpu-echo"
+    )
+
+
 async def install(nc: NATS, node_id: str) -> BackendInstallReply:
     request = BackendInstallRequest(backend="cpu-echo", model_id="m").to_wire()
     msg = await nc.request(subjects.install(node_id), request, timeout=WAIT)
@@ -61,17 +88,9 @@ async def running(nc: NATS, node_id: str) -> list[str]:
 
 
 async def test_a_backend_outlives_a_killed_agent_and_the_restarted_agent_adopts_it(
-    nc: NATS,
-    node_id: str,
-    tmp_path: Path,
-    gallery: Gallery,
-    archives: Path,
-    nats_url: str,
-    port_range: tuple[int, int],
+    nc: NATS, node_id: str, tmp_path: Path, echo_node: EchoNode
 ) -> None:
-    gallery.add_backend(SampleBackend("cpu-echo"), archives)
-    backend_dir = tmp_path / "backends" / "cpu-echo"
-    command = agent_command(node_id, tmp_path / "backends", gallery, nats_url, port_range)
+    backend_dir, command = echo_node.backend_dir, echo_node.command
     with reaping(backend_dir):
         async with running_agent(command, tmp_path / "first.log") as first:
             before = await install(nc, node_id)
@@ -96,17 +115,9 @@ async def test_a_backend_outlives_a_killed_agent_and_the_restarted_agent_adopts_
 
 
 async def test_a_stopped_agent_stops_its_backends_by_default(
-    nc: NATS,
-    node_id: str,
-    tmp_path: Path,
-    gallery: Gallery,
-    archives: Path,
-    nats_url: str,
-    port_range: tuple[int, int],
+    nc: NATS, node_id: str, tmp_path: Path, echo_node: EchoNode
 ) -> None:
-    gallery.add_backend(SampleBackend("cpu-echo"), archives)
-    backend_dir = tmp_path / "backends" / "cpu-echo"
-    command = agent_command(node_id, tmp_path / "backends", gallery, nats_url, port_range)
+    backend_dir, command = echo_node.backend_dir, echo_node.command
     with reaping(backend_dir):
         async with running_agent(command, tmp_path / "agent.log") as agent:
             assert (await install(nc, node_id)).success
@@ -116,19 +127,10 @@ async def test_a_stopped_agent_stops_its_backends_by_default(
 
 
 async def test_with_keep_backends_a_restarted_agent_adopts_what_the_stopped_one_left_serving(
-    nc: NATS,
-    node_id: str,
-    tmp_path: Path,
-    gallery: Gallery,
-    archives: Path,
-    nats_url: str,
-    port_range: tuple[int, int],
+    nc: NATS, node_id: str, tmp_path: Path, echo_node: EchoNode
 ) -> None:
     """An agent upgrade or restart (SIGTERM) costs no slot its process."""
-    gallery.add_backend(SampleBackend("cpu-echo"), archives)
-    backend_dir = tmp_path / "backends" / "cpu-echo"
-    command = agent_command(node_id, tmp_path / "backends", gallery, nats_url, port_range)
-    command.append("--keep-backends")
+    backend_dir, command = echo_node.backend_dir, [*echo_node.command, "--keep-backends"]
     with reaping(backend_dir):
         async with running_agent(command, tmp_path / "first.log") as first:
             before = await install(nc, node_id)
@@ -146,17 +148,9 @@ async def test_with_keep_backends_a_restarted_agent_adopts_what_the_stopped_one_
 
 
 async def test_a_survivor_that_does_not_answer_health_is_killed_and_the_slot_respawned(
-    nc: NATS,
-    node_id: str,
-    tmp_path: Path,
-    gallery: Gallery,
-    archives: Path,
-    nats_url: str,
-    port_range: tuple[int, int],
+    nc: NATS, node_id: str, tmp_path: Path, echo_node: EchoNode
 ) -> None:
-    gallery.add_backend(SampleBackend("cpu-echo"), archives)
-    backend_dir = tmp_path / "backends" / "cpu-echo"
-    command = agent_command(node_id, tmp_path / "backends", gallery, nats_url, port_range)
+    backend_dir, command = echo_node.backend_dir, echo_node.command
     with reaping(backend_dir):
         async with running_agent(command, tmp_path / "first.log") as first:
             assert (await install(nc, node_id)).success
