@@ -129,8 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--keep-backends",
         action="store_true",
         default=os.environ.get("NODE_AGENT_KEEP_BACKENDS", "").lower() in _TRUE,
-        help="on SIGTERM/SIGINT leave backend processes running, for the next agent on this "
-        "backends dir to adopt: restarting or upgrading the agent keeps every slot serving "
+        help="when the agent stops (SIGTERM, SIGINT or an allowed remote stop) leave backend "
+        "processes running, for the next agent on this backends dir to adopt: restarting or "
+        "upgrading the agent keeps every slot serving "
         "(env NODE_AGENT_KEEP_BACKENDS=1; default: stop them, as a LocalAI worker does)",
     )
     parser.add_argument(
