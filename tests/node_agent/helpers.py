@@ -13,7 +13,7 @@ from typing import Any
 from nats.aio.client import Client as NATS
 
 from devstack.fileserver import RangeFileServer
-from devstack.sample_backend import Gallery
+from devstack.sample_backend import Gallery, SampleBackend
 from node_agent import Agent
 from protocol import subjects
 from protocol.messages import (
@@ -93,6 +93,14 @@ class ArtifactServer(RangeFileServer):
         """Serve ``archive``'s bytes at ``path``; returns the URL."""
         self.files[path] = archive.read_bytes()
         return self.url(path)
+
+    def publish_backend(self, gallery: Gallery, archives: Path, spec: SampleBackend) -> str:
+        """``gallery.add_backend`` with the archive served here at ``/<name>.tar.gz``;
+        returns its URL."""
+        url = self.url(f"/{spec.name}.tar.gz")
+        built = gallery.add_backend(spec, archives, uri=url)
+        self.publish(f"/{spec.name}.tar.gz", built.path)
+        return url
 
     def release(self) -> None:
         self.gate.set()

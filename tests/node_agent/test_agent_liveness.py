@@ -20,7 +20,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle
 
 from contracts.install import InstallBackendResult
-from devstack.sample_backend import Gallery, SampleBackend, build_archive
+from devstack.sample_backend import Gallery, SampleBackend
 from protocol import subjects
 from tests.node_agent.agent_process import agent_command, running_agent
 from tests.node_agent.conftest import ADVERTISE_HOST, AgentFactory
@@ -68,9 +68,7 @@ def scene(
     artifact_server: ArtifactServer,
     port_range: tuple[int, int],
 ) -> Scene:
-    built = build_archive(archives / "cpu-slow.tar.gz", SampleBackend("cpu-slow"))
-    uri = artifact_server.publish("/cpu-slow.tar.gz", built.path)
-    gallery.add({"name": "cpu-slow", "uri": uri, "sha256": built.sha256})
+    artifact_server.publish_backend(gallery, archives, SampleBackend("cpu-slow"))
     artifact_server.hold_after = 900  # the download stalls mid-body until released
     command = agent_command(node_id, tmp_path / "backends", gallery, nats_url, port_range)
     return Scene(node_id, command, artifact_server, tmp_path / "agent.log")

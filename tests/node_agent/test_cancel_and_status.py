@@ -5,16 +5,14 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from devstack.sample_backend import SampleBackend, build_archive
+from devstack.sample_backend import SampleBackend
 from protocol.messages import BackendStopRequest, NodeSlotState
 from tests.node_agent.conftest import ADVERTISE_HOST
 from tests.node_agent.helpers import ArtifactServer, NodeClient, eventually
 
 
 def _publish_held(node: NodeClient, server: ArtifactServer, archives: Path) -> None:
-    built = build_archive(archives / "cpu-echo.tar.gz", SampleBackend("cpu-echo"))
-    url = server.publish("/cpu-echo.tar.gz", built.path)
-    node.gallery.add({"name": "cpu-echo", "uri": url, "sha256": built.sha256})
+    server.publish_backend(node.gallery, archives, SampleBackend("cpu-echo"))
     server.hold_after = 512
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from devstack.sample_backend import SampleBackend, build_archive
+from devstack.sample_backend import SampleBackend
 from tests.node_agent.helpers import ArtifactServer, NodeClient, eventually
 
 
@@ -13,12 +13,7 @@ def _publish_held(
     node: NodeClient, server: ArtifactServer, archives: Path, spec: SampleBackend
 ) -> None:
     """Publish ``spec`` behind the HTTP server, which holds every download until released."""
-    built = build_archive(archives / f"{spec.name}.tar.gz", spec)
-    entry = {"name": spec.name, "uri": server.publish(f"/{spec.name}.tar.gz", built.path)}
-    entry["sha256"] = built.sha256
-    if spec.alias:
-        entry["alias"] = spec.alias
-    node.gallery.add(entry)
+    server.publish_backend(node.gallery, archives, spec)
     server.hold_after = 64
 
 

@@ -15,10 +15,7 @@ GALLERY = "installing backend from gallery: "
 
 
 def _publish(node: NodeClient, server: ArtifactServer, archives: Path, name: str) -> str:
-    built = build_archive(archives / f"{name}.tar.gz", SampleBackend(name))
-    url = server.publish(f"/{name}.tar.gz", built.path)
-    node.gallery.add({"name": name, "uri": url, "sha256": built.sha256})
-    return url
+    return server.publish_backend(node.gallery, archives, SampleBackend(name))
 
 
 async def test_a_truncated_download_fails_and_the_next_attempt_resumes_with_range(

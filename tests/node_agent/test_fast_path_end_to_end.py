@@ -6,7 +6,7 @@ from pathlib import Path
 
 from temporalio.client import Client
 
-from devstack.sample_backend import Gallery, SampleBackend, build_archive
+from devstack.sample_backend import Gallery, SampleBackend
 from tests.node_agent.conftest import ADVERTISE_HOST, AgentFactory
 from tests.node_agent.helpers import ArtifactServer
 from tests.test_fast_path import fast_answers
@@ -21,9 +21,7 @@ async def test_a_download_outlasting_the_fast_path_is_joined_by_the_install_acti
     archives: Path,
     artifact_server: ArtifactServer,
 ) -> None:
-    built = build_archive(archives / "cpu-slow.tar.gz", SampleBackend("cpu-slow"))
-    uri = artifact_server.publish("/cpu-slow.tar.gz", built.path)
-    gallery.add({"name": "cpu-slow", "uri": uri, "sha256": built.sha256})
+    artifact_server.publish_backend(gallery, archives, SampleBackend("cpu-slow"))
     artifact_server.hold_after = 64  # the download stalls until released
     node = await start_agent()
 

@@ -46,9 +46,7 @@ async def test_slow_install_is_probed_through_the_status_extension_and_downloads
     archives: Path,
     artifact_server: ArtifactServer,
 ) -> None:
-    built = build_archive(archives / "cpu-slow.tar.gz", SampleBackend("cpu-slow"))
-    uri = artifact_server.publish("/cpu-slow.tar.gz", built.path)
-    gallery.add({"name": "cpu-slow", "uri": uri, "sha256": built.sha256})
+    artifact_server.publish_backend(gallery, archives, SampleBackend("cpu-slow"))
     artifact_server.hold_after = 64  # the download stalls until released
     node = await start_agent()
 
