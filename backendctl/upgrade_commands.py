@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import urllib.parse
 import uuid
@@ -21,6 +20,7 @@ from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError
 
+from backendctl.options import parse_options
 from contracts.install import describe_problems
 from contracts.names import (
     DEFAULT_TASK_QUEUE,
@@ -65,21 +65,15 @@ def register(subparsers: Any) -> None:
         "--option",
         action="append",
         default=[],
-        metavar="FIELD=JSON",
-        help="another UpgradeBackendWorkflow input field, e.g. upgrade_timeout_seconds=60",
+        metavar="FIELD=VALUE",
+        help="another UpgradeBackendWorkflow input field, as for install, e.g. "
+        "upgrade_timeout_seconds=60; repeatable",
     )
     upgrade.set_defaults(handler=run_upgrade)
 
 
-def _options(pairs: list[str]) -> dict[str, Any]:
-    options: dict[str, Any] = {}
-    for pair in pairs:
-        field, _, value = pair.partition("=")
-        try:
-            options[field] = json.loads(value) if value else ""
-        except json.JSONDecodeError:
-            options[field] = value
-    return options
+UPGRADE_FLAGS = {"node_id": "--node-id", "backend": "--backend"}
+"""Input fields that have a flag of their own, so ``--option`` may not set them."""
 
 
 async def run_upgrade(
@@ -91,7 +85,7 @@ async def run_upgrade(
     """Start (or join) the upgrade and follow it to the end (``out``/``err``: stdout/stderr)."""
     out = out or sys.stdout
     err = err or sys.stderr
-    options = _options(args.option)
+    options = parse_options(args.option, UpgradeBackendInput, UPGRADE_FLAGS)
     try:
         if len(args.node_id) == 1:
             single = UpgradeBackendInput.model_validate(

@@ -36,6 +36,25 @@ async def test_a_number_option_that_is_not_a_number_names_the_field_and_an_examp
     )
 
 
+async def test_an_upgrade_option_is_checked_like_an_install_option(temporal_address: str) -> None:
+    code, stdout, stderr = await ctl(
+        "upgrade",
+        "--node-id",
+        "node-1",
+        "--backend",
+        "cpu-large",
+        "--option",
+        "upgrade_timeout_seconds=soon",
+        address=temporal_address,
+    )
+
+    assert code == 2 and stdout == ""
+    assert one_error_line(stderr) == (
+        "error: --option upgrade_timeout_seconds=soon: upgrade_timeout_seconds takes a number, "
+        "e.g. --option upgrade_timeout_seconds=60"
+    )
+
+
 async def test_an_unknown_option_lists_the_known_fields(temporal_address: str) -> None:
     code, _, stderr = await ctl(*INSTALL, "--option", "bogus=1", address=temporal_address)
 
