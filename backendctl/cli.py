@@ -32,11 +32,11 @@ from backendctl.errors import (
     one_line,
     printable,
 )
-from backendctl.options import parse_options, validation_message
+from backendctl.options import add_option_flag, add_task_queue, parse_options, validation_message
 from backendctl.render import PROG
 from backendctl.watch import describe, watch
 from contracts.install import InstallBackendInput, InstallPhase, install_workflow_id
-from contracts.names import CANCEL_ROLLOUT_SIGNAL, DEFAULT_TASK_QUEUE, ROLLOUT_WORKFLOW
+from contracts.names import CANCEL_ROLLOUT_SIGNAL, ROLLOUT_WORKFLOW
 from contracts.rollout import FailurePolicy, RolloutInput, RolloutTarget
 from contracts.summaries import (
     install_details,
@@ -121,15 +121,10 @@ def build_parser() -> Parser:
     install.add_argument(
         "--replica-index", type=int, default=0, help="slot index on the node (default 0)"
     )
-    install.add_argument(
-        "--task-queue", default=DEFAULT_TASK_QUEUE, help="worker task queue (default %(default)s)"
-    )
-    install.add_argument(
-        "--option",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        help="any other input field; strings plain (name=foo), numbers and lists as JSON "
+    add_task_queue(install)
+    add_option_flag(
+        install,
+        "any other input field; strings plain (name=foo), numbers and lists as JSON "
         "(install_timeout_seconds=60); repeatable",
     )
     install.add_argument("--no-watch", action="store_true", help="start it and exit")
@@ -201,16 +196,8 @@ def build_parser() -> Parser:
     )
     rollout.add_argument("--max-failures", type=int, default=1, help="threshold of 'stop'")
     rollout.add_argument("--workflow-id", default="", help="default rollout/<backend>/<random>")
-    rollout.add_argument(
-        "--task-queue", default=DEFAULT_TASK_QUEUE, help="worker task queue (default %(default)s)"
-    )
-    rollout.add_argument(
-        "--option",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        help="an install input field for every slot, as for install; repeatable",
-    )
+    add_task_queue(rollout)
+    add_option_flag(rollout, "an install input field for every slot, as for install; repeatable")
     rollout.add_argument("--no-watch", action="store_true", help="start it and exit")
     # Lifecycle commands live in modules of their own; each sets a ``handler`` default.
     upgrade_commands.register(commands)

@@ -34,9 +34,10 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 
+from backendctl.options import add_task_queue
 from contracts.drift import DriftCheckInput, DriftReport
 from contracts.lifecycle import DeleteBackendInput, DeleteBackendResult, delete_workflow_id
-from contracts.names import DEFAULT_TASK_QUEUE, DELETE_WORKFLOW, DRIFT_WORKFLOW
+from contracts.names import DELETE_WORKFLOW, DRIFT_WORKFLOW
 from protocol.messages import GalleryConfig
 
 DEFAULT_SCHEDULE_ID = "drift-check"
@@ -72,9 +73,7 @@ def register(subparsers: Any) -> None:
     delete.add_argument(
         "--force", action="store_true", help="stop the slots running it first (else refused)"
     )
-    delete.add_argument(
-        "--task-queue", default=DEFAULT_TASK_QUEUE, help="worker task queue (default %(default)s)"
-    )
+    add_task_queue(delete)
     delete.set_defaults(run_command=run_delete)
 
     for name, help_text in (
@@ -97,11 +96,7 @@ def register(subparsers: Any) -> None:
             action="store_true",
             help="start an upgrade rollout for what is outdated (default: report only)",
         )
-        cmd.add_argument(
-            "--task-queue",
-            default=DEFAULT_TASK_QUEUE,
-            help="worker task queue (default %(default)s)",
-        )
+        add_task_queue(cmd)
         if name == "drift-schedule":
             cmd.add_argument("--every", default=DEFAULT_EVERY, help="interval (default 6h)")
             cmd.add_argument(

@@ -7,6 +7,7 @@ field and shows a working example, never a decoder's traceback.
 
 from __future__ import annotations
 
+import argparse
 import json
 import types
 import typing
@@ -16,9 +17,22 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from backendctl.errors import UserError, printable
+from contracts.names import DEFAULT_TASK_QUEUE
 
 MAX_OPTION_LENGTH = 64 * 1024
 """An option value longer than this is a mistake (a whole file pasted), not an input."""
+
+
+def add_task_queue(parser: argparse.ArgumentParser) -> None:
+    """``--task-queue``: where every command that starts a workflow sends it."""
+    parser.add_argument(
+        "--task-queue", default=DEFAULT_TASK_QUEUE, help="worker task queue (default %(default)s)"
+    )
+
+
+def add_option_flag(parser: argparse.ArgumentParser, help: str) -> None:
+    """``--option FIELD=VALUE``, repeatable; read with :func:`parse_options`."""
+    parser.add_argument("--option", action="append", default=[], metavar="FIELD=VALUE", help=help)
 
 
 def _kind(annotation: Any) -> str:

@@ -20,10 +20,9 @@ from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError
 
-from backendctl.options import parse_options
+from backendctl.options import add_option_flag, add_task_queue, parse_options
 from contracts.install import describe_problems
 from contracts.names import (
-    DEFAULT_TASK_QUEUE,
     ROLLOUT_STATUS_QUERY,
     ROLLOUT_WORKFLOW,
     UPGRADE_STATUS_QUERY,
@@ -58,15 +57,10 @@ def register(subparsers: Any) -> None:
         default=None,
         help="after a failed node: stop (default for upgrades) or continue",
     )
-    upgrade.add_argument(
-        "--task-queue", default=DEFAULT_TASK_QUEUE, help="worker task queue (default %(default)s)"
-    )
-    upgrade.add_argument(
-        "--option",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        help="another UpgradeBackendWorkflow input field, as for install, e.g. "
+    add_task_queue(upgrade)
+    add_option_flag(
+        upgrade,
+        "another UpgradeBackendWorkflow input field, as for install, e.g. "
         "upgrade_timeout_seconds=60; repeatable",
     )
     upgrade.set_defaults(handler=run_upgrade)
