@@ -245,9 +245,8 @@ class NodeService:
             raise InstallError(f'source "{uri}" is not supported by this agent')
         file_name = uri.rsplit("/", 1)[-1].split("?", 1)[0]
         target = name or _archive_stem(file_name)
-        problem = name_problem(target)
-        if problem is not None:
-            raise AgentError(f'invalid request: invalid backend name "{target}": {problem}')
+        if (error := _invalid_name_error(target)) is not None:
+            raise AgentError(error)
         artifact = Artifact(
             name=target, sources=(uri,), alias=alias, check_redirect=self.trust.check_redirect
         )
@@ -473,11 +472,8 @@ class NodeService:
         routine installs, which start them from the restored files.
         """
         name = strip_gallery(req.backend)
-        problem = name_problem(name)
-        if problem is not None:
-            return BackendUpgradeReply(
-                success=False, error=f'invalid request: invalid backend name "{name}": {problem}'
-            )
+        if (error := _invalid_name_error(name)) is not None:
+            return BackendUpgradeReply(success=False, error=error)
         installed = self.store.lookup(name)
         concrete = installed.name if installed is not None else name
         stopped: list[str] = []
@@ -503,11 +499,8 @@ class NodeService:
     async def drop_previous(self, req: BackendPreviousDropRequest) -> BackendPreviousDropReply:
         """Forget the kept previous version (the rollout is over); idempotent."""
         name = strip_gallery(req.backend)
-        problem = name_problem(name)
-        if problem is not None:
-            return BackendPreviousDropReply(
-                success=False, error=f'invalid request: invalid backend name "{name}": {problem}'
-            )
+        if (error := _invalid_name_error(name)) is not None:
+            return BackendPreviousDropReply(success=False, error=error)
         installed = self.store.lookup(name)
         concrete = installed.name if installed is not None else name
         async with self._locks.hold(concrete):
@@ -519,11 +512,8 @@ class NodeService:
     async def delete(self, req: BackendDeleteRequest) -> BackendDeleteReply:
         """Stop the backend's processes and remove it (and meta entries pointing at it)."""
         name = strip_gallery(req.backend)
-        problem = name_problem(name)
-        if problem is not None:
-            return BackendDeleteReply(
-                success=False, error=f'invalid request: invalid backend name "{name}": {problem}'
-            )
+        if (error := _invalid_name_error(name)) is not None:
+            return BackendDeleteReply(success=False, error=error)
         installed = self.store.lookup(name)
         if installed is None and self.store.metadata(name) is None:
             return BackendDeleteReply(success=False, error=f'backend "{name}": backend not found')
@@ -663,10 +653,17 @@ def _image_plan(uri: str, name: str, alias: str) -> Plan:
             ) from err
     # The caller has passed the request's uri through the trust allow-list (registry and
     # repository prefixes; an ocifile:// path from a request is never admitted).
-    problem = name_problem(target)
-    if problem is not None:
-        raise AgentError(f'invalid request: invalid backend name "{target}": {problem}')
+    if (error := _invalid_name_error(target)) is not None:
+        raise AgentError(error)
     return Plan(lock_name=target, artifact=Artifact(name=target, sources=(uri,), alias=alias))
+
+
+def _invalid_name_error(name: str) -> str | None:
+    """The reply's error for a backend name the agent refuses (LocalAI's wording), or None."""
+    problem = name_problem(name)
+    if problem is None:
+        return None
+    return f'invalid request: invalid backend name "{name}": {problem}'
 
 
 def _upgrade_reply(stopped: list[str], error: str = "") -> BackendUpgradeReply:
