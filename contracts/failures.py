@@ -116,3 +116,15 @@ NODE_SILENT = "NodeSilent"
 
 REGISTRY_UNAVAILABLE = "RegistryUnavailable"
 """The node registry bucket cannot be read (no JetStream, permissions); retried."""
+
+
+def root_message(err: BaseException) -> str:
+    """The innermost failure's message: the node's words, not the wrappers' (an activity or
+    child workflow failure wraps the ``ApplicationError`` that says what happened)."""
+    message = str(err)
+    cause: BaseException | None = err
+    while cause is not None:
+        if isinstance(cause, ApplicationError):
+            message = cause.message
+        cause = cause.__cause__ or getattr(cause, "cause", None)
+    return message

@@ -10,6 +10,7 @@ which keeps a warm install's one workflow task cheap (bench/README.md, "The warm
 import uuid
 from datetime import datetime, timedelta
 from enum import Enum
+from typing import Protocol
 
 from temporalio.common import RetryPolicy
 
@@ -84,7 +85,17 @@ MAX_BACKOFF_DOUBLINGS = 60
 any valid cap, and a bounded exponent cannot overflow however long a node stays away."""
 
 
-def backoff_seconds(input: InstallBackendInput, streak: int) -> float:
+class BacksOff(Protocol):
+    """An input with a doubling back-off: installs and upgrades."""
+
+    @property
+    def retry_backoff_seconds(self) -> float: ...
+
+    @property
+    def retry_backoff_max_seconds(self) -> float: ...
+
+
+def backoff_seconds(input: BacksOff, streak: int) -> float:
     """The wait before the ``streak``-th consecutive retry: doubling, capped."""
     doublings = min(max(streak - 1, 0), MAX_BACKOFF_DOUBLINGS)
     return min(input.retry_backoff_seconds * 2.0**doublings, input.retry_backoff_max_seconds)

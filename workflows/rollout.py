@@ -32,7 +32,7 @@ from temporalio.exceptions import (
 with workflow.unsafe.imports_passed_through():
     import pydantic
 
-    from contracts.failures import INVALID_INPUT
+    from contracts.failures import INVALID_INPUT, root_message
     from contracts.install import MAX_PROBLEMS_SHOWN, describe_problems, missing_input_message
     from contracts.lifecycle import DeleteBackendInput
     from contracts.limits import MAX_ROLLOUT_SLOTS, MAX_SEARCH_ATTRIBUTE_BYTES, utf8_problem
@@ -284,7 +284,7 @@ class RolloutBackendWorkflow:
             if is_cancelled_exception(err):
                 state, error = SlotState.CANCELLED, ""
             else:
-                error = _root_message(err)
+                error = root_message(err)
         except asyncio.CancelledError:
             state, error = SlotState.CANCELLED, ""
         finally:
@@ -482,7 +482,7 @@ class RolloutBackendWorkflow:
 
     def _node_failed(self, row: NodeOutcome, err: BaseException) -> None:
         cause = _root_application_error(err)
-        row.error = _root_message(err)
+        row.error = root_message(err)
         if cause is not None and cause.details:
             detail = cause.details[0]
             if isinstance(detail, dict):
@@ -548,7 +548,7 @@ class RolloutBackendWorkflow:
             row.rollback = RollbackState.ROLLED_BACK
         except ChildWorkflowError as err:
             row.rollback = RollbackState.FAILED
-            row.rollback_error = _root_message(err)
+            row.rollback_error = root_message(err)
 
     async def _drop_previous(self) -> None:
         """The rollout is over: the agents forget the versions kept for a rollback."""
@@ -655,17 +655,6 @@ def _nodes_markdown(input: RolloutInput, rows: list[NodeOutcome], stopped: str) 
     if len(rows) > DETAIL_ROWS:
         lines.append(f"\n… {len(rows) - DETAIL_ROWS} more nodes in the `status` query")
     return "\n".join(lines)
-
-
-def _root_message(err: BaseException) -> str:
-    """The innermost failure's message: the node's words, not the wrappers'."""
-    message = str(err)
-    cause: BaseException | None = err
-    while cause is not None:
-        if isinstance(cause, ApplicationError):
-            message = cause.message
-        cause = cause.__cause__ or getattr(cause, "cause", None)
-    return message
 
 
 def _details_markdown(backend: str, slots: list[SlotStatus], cancelled: bool, stopped: str) -> str:

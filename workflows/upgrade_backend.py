@@ -48,6 +48,7 @@ with workflow.unsafe.imports_passed_through():
         INVALID_INPUT,
         NODE_UNREACHABLE,
         WORKER_STILL_INSTALLING,
+        root_message,
     )
     from contracts.install import (
         MAX_PROBLEMS_SHOWN,
@@ -91,6 +92,7 @@ with workflow.unsafe.imports_passed_through():
         UpgradeStatus,
     )
     from protocol.messages import encode_galleries
+    from workflows.install_steps import backoff_seconds
 
 OP_ID_NAMESPACE = uuid.UUID("0b7c3a52-47c1-4d33-9f0e-2e51c9a7d6b4")
 ACTIVITY_MARGIN = timedelta(seconds=30)
@@ -246,13 +248,15 @@ class UpgradeBackendWorkflow:
                     return outcome
                 if outcome == NODE_UNREACHABLE:
                     streak += 1
-                    await self._sleep(_backoff(self._input, streak), UpgradePhase.BACKING_OFF)
+                    await self._sleep(
+                        backoff_seconds(self._input, streak), UpgradePhase.BACKING_OFF
+                    )
             self._status.probes += 1
             self._set_phase(UpgradePhase.PROBING)
             probe = await self._inspect()
             if not probe.reachable:
                 streak += 1
-                await self._sleep(_backoff(self._input, streak), UpgradePhase.BACKING_OFF)
+                await self._sleep(backoff_seconds(self._input, streak), UpgradePhase.BACKING_OFF)
                 send = False
                 continue
             streak = 0
@@ -421,7 +425,7 @@ class UpgradeBackendWorkflow:
         except (ChildWorkflowError, ActivityError) as err:
             if is_cancelled_exception(err):
                 raise
-            outcome.error = _root_message(err)
+            outcome.error = root_message(err)
         return outcome
 
     # --- helpers -------------------------------------------------------------------------------
@@ -449,7 +453,7 @@ class UpgradeBackendWorkflow:
             streak += 1
             self._status.error = f"node {self._input.node_id} does not answer backend.list"
             self._check_deadline()
-            await self._sleep(_backoff(self._input, streak), UpgradePhase.BACKING_OFF)
+            await self._sleep(backoff_seconds(self._input, streak), UpgradePhase.BACKING_OFF)
 
     def _check_deadline(self) -> None:
         if workflow.now() < self._deadline:
@@ -491,22 +495,6 @@ def _slots_to_restore(
         if slot is not None:
             slots.setdefault(slot)
     return list(slots)[:MAX_UPGRADE_SLOTS]
-
-
-def _backoff(input: UpgradeBackendInput, streak: int) -> float:
-    doublings = min(max(streak - 1, 0), 60)
-    return min(input.retry_backoff_seconds * 2.0**doublings, input.retry_backoff_max_seconds)
-
-
-def _root_message(err: BaseException) -> str:
-    """The innermost failure's message: the node's words, not the wrappers'."""
-    message = str(err)
-    cause: BaseException | None = err
-    while cause is not None:
-        if isinstance(cause, ApplicationError):
-            message = cause.message
-        cause = cause.__cause__ or getattr(cause, "cause", None)
-    return message
 
 
 def _details(status: UpgradeStatus) -> str:
