@@ -316,7 +316,20 @@ async def install(
             input.backend, input.node_id, input.model_id, input.replica_index, "backendctl"
         ),
     )
-    out.write(f"install {workflow_id}\n")
+    return await _started(client, args, "install", workflow_id, session, out, live)
+
+
+async def _started(
+    client: Client,
+    args: argparse.Namespace,
+    kind: str,
+    workflow_id: str,
+    session: Session,
+    out: TextIO,
+    live: bool,
+) -> int:
+    """Say what was started; then watch it, or with ``--no-watch`` say how to."""
+    out.write(f"{kind} {workflow_id}\n")
     out.flush()
     session.starting = ""
     if args.no_watch:
@@ -390,14 +403,7 @@ async def start_rollout(
             input.backend, [t.node_id for t in input.targets], "backendctl"
         ),
     )
-    out.write(f"rollout {workflow_id}\n")
-    out.flush()
-    session.starting = ""
-    if args.no_watch:
-        out.write(f"watch it: {PROG} watch {workflow_id}\n")
-        return EXIT_OK
-    session.watching = workflow_id
-    return await watch(client, workflow_id, out, live)
+    return await _started(client, args, "rollout", workflow_id, session, out, live)
 
 
 def list_filters(args: argparse.Namespace) -> listing.ListFilters:
