@@ -132,6 +132,16 @@ def _resume_point(input: InstallActivityInput) -> InstallProgress:
     return previous.model_copy(update={"attempt": info.attempt})
 
 
+async def stop_following(pump: asyncio.Task[None], subscription: Subscription | None) -> None:
+    """Stop forwarding a node's progress: the heartbeat pump, then the subscription."""
+    pump.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await pump
+    if subscription is not None:
+        with contextlib.suppress(Exception):
+            await subscription.unsubscribe()
+
+
 async def _stop(task: asyncio.Task[Any]) -> None:
     """Cancel ``task`` if it still runs and wait for it; its outcome no longer matters."""
     if task.done():
@@ -257,12 +267,7 @@ class InstallActivities:
         finally:
             tracker.stopped = True
             await _stop(reply_task)
-            pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pump
-            if subscription is not None:
-                with contextlib.suppress(Exception):
-                    await subscription.unsubscribe()
+            await stop_following(pump, subscription)
 
         try:
             reply = BackendInstallReply.model_validate_json(msg.data)

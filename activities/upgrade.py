@@ -23,6 +23,7 @@ from activities.install import (
     InstallActivities,
     ProgressTracker,
     _stop,
+    stop_following,
     workflow_asked_to_cancel,
 )
 from contracts.activities import InstallActivityInput, InstallProgress, progress_from_details
@@ -105,12 +106,7 @@ class UpgradeActivities(InstallActivities):
             raise
         finally:
             tracker.stopped = True
-            pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pump
-            if subscription is not None:
-                with contextlib.suppress(Exception):
-                    await subscription.unsubscribe()
+            await stop_following(pump, subscription)
 
     async def _send(
         self, input: UpgradeActivityInput, tracker: ProgressTracker
