@@ -4,12 +4,14 @@ Almost every install finds the backend already there, and the node answers in a 
 Run inside the install's first workflow task, this request lets the workflow complete in that
 one task: no activity task, no heartbeats, no second workflow task. It deliberately does not
 subscribe to progress: an install that takes longer than the bound is the regular install
-activity's job, which subscribes first and sends the same op id, so the node joins the install
-this request started instead of starting a second one.
+activity's job. That activity does not ask again: the request names the op's reply subject
+(``activities/replies.py``), this activity leaves its subscription there with the worker when
+the bound passes, and the install activity takes it over and waits for the node's one reply.
 
 Never raises for "no immediate answer" (timeout, no responders, a broken connection): the
-result says so and the workflow falls through. A ``success:false`` reply raises exactly the
-typed failure the install activity raises for it, so every failure type is what it was.
+result says so, and whether the request went out, and the workflow falls through. A
+``success:false`` reply raises exactly the typed failure the install activity raises for it,
+so every failure type is what it was.
 """
 
 from __future__ import annotations
@@ -23,13 +25,14 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from pydantic import ValidationError
 from temporalio import activity
 
+from activities.replies import OpReplies, OpReply
 from contracts.activities import FastInstallResult, InstallActivityInput
 from contracts.failures import INSTALL_FAILED, classify_node_error, node_failure
 from contracts.names import FAST_INSTALL_ACTIVITY
 from protocol import subjects
 from protocol.messages import BackendInstallReply, process_key
 from telemetry import InstallMetrics, Telemetry, bind_fields, request_span
-from telemetry.spans import outcome_of
+from telemetry.spans import Traced, outcome_of
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +40,11 @@ log = logging.getLogger(__name__)
 class FastPathActivities:
     """The fast path's local activity; holds the worker's shared NATS connection."""
 
-    def __init__(self, nc: NATS, telemetry: Telemetry | None = None) -> None:
+    def __init__(
+        self, nc: NATS, telemetry: Telemetry | None = None, replies: OpReplies | None = None
+    ) -> None:
         self._nc = nc
+        self._replies = replies or OpReplies(nc)
         telemetry = telemetry or Telemetry()
         self._tracer = telemetry.tracer()
         self._metrics = InstallMetrics(telemetry.meter())
@@ -61,31 +67,34 @@ class FastPathActivities:
             ),
             request_span(self._tracer, "backend.install", subject) as call,
         ):
+            reply: OpReply | None = None
             try:
-                msg = await self._nc.request(
-                    subject,
-                    request.to_wire(),
-                    timeout=input.install_timeout_seconds,
-                    headers=call.headers,
-                )
-            except (NatsTimeoutError, NoRespondersError, OSError) as err:
-                reason = _reason(err)
-                call.outcome = f"fast path: {reason}"
-                log.info("fast path not taken for %s: %s", slot, reason)
-                return FastInstallResult(
-                    node_id=node_id,
-                    op_id=request.op_id,
-                    answered=False,
-                    reason=reason,
-                    elapsed_seconds=time.monotonic() - started,
+                reply = await self._replies.open(node_id, request.op_id)
+                await self._nc.publish(
+                    subject, request.to_wire(), reply=reply.subject, headers=call.headers
                 )
             except Exception as err:  # a closed or draining connection, among others
+                if reply is not None:
+                    await reply.close()
                 reason = f"request failed ({type(err).__name__})"
                 call.outcome = f"fast path: {reason}"
                 log.warning("fast path not taken for %s: %s", slot, reason)
                 return FastInstallResult(
                     node_id=node_id, op_id=request.op_id, answered=False, reason=reason
                 )
+            try:
+                msg = await reply.wait(input.install_timeout_seconds)
+            except NoRespondersError:
+                await reply.close()
+                return _not_answered(call, input, sent=False, started=started)
+            except BaseException as err:
+                # The node may be working on the op: whoever follows it on this worker (the
+                # install activity) listens on from here instead of asking again.
+                self._replies.keep(reply)
+                if not isinstance(err, NatsTimeoutError):
+                    raise
+                return _not_answered(call, input, sent=True, started=started)
+            await reply.close()
             elapsed = time.monotonic() - started
             try:
                 address = _address_from_reply(msg.data, input, slot)
@@ -104,12 +113,21 @@ class FastPathActivities:
             )
 
 
-def _reason(err: BaseException) -> str:
-    if isinstance(err, NatsTimeoutError):
-        return "no reply within the fast path's bound"
-    if isinstance(err, NoRespondersError):
-        return "no responders"
-    return f"request failed ({type(err).__name__})"
+def _not_answered(
+    call: Traced, input: InstallActivityInput, sent: bool, started: float
+) -> FastInstallResult:
+    """No immediate answer: why, and whether the node got the request."""
+    reason = "no reply within the fast path's bound" if sent else "no responders"
+    call.outcome = f"fast path: {reason}"
+    log.info("fast path not taken: %s", reason)
+    return FastInstallResult(
+        node_id=input.node_id,
+        op_id=input.request.op_id,
+        answered=False,
+        reason=reason,
+        request_sent=sent,
+        elapsed_seconds=time.monotonic() - started,
+    )
 
 
 def _address_from_reply(data: bytes, input: InstallActivityInput, slot: str) -> str:

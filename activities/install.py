@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.budget import ForwardBudget
 from activities.liveness import (
     ANSWER_TIMEOUT,
     CONFIRM_DELAY,
@@ -32,6 +33,7 @@ from activities.liveness import (
     Liveness,
     NodeWatch,
 )
+from activities.replies import OpReplies
 from contracts.activities import (
     LIVENESS_INTERVAL_RANGE,
     InstallActivityInput,
@@ -61,14 +63,6 @@ from telemetry.spans import outcome_of
 SUBSCRIBE_FLUSH_TIMEOUT = 5
 """Bound on confirming the progress subscription before the request is sent (as LocalAI)."""
 
-REPORT_SPREAD = 30
-"""Progress reports (signals, so history events) slow down as an install ages: the interval
-is at least the elapsed time divided by this, so a six-hour pull sends a few hundred reports,
-not thousands, while the first minutes stay live. Heartbeats are not throttled this way."""
-
-MIN_FORWARD_INTERVAL = 0.2
-"""Coalescing window: at most one heartbeat per window however fast events arrive."""
-
 log = logging.getLogger(__name__)
 
 
@@ -81,7 +75,8 @@ class ProgressTracker:
         self.last_event = start.last_event
         self.last_event_at = start.last_event_at
         self.malformed_events = start.malformed_events
-        self.changed = asyncio.Event()
+        self.new_phase = asyncio.Event()
+        """Set when an event names another phase than the one before: forwarded at once."""
         self.stopped = False
         """Set when the request is over; the pump then ends even if a cancellation is lost."""
 
@@ -97,10 +92,11 @@ class ProgressTracker:
                 err.errors(include_url=False, include_input=False)[:1],
             )
             return
+        if self.last_event is not None and event.phase != self.last_event.phase:
+            self.new_phase.set()
         self.event_count += 1
         self.last_event = event
         self.last_event_at = datetime.now(UTC)
-        self.changed.set()
 
     def snapshot(self) -> InstallProgress:
         return self._start.model_copy(
@@ -130,6 +126,29 @@ def _resume_point(input: InstallActivityInput) -> InstallProgress:
         previous.event_count,
     )
     return previous.model_copy(update={"attempt": info.attempt})
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> None:
+    """Until ``event`` is set or ``seconds`` pass, whichever comes first.
+
+    ``asyncio.timeout``, not ``wait_for``: on Python 3.11 ``wait_for`` can swallow the
+    cancellation that ends the pump when the event is set at the same moment, and the
+    activity then waits for the pump forever.
+    """
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await event.wait()
+
+
+def _request_is_out(input: InstallActivityInput) -> bool:
+    """Whether this op's request was already sent: by the fast path, or by the attempt this
+    one retries (a worker that died or hung). Either way the node may be working on it, so
+    this attempt only listens on the op's reply subject; the workflow probes before anything
+    is sent again. (An attempt that died before it sent anything costs a timeout and a probe.)
+    """
+    if not input.request.op_id:  # a silent install's reply has no subject to follow
+        return False
+    return input.request_sent or activity.info().attempt > 1
 
 
 async def stop_following(pump: asyncio.Task[None], subscription: Subscription | None) -> None:
@@ -177,8 +196,16 @@ def workflow_asked_to_cancel() -> bool:
 class InstallActivities:
     """Activities that send installs; holds the worker's shared NATS connection."""
 
-    def __init__(self, nc: NATS, telemetry: Telemetry | None = None) -> None:
+    def __init__(
+        self,
+        nc: NATS,
+        telemetry: Telemetry | None = None,
+        replies: OpReplies | None = None,
+        budget: ForwardBudget | None = None,
+    ) -> None:
         self._nc = nc
+        self._replies = replies or OpReplies(nc)
+        self._budget = budget or ForwardBudget()
         telemetry = telemetry or Telemetry()
         self._tracer = telemetry.tracer()
         self._metrics = InstallMetrics(telemetry.meter())
@@ -233,18 +260,22 @@ class InstallActivities:
         tracker = ProgressTracker(_resume_point(input))
         started = time.monotonic()
 
+        # The reply subscription first: a request already out (the fast path's, or a previous
+        # attempt's) is answered there, and is never sent again to be heard.
+        waiter = await self._replies.open(node_id, op_id)
         subscription = await self._subscribe_progress(node_id, op_id, tracker)
         pump = asyncio.create_task(self._pump(tracker, input), name=f"progress-pump-{op_id}")
-        reply_task = asyncio.create_task(
-            self._nc.request(
-                install_subject,
-                request.to_wire(),
-                timeout=input.install_timeout_seconds,
-                headers=headers,
-            ),
-            name=f"install-request-{op_id}",
-        )
+        reply_task: asyncio.Task[Msg] | None = None
         try:
+            if _request_is_out(input):
+                log.info("following op %s: its request is out, waiting for the reply", op_id)
+            else:
+                await self._publish_request(
+                    install_subject, request.to_wire(), waiter.subject, headers
+                )
+            reply_task = asyncio.create_task(
+                waiter.wait(input.install_timeout_seconds), name=f"install-reply-{op_id}"
+            )
             msg = await self._await_reply(reply_task, input, tracker, slot)
         except NoRespondersError as err:
             raise node_failure(
@@ -266,15 +297,17 @@ class InstallActivities:
             raise
         finally:
             tracker.stopped = True
-            await _stop(reply_task)
+            if reply_task is not None:
+                await _stop(reply_task)
+            await waiter.close()
             await stop_following(pump, subscription)
 
         try:
             reply = BackendInstallReply.model_validate_json(msg.data)
         except ValidationError as err:
-            raise node_failure(
+            raise node_failure(  # the bytes are the node's, never echoed
                 INSTALL_FAILED,
-                f"node {node_id} sent an unreadable install reply: {msg.data[:200]!r}",
+                f"node {node_id} sent an unreadable install reply ({len(msg.data)} bytes)",
             ) from err
         if not reply.success:
             error_type = classify_node_error(reply.error)
@@ -292,6 +325,20 @@ class InstallActivities:
             progress=tracker.snapshot(),
             elapsed_seconds=time.monotonic() - started,
         )
+
+    async def _publish_request(
+        self, subject: str, body: bytes, reply: str, headers: dict[str, str] | None
+    ) -> None:
+        """Publish the request; a connection that cannot take it is the node's unreachability
+        as far as the workflow is concerned (it backs off and probes, nothing was sent)."""
+        try:
+            await self._nc.publish(subject, body, reply=reply, headers=headers)
+        except Exception as err:
+            raise node_failure(
+                NODE_UNREACHABLE,
+                f"could not send {subject}: the worker's NATS connection refused it "
+                f"({type(err).__name__}); nothing was sent",
+            ) from err
 
     async def _await_reply(
         self,
@@ -402,40 +449,48 @@ class InstallActivities:
         return subscription
 
     async def _pump(self, tracker: ProgressTracker, input: InstallActivityInput) -> None:
-        """Heartbeat the newest progress on every change and on a timer, coalescing bursts."""
-        report_interval = input.progress_report_interval_seconds
+        """Heartbeat and report the newest progress, within the worker's forwarding budget.
+
+        A heartbeat goes out every interval of the budget (``activities/budget.py``), with or
+        without news: it carries the newest event, and its answer is how a cancel reaches the
+        activity. A new phase is forwarded at once. A report (a signal) goes out when its own,
+        longer interval has passed or the phase changed, always with a heartbeat of the same
+        progress, so the UI's pending activity is never behind the current details.
+        """
+        requested = input.progress_report_interval_seconds
+        timeout = activity.info().heartbeat_timeout
+        longest = timeout.total_seconds() / 3 if timeout else input.heartbeat_interval_seconds
         started = time.monotonic()
-        last_report = 0.0
+        last_report = started
         reported_count = tracker.event_count
         forwarded_count = tracker.event_count
         report_task: asyncio.Task[None] | None = None
-        try:
-            while not tracker.stopped:
-                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow the
-                # cancellation that ends the pump when an event lands at the same moment, and
-                # the activity then waits for the pump forever.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(input.heartbeat_interval_seconds):
-                        await tracker.changed.wait()
-                tracker.changed.clear()
-                progress = tracker.snapshot()
-                activity.heartbeat(progress)
-                if progress.event_count > forwarded_count:
-                    self._metrics.progress_events.add(progress.event_count - forwarded_count)
-                    forwarded_count = progress.event_count
-                now = time.monotonic()
-                if (
-                    report_interval > 0
-                    and progress.event_count != reported_count
-                    and now - last_report >= max(report_interval, (now - started) / REPORT_SPREAD)
-                    and (report_task is None or report_task.done())
-                ):
-                    report_task = asyncio.create_task(self._report(progress))
-                    last_report, reported_count = now, progress.event_count
-                await asyncio.sleep(MIN_FORWARD_INTERVAL)
-        finally:
-            if report_task is not None and not report_task.done():
-                report_task.cancel()
+        with self._budget.following():
+            try:
+                while not tracker.stopped:
+                    await _wait(tracker.new_phase, self._budget.heartbeat_interval(longest))
+                    new_phase = tracker.new_phase.is_set()
+                    tracker.new_phase.clear()
+                    progress = tracker.snapshot()
+                    activity.heartbeat(progress)
+                    if progress.event_count > forwarded_count:
+                        self._metrics.progress_events.add(progress.event_count - forwarded_count)
+                        forwarded_count = progress.event_count
+                    now = time.monotonic()
+                    due = now - last_report >= self._budget.report_interval(
+                        requested, now - started
+                    )
+                    if (
+                        requested > 0
+                        and progress.event_count != reported_count
+                        and (due or new_phase)
+                        and (report_task is None or report_task.done())
+                    ):
+                        report_task = asyncio.create_task(self._report(progress))
+                        last_report, reported_count = now, progress.event_count
+            finally:
+                if report_task is not None and not report_task.done():
+                    report_task.cancel()
 
     async def _report(self, progress: InstallProgress) -> None:
         """Tell the workflow about progress so its query and UI summary stay live."""

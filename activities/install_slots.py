@@ -14,7 +14,6 @@ finds the id running joins that install instead (the slot is then ``shared``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable, Iterable
 
 from temporalio import activity
@@ -46,9 +45,10 @@ from contracts.summaries import install_details, install_summary
 REPORT_INTERVAL = 1.0
 """Seconds between outcome signals: the rollout's table lags by this, its history does not
 grow per slot."""
-CANCEL_GRACE = 30.0
-"""How long a cancelled batch waits for its installs to finish cancelling (the node is told
-to stop the download) before it gives up on reporting them."""
+CANCEL_GRACE = 300.0
+"""How long a cancelled batch waits for its installs to stop (each tells its node to stop
+the op) before it gives up on them; it keeps heartbeating meanwhile, so the rollout sees
+it alive, and ends only once they have stopped."""
 
 InstallHandle = WorkflowHandle[object, InstallBackendResult]
 
@@ -92,6 +92,7 @@ class InstallSlotsRun:
         except asyncio.CancelledError:
             if await self._rollout_let_go():
                 await self._cancel_started()
+                await self._send_reports()  # the slots that ended before the cancel
             raise
         except _RolloutGone as gone:
             # Terminated, or reset past this batch: nobody will read the outcomes, and the
@@ -184,14 +185,19 @@ class InstallSlotsRun:
         """Heartbeat and send finished slots' outcomes, at most once per REPORT_INTERVAL."""
         while True:
             await asyncio.sleep(REPORT_INTERVAL)
-            if self._unsent:
-                # Sent reports leave the list only once delivered: the batch may end (and
-                # cancel this task) mid-signal, and then the result carries them instead.
-                reports = list(self._unsent)
-                await self._signal(SLOT_STATE_SIGNAL, reports)
-                del self._unsent[: len(reports)]
-                self._reported.update(r.workflow_id for r in reports)
+            await self._send_reports()
             activity.heartbeat(self._progress())
+
+    async def _send_reports(self) -> None:
+        """Send the outcomes not yet sent in one signal."""
+        if not self._unsent:
+            return
+        # Sent reports leave the list only once delivered: the batch may end (and cancel
+        # this task) mid-signal, and then the result carries them instead.
+        reports = list(self._unsent)
+        await self._signal(SLOT_STATE_SIGNAL, reports)
+        del self._unsent[: len(reports)]
+        self._reported.update(r.workflow_id for r in reports)
 
     async def _signal(self, name: str, payload: object) -> None:
         try:
@@ -202,12 +208,29 @@ class InstallSlotsRun:
             raise
 
     async def _cancel_started(self) -> None:
-        """Cancel the installs this rollout started and wait, briefly, for them to stop."""
+        """Cancel the installs this rollout started and wait for them to stop, heartbeating.
+
+        The batch is cancelled itself by now, so nothing else heartbeats for it; without
+        these the rollout's heartbeat timeout would end it as failed while its installs are
+        still stopping, and the rollout would close with installs running.
+        """
         own = [self._handles[w] for w in self._started if w in self._handles]
         await _quietly_all(handle.cancel for handle in own)
-        with contextlib.suppress(TimeoutError):
+        stopped = asyncio.ensure_future(_quietly_all(handle.result for handle in own))
+        try:
             async with asyncio.timeout(CANCEL_GRACE):
-                await _quietly_all(handle.result for handle in own)
+                while not stopped.done():
+                    activity.heartbeat(self._progress())
+                    await asyncio.wait({stopped}, timeout=REPORT_INTERVAL)
+        except TimeoutError:
+            activity.logger.warning(
+                "%d install(s) of rollout %s did not stop within %gs of the cancel",
+                len(own),
+                self._input.rollout_id,
+                CANCEL_GRACE,
+            )
+        finally:
+            stopped.cancel()
 
     async def _rollout_let_go(self) -> bool:
         """Whether this cancellation means the rollout no longer wants its installs.

@@ -36,7 +36,6 @@ from backendctl.options import add_option_flag, add_task_queue, parse_options, v
 from backendctl.render import PROG
 from backendctl.watch import describe, watch
 from contracts.install import InstallBackendInput, InstallPhase, install_workflow_id
-from contracts.names import CANCEL_ROLLOUT_SIGNAL, ROLLOUT_WORKFLOW
 from contracts.rollout import FailurePolicy, RolloutInput, RolloutTarget
 from contracts.summaries import (
     install_details,
@@ -433,11 +432,9 @@ async def cancel(client: Client, workflow_id: str, out: TextIO) -> int:
     if description.status is not WorkflowExecutionStatus.RUNNING:
         state = description.status.name.lower() if description.status else "closed"
         raise UserError(f"{printable(workflow_id)} is not running ({state}); nothing to cancel")
-    if description.workflow_type == ROLLOUT_WORKFLOW:
-        # The rollout's own signal cancels its installs and still returns its table.
-        await handle.signal(CANCEL_ROLLOUT_SIGNAL)
-    else:
-        await handle.cancel()
+    # A Temporal cancel for every type: a rollout cancels what it started, waits for it to
+    # stop and ends CANCELED; its status query keeps the table.
+    await handle.cancel()
     out.write(
         f"cancel requested for {workflow_id}; it stops shortly — {PROG} watch {workflow_id}\n"
     )

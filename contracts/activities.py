@@ -41,6 +41,9 @@ class InstallActivityInput(_Model):
     liveness_check_interval_seconds: float = 15.0
     """Without a progress event for this long, ask whether the node still has the op (see
     ``activities/liveness.py``); 0 turns the checks off."""
+    request_sent: bool = False
+    """The fast path already sent this op's request and the node has not answered yet: wait
+    for its reply on the op's reply subject instead of sending it again."""
 
 
 class InstallProgress(_Model):
@@ -87,7 +90,17 @@ class FastInstallResult(_Model):
     address: str = ""
     reason: str = ""
     """Why the node gave no immediate answer (``timeout``, ``no responders``, ...)."""
+    request_sent: bool = False
+    """No answer in time, but the node got the request: the install activity waits for its
+    reply instead of sending the op again."""
     elapsed_seconds: float = 0.0
+
+
+class CancelOpInput(_Model):
+    """Which op a node should stop."""
+
+    node_id: str
+    op_id: str
 
 
 class ProbeState(StrEnum):

@@ -28,6 +28,10 @@ FAST_INSTALL_ACTIVITY = "install_backend_fast"
 ``backend.install`` with a short bound; anything but an immediate reply falls through to
 :data:`INSTALL_ACTIVITY` with the same op id."""
 
+CANCEL_OP_ACTIVITY = "cancel_op"
+"""Tells a node to stop an op (the node agent's ``.cancel`` extension), run by an install
+workflow as a local activity the moment it is cancelled."""
+
 PROBE_ACTIVITY = "probe_slot"
 """Asks a node what it knows about one slot (the idempotency probe)."""
 

@@ -15,6 +15,7 @@ import logging
 import py_compile
 import sys
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
 from nats.aio.client import Client as NATS
@@ -31,12 +32,15 @@ from temporalio.runtime import Runtime
 from temporalio.worker import Worker
 
 from activities.attach import await_install
+from activities.budget import MIN_HEARTBEAT_INTERVAL, ForwardBudget
+from activities.cancel import CancelActivities
 from activities.fast_path import FastPathActivities
 from activities.fleet import FleetActivities
 from activities.install import InstallActivities
 from activities.install_slots import install_slots
 from activities.lifecycle import LifecycleActivities
 from activities.probe import ProbeActivities
+from activities.replies import OpReplies
 from activities.upgrade import UpgradeActivities, check_slot_health
 from contracts.names import DEFAULT_TASK_QUEUE
 from contracts.search_attributes import SEARCH_ATTRIBUTES
@@ -50,6 +54,9 @@ from workflows.rollout import RolloutBackendWorkflow
 from workflows.upgrade_backend import UpgradeBackendWorkflow
 
 DEFAULT_TEMPORAL_ADDRESS = "localhost:7233"
+
+HEARTBEAT_THROTTLE = timedelta(seconds=MIN_HEARTBEAT_INTERVAL)
+"""Longest the SDK holds a heartbeat back; how often is the forwarding budget's business."""
 
 log = logging.getLogger("orchestrator.worker")
 
@@ -125,10 +132,13 @@ def create_worker(
     (what the in-process test workers use: each test's own task queue needs no deployment).
     """
     telemetry = telemetry or Telemetry()
-    install = InstallActivities(nc, telemetry)
+    replies = OpReplies(nc)  # the fast path hands each op's reply over to the install activity
+    budget = ForwardBudget()  # how often the installs in flight may heartbeat and report
+    install = InstallActivities(nc, telemetry, replies, budget)
     probe = ProbeActivities(nc, telemetry)
-    fast = FastPathActivities(nc, telemetry)
-    upgrade = UpgradeActivities(nc, telemetry)
+    fast = FastPathActivities(nc, telemetry, replies)
+    cancel = CancelActivities(nc, replies)
+    upgrade = UpgradeActivities(nc, telemetry, budget=budget)
     lifecycle = LifecycleActivities(nc, telemetry)
     fleet = FleetActivities(nc, telemetry)
     if telemetry.tracing and not client_traces(client) and "interceptors" not in worker_options:
@@ -140,6 +150,10 @@ def create_worker(
         worker_options.setdefault(
             "max_concurrent_local_activities", worker_options["max_concurrent_activities"]
         )
+    # The SDK holds heartbeats back for 0.8x the heartbeat timeout (24 s by default) unless
+    # this caps it: a cancel reaches an activity only with a heartbeat's answer, and the UI
+    # shows only heartbeats that reached the server. The budget keeps the rate bounded.
+    worker_options.setdefault("max_heartbeat_throttle_interval", HEARTBEAT_THROTTLE)
     if versioning is not None:
         worker_options["deployment_config"] = versioning.deployment_config(default_behavior())
     return Worker(
@@ -149,6 +163,7 @@ def create_worker(
         activities=[
             install.install_backend,
             fast.install_backend_fast,
+            cancel.cancel_op,
             probe.probe_slot,
             await_install,
             install_slots,

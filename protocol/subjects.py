@@ -111,3 +111,16 @@ def models_running(node_id: str) -> str:
 def node_stop(node_id: str) -> str:
     """``nodes.<node>.stop``: publish only, the node deregisters and exits."""
     return f"{_node_prefix(node_id)}.stop"
+
+
+def op_reply(inbox_prefix: str, node_id: str, op_id: str) -> str:
+    """``<inbox prefix>.op.<node>.<op>``: where the node's reply to an op's install goes.
+
+    Not a LocalAI subject: a reply subject is the requester's choice, and any worker answers
+    to whatever the request names (over ``allow_responses`` under NATS auth). Derived from the
+    op instead of a random inbox so that whoever waits for the op (the fast path, then the
+    install activity, on this worker or another) listens where the one reply will arrive, and
+    nothing has to be sent twice to be heard. On the requester's inbox prefix, so the
+    subscribe permission it already has for its inboxes covers it.
+    """
+    return f"{inbox_prefix}.op.{check_token('node_id', node_id)}.{check_token('op_id', op_id)}"

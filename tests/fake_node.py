@@ -53,6 +53,9 @@ class FakeNode:
         self.script: InstallScript = self.reply_running
         self.status_reply = InstallStatusReply(state="absent")
         self.running_requests = 0
+        self.log: list[str] = []
+        """Every request in the order it arrived: ``install``, ``models.running``, ``backend.list``
+        and ``status`` (the extension), so a test can check what came before what."""
         self._subs: list[Subscription] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -70,6 +73,7 @@ class FakeNode:
         # the new interest (about 1 in 100 got "no responders"); a round trip through the
         # server to one of our own subjects does.
         await self.nc.request(subjects.models_running(self.node_id), b"{}", timeout=5)
+        self.log.clear()  # that round trip was ours, not the controller's
         FakeNode.live.add(self)
         return self
 
@@ -85,6 +89,7 @@ class FakeNode:
         self.status_reply = reply
 
         async def respond(msg: Msg) -> None:
+            self.log.append("status")
             self.status_requests.append(json.loads(msg.data))
             await msg.respond(self.status_reply.to_wire())
 
@@ -177,6 +182,7 @@ class FakeNode:
         return count
 
     async def _on_install(self, msg: Msg) -> None:
+        self.log.append("install")
         self.install_bodies.append(json.loads(msg.data))
         request = BackendInstallRequest.model_validate_json(msg.data)
         number = len(self.install_bodies)
@@ -189,8 +195,53 @@ class FakeNode:
         self.spawn(answer())
 
     async def _on_running(self, msg: Msg) -> None:
+        self.log.append("models.running")
         self.running_requests += 1
         await msg.respond(ModelsRunningReply(models=list(self.running)).to_wire())
 
     async def _on_list(self, msg: Msg) -> None:
+        self.log.append("backend.list")
         await msg.respond(BackendListReply(backends=self.backends).to_wire())
+
+
+class StockWorker:
+    """A LocalAI worker's install semantics, for :attr:`FakeNode.script`.
+
+    Installs of one backend name are serialised by a lock held until the reply (reference
+    §4.1): a duplicate request for the same op waits behind the first and then finds the slot
+    running. A missing backend takes ``install_seconds`` with a progress event every
+    ``progress_interval``; there is no status extension and no cancel subject, so the
+    controller learns of the install only from replies, ``models.running``, ``backend.list``
+    and progress, as from a stock worker.
+    """
+
+    def __init__(
+        self, node: FakeNode, install_seconds: float, progress_interval: float = 0.5
+    ) -> None:
+        self.node = node
+        self.install_seconds = install_seconds
+        self.progress_interval = progress_interval
+        self._locks: dict[str, asyncio.Lock] = {}
+        self.installed: set[str] = set()
+        node.backends = []
+        node.script = self.install
+
+    async def install(self, request: BackendInstallRequest, number: int) -> BackendInstallReply:
+        lock = self._locks.setdefault(request.backend, asyncio.Lock())
+        async with lock:
+            if request.backend not in self.installed:
+                await self._pull(request)
+            self.node.mark_running(request)
+            return BackendInstallReply(success=True, address=f"{self.node.advertise_host}:50051")
+
+    async def _pull(self, request: BackendInstallRequest) -> None:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + self.install_seconds
+        while (left := end - loop.time()) > 0:
+            if request.op_id:
+                done = 100.0 * (1 - left / self.install_seconds)
+                await self.node.publish_progress(request.op_id, request.backend, done)
+            await asyncio.sleep(min(self.progress_interval, left))
+        self.installed.add(request.backend)
+        assert self.node.backends is not None
+        self.node.backends.append(NodeBackendInfo(name=request.backend))

@@ -27,7 +27,6 @@ from tests.workflow_helpers import (
     heartbeat_with_events,
     install_input,
     start_install,
-    wait_for,
     wait_until,
 )
 from workflows.install_backend import InstallBackendWorkflow
@@ -127,41 +126,36 @@ async def test_a_warm_install_writes_its_search_attributes_in_one_upsert(
     assert ours == [{"NodeId", "BackendName", "ModelId", "InstallPhase"}]
 
 
-async def test_a_slow_node_gets_the_same_op_from_the_install_activity_which_joins_it(
+async def test_a_slow_nodes_one_request_is_followed_by_the_install_activity_to_its_reply(
     client: Client, nc: NATS, task_queue: str, node_id: str
 ) -> None:
+    """The fast path gives up waiting, not the request: nothing is sent a second time."""
     async with FakeNode(nc, node_id) as node:
         finished = asyncio.Event()
-        first_op: list[str] = []
 
-        async def slow_then_joined(
-            request: BackendInstallRequest, number: int
-        ) -> BackendInstallReply | None:
-            if number == 1:  # the fast path's request: the node starts pulling
-                first_op.append(request.op_id)
-                await node.stream_progress(request.op_id, request.backend, finished)
-                return None  # its reply inbox is gone by now
-            await finished.wait()  # the same op, joined: answered when the pull ends
+        async def slow(request: BackendInstallRequest, number: int) -> BackendInstallReply:
+            await node.stream_progress(request.op_id, request.backend, finished)
             return BackendInstallReply(success=True, address="10.0.0.7:50077")
 
-        node.script = slow_then_joined
+        node.script = slow
         handle = await start_install(
             client,
             task_queue,
             fast_input(node_id, fast_path_seconds=0.5, install_timeout_seconds=60.0),
         )
-        await wait_for(lambda: len(node.install_bodies) == 2, what="the install activity's request")
         await heartbeat_with_events(client, handle, at_least=1)  # it follows the op's progress
         finished.set()
         result = await handle.result()
 
     assert not result.fast_path
-    assert [r.op_id for r in node.install_requests] == [result.op_id, result.op_id]
-    assert first_op == [result.op_id]
-    assert (result.attempts, result.probes) == (1, 0), "the fast path was no attempt of its own"
+    assert result.address == "10.0.0.7:50077"
+    assert [r.op_id for r in node.install_requests] == [result.op_id]
+    assert (result.attempts, result.probes) == (1, 0), "the fast path's request was request 1"
     assert result.progress_events > 0, "the install activity forwarded the op's progress"
     types = await event_types(handle)
     assert types.count(EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED) == 1
+    [answer] = await fast_answers(handle)
+    assert (answer.answered, answer.request_sent) == (False, True)
     await assert_replays(handle)
 
 

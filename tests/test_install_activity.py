@@ -89,7 +89,7 @@ async def test_heartbeats_continue_on_a_timer_when_no_event_arrives(
     node = await FakeNode(nc, node_id).start()
 
     async def quiet_start(request: BackendInstallRequest, number: int) -> BackendInstallReply:
-        await asyncio.sleep(1.5)
+        await asyncio.sleep(3.5)  # heartbeats are a second apart at least
         return BackendInstallReply(success=True, address="10.0.0.7:50051")
 
     node.script = quiet_start
@@ -110,6 +110,7 @@ async def test_progress_is_forwarded_as_heartbeat_details(
         for percentage in (10, 50, 100):
             await node.publish_progress(request.op_id, request.backend, percentage)
             await asyncio.sleep(0.3)
+        await asyncio.sleep(1.5)  # a heartbeat goes out every second at least
         return BackendInstallReply(success=True, address="10.0.0.7:50051")
 
     node.script = three_events
@@ -195,20 +196,28 @@ async def test_empty_op_id_sends_a_silent_install_without_subscribing(
     await node.stop()
 
 
-async def test_a_retry_resumes_from_the_previous_attempts_heartbeat(
+async def test_a_retry_follows_the_op_without_sending_it_again_and_resumes_the_heartbeat(
     nc: NATS, activity_nc: NATS, node_id: str
 ) -> None:
+    """The attempt it retries sent the request (its worker died): the node may be working
+    on it, so the retry only listens on the op's reply subject."""
     node = await FakeNode(nc, node_id).start()
     env, _ = recording_env()
     previous = InstallProgress(op_id="op-1", node_id=node_id, attempt=1, event_count=7)
     env.info = dataclasses.replace(
         env.info, attempt=2, heartbeat_details=[previous.model_dump(mode="json")]
     )
+    activities = InstallActivities(activity_nc)
+    task = asyncio.create_task(env.run(activities.install_backend, install(node_id)))
+    reply_subject = activities._replies.subject(node_id, "op-1")
+    await wait_for(lambda: reply_subject in {sub.subject for sub in activity_nc._subs.values()})
+    await nc.publish(reply_subject, BackendInstallReply(success=True, address="a:1").to_wire())
 
-    result = await env.run(InstallActivities(activity_nc).install_backend, install(node_id))
+    result = await task
 
+    assert node.install_bodies == []
+    assert result.address == "a:1"
     assert result.progress.event_count == 7 and result.progress.attempt == 2
-    assert node.install_requests[0].op_id == "op-1"
     await node.stop()
 
 

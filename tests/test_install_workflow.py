@@ -314,6 +314,43 @@ async def test_cancelling_the_workflow_cancels_the_install_and_ends_cleanly(
     await assert_replays(handle)
 
 
+async def test_a_cancel_while_the_node_is_still_busy_between_requests_tells_it_to_stop(
+    client: Client, nc: NATS, task_queue: str, node_id: str
+) -> None:
+    """After a timeout no install activity runs (the workflow probes and waits), but the node
+    is still pulling the op: the workflow itself tells the node to stop."""
+    node = await FakeNode(nc, node_id).start()
+    cancels: list[str] = []
+    pulling = asyncio.Event()
+
+    async def on_cancel(msg: Msg) -> None:
+        cancels.append(msg.subject)
+
+    async def slow_pull(request: BackendInstallRequest, number: int) -> None:
+        await node.stream_progress(request.op_id, request.backend, pulling)
+
+    node.script = slow_pull
+    handle = await start_install(
+        client, task_queue, install_input(node_id, install_timeout_seconds=1.0)
+    )
+    await _wait_for_phase(handle, InstallPhase.WAITING)
+    op_id = node.install_bodies[0]["op_id"]
+    cancel_sub = await nc.subscribe(subjects.cancel(node_id, op_id), cb=on_cancel)
+    await nc.flush()
+    await handle.cancel()
+
+    with pytest.raises(WorkflowFailureError):
+        await handle.result()
+
+    assert (await handle.query(InstallBackendWorkflow.progress)).phase == InstallPhase.CANCELLED
+    await wait_for(lambda: len(cancels) == 1, what="the node told to stop the op")
+    assert len(node.install_bodies) == 1
+    pulling.set()
+    await cancel_sub.unsubscribe()
+    await node.stop()
+    await assert_replays(handle)
+
+
 async def _wait_for_phase(
     handle: WorkflowHandle[InstallBackendWorkflow, Any], phase: InstallPhase
 ) -> None:

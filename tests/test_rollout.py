@@ -14,7 +14,13 @@ import pytest
 from nats.aio.client import Client as NATS
 from temporalio.activity import ActivityCancellationDetails
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowHandle,
+)
+from temporalio.exceptions import CancelledError
 from temporalio.testing import ActivityEnvironment
 
 from activities.install_slots import install_slots
@@ -235,6 +241,36 @@ async def test_cancelling_a_rollout_cancels_in_flight_installs_and_reports_the_r
     for slot in result.slots:
         if slot.state is SlotState.CANCELLED:
             assert await status_of(client, slot.workflow_id) == "CANCELED"
+    await assert_replays(handle)
+
+
+async def test_a_cancelled_rollout_ends_cancelled_once_the_installs_it_started_have_stopped(
+    client: Client, nc: NATS, task_queue: str
+) -> None:
+    """``backendctl cancel`` asks Temporal to cancel; the default heartbeat timeout (30 s)
+    made each install take up to 24 s to notice, and the batch waiting for them timed out."""
+    async with Fleet(nc, count=1) as fleet:
+        fleet.release.clear()
+        defaults = {**HELD, "heartbeat_timeout_seconds": 30.0}
+        handle = await start_rollout(
+            client,
+            task_queue,
+            rollout(fleet.targets(["a", "b", "c", "d", "e"]), defaults, max_in_flight=2),
+        )
+        await wait_for(lambda: fleet.in_flight == 2)
+        await handle.cancel()
+        with pytest.raises(WorkflowFailureError) as failure:
+            await handle.result()
+        status = await handle.query(RolloutBackendWorkflow.status)
+        cancelled = [s for s in status.slots if s.state is SlotState.CANCELLED]
+        installs = [await status_of(client, s.workflow_id) for s in cancelled]
+
+    assert isinstance(failure.value.cause, CancelledError)
+    assert (await handle.describe()).status is WorkflowExecutionStatus.CANCELED
+    assert status.cancelled
+    assert (status.counts["cancelled"], status.counts["skipped"]) == (2, 3)
+    assert status.counts["failed"] == 0
+    assert installs == ["CANCELED", "CANCELED"], "every install it started has stopped"
     await assert_replays(handle)
 
 

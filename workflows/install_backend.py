@@ -29,6 +29,7 @@ with workflow.unsafe.imports_passed_through():
     import pydantic
 
     from contracts.activities import (
+        CancelOpInput,
         FastInstallResult,
         InstallActivityResult,
         InstallProgress,
@@ -43,6 +44,7 @@ with workflow.unsafe.imports_passed_through():
         InstallStatus,
     )
     from contracts.names import (
+        CANCEL_OP_ACTIVITY,
         FAST_INSTALL_ACTIVITY,
         INSTALL_ACTIVITY,
         INSTALL_WORKFLOW,
@@ -56,6 +58,9 @@ with workflow.unsafe.imports_passed_through():
     from workflows.install_state import InstallState, check_input
     from workflows.install_steps import (
         ACTIVITY_MARGIN,
+        CANCEL_OP_RETRY,
+        CANCEL_OP_TIMEOUT,
+        CANCEL_TELLS_THE_NODE,
         FAST_PATH,
         FAST_PATH_MARGIN,
         FAST_PATH_RETRY,
@@ -138,6 +143,13 @@ class InstallBackendWorkflow:
             if isinstance(step, InstallBackendResult):
                 return step
             return await self._loop(step)
+        except asyncio.CancelledError as err:
+            # No install activity was running to tell the node (it does so itself when it is
+            # cancelled), but the node may still be busy with an op whose request timed out.
+            if state.request_started and workflow.patched(CANCEL_TELLS_THE_NODE):
+                await self._tell_node_to_cancel()
+            self._record_end(err)
+            raise
         except BaseException as err:
             self._record_end(err)
             raise
@@ -188,6 +200,7 @@ class InstallBackendWorkflow:
         is the first request's failure, handled exactly as the install activity's would be.
         """
         state = self._state
+        state.request_started = True
         remaining = state.remaining(workflow.now())
         bound = min(state.input.fast_path_seconds, remaining.total_seconds())
         activity_input = install_activity_input(state.input, state.status.op_id, remaining)
@@ -213,16 +226,24 @@ class InstallBackendWorkflow:
             self._log_fall_through(str(cause or err))
             return NextStep.INSTALL
         if not fast.answered:
+            # The node got the request: the install activity waits for its one reply.
+            self._state.request_outstanding = fast.request_sent
             self._log_fall_through(fast.reason)
             return NextStep.INSTALL
         return self._complete(state.fast_path_answered(fast))
 
     def _log_fall_through(self, reason: str) -> None:
+        then = (
+            "the install activity waits for the node's reply"
+            if self._state.request_outstanding
+            else "the install activity sends the same op"
+        )
         workflow.logger.info(
-            "fast path not taken for %s on %s (%s): the install activity sends the same op",
+            "fast path not taken for %s on %s (%s): %s",
             self._state.status.slot,
             self._state.input.node_id,
             reason[:200],
+            then,
             extra=self._state.log_fields(),
         )
 
@@ -260,9 +281,10 @@ class InstallBackendWorkflow:
         state = self._state
         input = state.input
         state.status.attempts += 1
+        state.request_started = True
         self._set_phase(InstallPhase.INSTALLING)
         remaining = state.remaining(workflow.now())
-        activity_input = install_activity_input(input, state.status.op_id, remaining)
+        activity_input = state.next_install_input(remaining)
         request_timeout = activity_input.install_timeout_seconds
         try:
             result: InstallActivityResult = await workflow.execute_activity(
@@ -276,7 +298,9 @@ class InstallBackendWorkflow:
                 cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
                 summary=(
                     f"install {input.backend} on {input.node_id} for {state.status.slot} "
-                    f"(request {state.status.attempts})"
+                    f"(request {state.status.attempts}"
+                    + (", sent by the fast path" if activity_input.request_sent else "")
+                    + ")"
                 ),
             )
         except ActivityError as err:
@@ -326,6 +350,28 @@ class InstallBackendWorkflow:
         if step is NextStep.WAIT:
             self._set_phase(InstallPhase.STILL_INSTALLING)
         return step
+
+    async def _tell_node_to_cancel(self) -> None:
+        """Ask the node to stop the op (``activities/cancel.py``); the install ends cancelled
+        whatever the answer."""
+        state = self._state
+        try:
+            await workflow.execute_local_activity(
+                CANCEL_OP_ACTIVITY,
+                CancelOpInput(node_id=state.input.node_id, op_id=state.status.op_id),
+                result_type=bool,
+                start_to_close_timeout=CANCEL_OP_TIMEOUT,
+                retry_policy=CANCEL_OP_RETRY,
+                summary=f"tell {state.input.node_id} to stop op {state.status.op_id}",
+            )
+        except ActivityError as err:
+            workflow.logger.warning(
+                "could not tell %s to stop op %s: %s",
+                state.input.node_id,
+                state.status.op_id,
+                err.cause or err,
+                extra=state.log_fields(),
+            )
 
     # --- effects of the state ------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from temporalio.exceptions import ApplicationError, TimeoutError
 
 from contracts.activities import (
     FastInstallResult,
+    InstallActivityInput,
     InstallActivityResult,
     InstallProgress,
     ProbeResult,
@@ -51,6 +52,7 @@ from workflows.install_steps import (
     ROLLOUT_STATE,
     NextStep,
     derive_op_id,
+    install_activity_input,
     install_deadline,
     stand_in_input,
 )
@@ -106,6 +108,12 @@ class InstallState:
         self.input = input
         self.found_running = carry.found_running if carry else False
         self.fast_path_taken = False
+        self.request_outstanding = False
+        """The fast path's request is out unanswered: the next install activity waits for
+        its reply instead of sending the op again."""
+        self.request_started = carry is not None
+        """A request for the op may have reached the node (this run's or an earlier run's):
+        a cancel then tells the node to stop the op."""
         self.backoff_streak = carry.backoff_streak if carry else 0
         self._published_phase: InstallPhase | None = None
         self._pending_attributes: list[SearchAttributeUpdate[Any]] = []
@@ -191,6 +199,14 @@ class InstallState:
             self.status.last_progress = progress.last_event
             self.status.last_progress_at = progress.last_event_at
         self.status.updated_at = now
+
+    def next_install_input(self, remaining: timedelta) -> InstallActivityInput:
+        """The next install activity's input: a new request, or the one still out."""
+        activity_input = install_activity_input(self.input, self.status.op_id, remaining)
+        if self.request_outstanding:
+            self.request_outstanding = False
+            activity_input = activity_input.model_copy(update={"request_sent": True})
+        return activity_input
 
     def remaining(self, now: datetime) -> timedelta:
         """Time left before the deadline (negative once it has passed)."""

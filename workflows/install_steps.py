@@ -52,6 +52,18 @@ the first phase it records (a warm install: node, backend, model and ``completed
 upsert). Executions started before upserted the identity and ``installing`` first, then
 patched ``fast-path`` (tests/histories/InstallBackendWorkflow/fast_path_*.json)."""
 
+CANCEL_TELLS_THE_NODE = "cancel-tells-the-node"
+"""Patch id: an install cancelled while no install activity runs (a probe, a wait, a
+back-off, after a request timed out) tells the node to stop the op with a local activity
+before it ends. Executions started before ended without a word to the node, which kept
+pulling."""
+
+CANCEL_OP_TIMEOUT = timedelta(seconds=5)
+"""Bound on telling the node to stop an op: one publish and a flush."""
+
+CANCEL_OP_RETRY = RetryPolicy(maximum_attempts=1)
+"""Telling the node is tried once: the install ends cancelled either way."""
+
 FAST_PATH_MARGIN = timedelta(seconds=2)
 """Slack between the fast path's NATS bound and its local activity's start-to-close timeout."""
 

@@ -88,7 +88,14 @@ BATCH_MARGIN = timedelta(minutes=5)
 """Slack beyond the installs' own deadline before a batch activity is presumed stuck."""
 
 BATCH_HEARTBEAT_TIMEOUT = timedelta(seconds=10)
-"""A batch heartbeats every second; its cancellation reaches it within 0.8x this."""
+"""A batch heartbeats every second (also while its installs stop after a cancel); the
+cancellation reaches it with the next heartbeat's answer."""
+
+CANCELLED_ENDS_CANCELLED = "cancelled-rollout-ends-cancelled"
+"""Patch id: a rollout cancelled through Temporal (``backendctl cancel``) ends CANCELED once
+the installs, upgrades or deletes it started have stopped, its status query still answering
+with every slot. Executions started before completed with ``cancelled: true``. The
+``cancel_rollout`` signal still stops a rollout and completes it with its table."""
 
 
 @workflow.defn(name=ROLLOUT_WORKFLOW, failure_exception_types=[pydantic.ValidationError])
@@ -150,6 +157,8 @@ class RolloutBackendWorkflow:
             await self._drive()
         except asyncio.CancelledError:
             await self._cancel_everything()
+            if workflow.patched(CANCELLED_ENDS_CANCELLED):
+                raise
         if not self._cancelled and self._should_continue_as_new():
             await workflow.wait_condition(workflow.all_handlers_finished)
             workflow.continue_as_new(self._carry_over())
@@ -356,6 +365,7 @@ class RolloutBackendWorkflow:
         ``continue``.
         """
         input = self._input
+        cancel_requested = False
         # Replay-safe and unique to this execution: the workflow's seeded random, not its id
         # (a replayed history may carry another id).
         self._child_tag = workflow.uuid4().hex[:12]
@@ -382,7 +392,7 @@ class RolloutBackendWorkflow:
                 if self._cancelled:
                     break
         except asyncio.CancelledError:
-            self._cancelled = True
+            self._cancelled = cancel_requested = True
         if self._cancelled:
             for task in self._batches.values():
                 task.cancel()
@@ -398,6 +408,8 @@ class RolloutBackendWorkflow:
                 await self._roll_back()
             await self._drop_previous()
         self._publish()
+        if cancel_requested and workflow.patched(CANCELLED_ENDS_CANCELLED):
+            raise asyncio.CancelledError("rollout cancelled")
         status = self.status()
         if failed and input.effective_policy() is not FailurePolicy.CONTINUE:
             listed = "; ".join(f"{r.node_id}: {r.error}" for r in failed[:MAX_PROBLEMS_SHOWN])

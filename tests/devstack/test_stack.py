@@ -293,7 +293,7 @@ async def test_the_web_ui_tells_the_story_of_a_running_and_a_finished_install(
         for e in history.events
         if e.user_metadata.HasField("summary")
     ]
-    assert "install cpu-large on node-3 for ui#0 (request 1)" in summaries
+    assert "install cpu-large on node-3 for ui#0 (request 1, sent by the fast path)" in summaries
 
     async with browser_page() as page:
         # Finished: activity summaries tell the story in the timeline of the history.

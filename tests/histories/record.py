@@ -17,8 +17,11 @@ executions they stand for still replay:
 - ``InstallBackendWorkflow/fast_path_warm_install``, ``fast_path_slow_node`` and
   ``fast_path_failure_then_success``: the fast path before the patch
   ``fast-path-writes-attributes-once`` (identity and ``installing`` upserted before the fast
-  path); today's shape is ``fast_path_answered``, ``fast_path_falls_through`` and
+  path); today's shape is ``fast_path_answered``, ``fast_path_followed`` and
   ``fast_path_transient_failure``.
+- ``InstallBackendWorkflow/fast_path_falls_through``: the install activity sent the op a
+  second time after the fast path's bound (today it follows the fast path's one request:
+  ``fast_path_followed``; the commands are the same, the node saw two requests).
 - ``InstallBackendWorkflow/invalid_input``: before ``invalid-input-writes-no-search-attribute``
   (an invalid input upserted ``InstallPhase=failed``); today's shape is
   ``out_of_bounds_input``.
@@ -173,22 +176,18 @@ async def fast_path_short_task_timeout(stack: Stack) -> list[WorkflowHandle[Any,
 
 
 @scenario
-async def fast_path_falls_through(stack: Stack) -> list[WorkflowHandle[Any, Any]]:
-    """The fast path gets no answer in time; the install activity joins the same op."""
+async def fast_path_followed(stack: Stack) -> list[WorkflowHandle[Any, Any]]:
+    """The fast path gets no answer in time; the install activity follows its one request."""
     node = await stack.node()
     finished = asyncio.Event()
 
-    async def slow(request: BackendInstallRequest, number: int) -> BackendInstallReply | None:
-        if number == 1:
-            await node.stream_progress(request.op_id, request.backend, finished)
-            return None
-        await finished.wait()
+    async def slow(request: BackendInstallRequest, number: int) -> BackendInstallReply:
+        await node.stream_progress(request.op_id, request.backend, finished)
         return BackendInstallReply(success=True, address="10.0.0.7:50077")
 
     node.script = slow
     input = install_input(node.node_id, fast_path_seconds=0.5, install_timeout_seconds=60.0)
     handle = await start_install(stack.client, stack.queue, input)
-    await wait_for(lambda: len(node.install_bodies) == 2, what="the install activity's request")
     await heartbeat_with_events(stack.client, handle, at_least=1)  # it follows the op
     finished.set()
     await handle.result()
@@ -290,6 +289,32 @@ async def cancelled_install(stack: Stack) -> list[WorkflowHandle[Any, Any]]:
     await wait_for(lambda: len(node.install_bodies) == 1, what="install sent")
     await handle.cancel()
     await _settle(handle)
+    await node.stop()
+    return [handle]
+
+
+@scenario
+async def cancelled_while_node_busy(stack: Stack) -> list[WorkflowHandle[Any, Any]]:
+    """Cancelled while waiting between probes: the workflow tells the node to stop the op."""
+    node = await stack.node()
+    pulling = asyncio.Event()
+
+    async def slow_pull(request: BackendInstallRequest, number: int) -> None:
+        await node.stream_progress(request.op_id, request.backend, pulling)
+
+    node.script = slow_pull
+    handle = await start_install(
+        stack.client, stack.queue, install_input(node.node_id, install_timeout_seconds=1.0)
+    )
+
+    async def waiting() -> bool:
+        status = await handle.query(InstallBackendWorkflow.progress)
+        return status.phase == InstallPhase.WAITING
+
+    await wait_until(waiting, what="waiting between probes")
+    await handle.cancel()
+    await _settle(handle)
+    pulling.set()
     await node.stop()
     return [handle]
 
@@ -426,6 +451,26 @@ async def rollout_cancelled(stack: Stack) -> list[WorkflowHandle[Any, Any]]:
 
 
 @scenario
+async def rollout_cancelled_through_temporal(stack: Stack) -> list[WorkflowHandle[Any, Any]]:
+    """``backendctl cancel``: the rollout stops its installs and ends CANCELED."""
+    node = await stack.node()
+    release = asyncio.Event()
+
+    async def held(request: BackendInstallRequest, number: int) -> BackendInstallReply:
+        await release.wait()
+        return await node.reply_running(request, number)
+
+    node.script = held
+    handle = await _rollout(stack, stack.client, stack.queue, [node])
+    await wait_for(lambda: len(node.install_bodies) >= 2, what="installs in flight")
+    await handle.cancel()
+    await _settle(handle)
+    release.set()
+    await node.stop()
+    return [handle]
+
+
+@scenario
 async def rollout_continue_as_new(stack: Stack) -> list[WorkflowHandle[Any, Any]]:
     nodes = [await stack.node() for _ in range(4)]
     handle = await _rollout(stack, stack.small, stack.small_queue, nodes, max_in_flight=1)
@@ -539,6 +584,42 @@ async def rollout_upgrade_rolled_back(stack: Stack) -> list[WorkflowHandle[Any, 
     await _settle(handle)
     for node in (good, liar):
         await node.stop()
+    return [handle]
+
+
+@scenario
+async def rollout_upgrade_cancelled(stack: Stack) -> list[WorkflowHandle[Any, Any]]:
+    """An upgrade rollout cancelled through Temporal while a node re-pulls: CANCELED."""
+    node = await stack.node()
+    node.backends = [NodeBackendInfo(name="echo", version="1.0.0", uri="file:///echo-v1")]
+    release, upgrading = asyncio.Event(), asyncio.Event()
+
+    async def on_upgrade(msg: Any) -> None:
+        upgrading.set()
+        await release.wait()
+        await msg.respond(BackendUpgradeReply(success=True).to_wire())
+
+    node._subs.append(await stack.nc.subscribe(subjects.upgrade(node.node_id), cb=on_upgrade))
+    fast = {k: v for k, v in UPGRADE_FAST.items() if k not in ("install_options",)}
+    gate = fast.pop("health_gate_seconds")
+    handle = await stack.client.start_workflow(
+        RolloutBackendWorkflow.run,
+        RolloutInput(
+            backend="echo",
+            action=RolloutAction.UPGRADE,
+            targets=[RolloutTarget(node_id=node.node_id)],
+            health_gate_seconds=gate,
+            install_options=UPGRADE_FAST["install_options"],
+            upgrade_options=fast,
+        ),
+        id=f"rollout-upgrade-{uuid.uuid4().hex[:8]}",
+        task_queue=stack.queue,
+    )
+    await asyncio.wait_for(upgrading.wait(), 30)
+    await handle.cancel()
+    await _settle(handle)
+    release.set()
+    await node.stop()
     return [handle]
 
 
