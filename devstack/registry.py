@@ -18,7 +18,7 @@ import subprocess
 import tarfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -34,6 +34,7 @@ OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
+GZIP_MAGIC = b"\x1f\x8b"
 
 
 def registry_binary() -> str | None:
@@ -96,19 +97,34 @@ def files_layer(files: dict[str, tuple[bytes, int]], *, compress: bool = True) -
     )
 
 
-def config_blob(os_name: str = "linux", architecture: str = "amd64") -> Blob:
-    """A minimal image config."""
-    config = {"architecture": architecture, "os": os_name, "rootfs": {"type": "layers"}}
+def diff_id_of(layer: Blob) -> str:
+    """The layer's diff_id: the digest of its uncompressed tar (gzip told from the content)."""
+    data = gzip.decompress(layer.data) if layer.data[:2] == GZIP_MAGIC else layer.data
+    return digest_of(data)
+
+
+def config_blob(layers: list[Blob], os_name: str = "linux", architecture: str = "amd64") -> Blob:
+    """A minimal image config whose ``rootfs.diff_ids`` describe ``layers``, as pulls verify."""
+    rootfs = {"type": "layers", "diff_ids": [diff_id_of(layer) for layer in layers]}
+    config = {"architecture": architecture, "os": os_name, "rootfs": rootfs}
     return Blob(OCI_CONFIG, json.dumps(config).encode())
 
 
-@dataclass
+@dataclass(init=False)
 class Image:
     """A single-platform image: config and layers (bottom first)."""
 
     layers: list[Blob]
-    config: Blob = field(default_factory=config_blob)
-    media_type: str = OCI_MANIFEST
+    config: Blob
+    media_type: str
+
+    def __init__(
+        self, layers: list[Blob], config: Blob | None = None, media_type: str = OCI_MANIFEST
+    ) -> None:
+        """Without ``config``, a linux/amd64 one whose diff_ids match ``layers``."""
+        self.layers = layers
+        self.config = config if config is not None else config_blob(layers)
+        self.media_type = media_type
 
     def manifest(self) -> bytes:
         """The manifest JSON."""
@@ -279,7 +295,7 @@ def backend_image(spec: SampleBackend, *, architecture: str = "amd64") -> Image:
     layers = [files_layer(program)]
     if "run.sh" in files:
         layers.append(files_layer({"run.sh": files["run.sh"]}))
-    return Image(layers=layers, config=config_blob(architecture=architecture))
+    return Image(layers=layers, config=config_blob(layers, architecture=architecture))
 
 
 def write_layout(path: Path, image: Image) -> str:

@@ -6,6 +6,12 @@ also clears setuid/setgid/sticky bits and checks the *resolved* path against the
 symlink from an earlier layer cannot redirect a later write. The total uncompressed size over
 all layers is bounded (decompression bombs).
 
+Applying a layer also yields its diff_id, the sha256 of its whole uncompressed tar stream,
+which the caller compares with the image config's: the layer is decompressed here (gzip told
+from the content) and every byte tarfile reads is hashed, then whatever tarfile leaves unread
+after the end-of-archive blocks (record padding) is drained into the hash too, up to
+:data:`MAX_TRAILER` bytes, so that a gzip of endless zeros after a tiny tar cannot hash forever.
+
 Whiteouts (OCI image spec, "Representing Changes"): ``dir/.wh.name`` deletes ``dir/name`` of
 a lower layer; ``dir/.wh..wh..opq`` empties ``dir`` of lower-layer content. A whiteout deletes
 only inside the root: its parent is resolved on disk and must stay inside, and the entry it
@@ -19,6 +25,8 @@ not echoed.
 from __future__ import annotations
 
 import contextlib
+import gzip
+import hashlib
 import logging
 import os
 import posixpath
@@ -28,7 +36,7 @@ import tarfile
 import zlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
 from node_agent.archive import UnsafeArchive, check_member
 from node_agent.blocking import Abort
@@ -37,6 +45,11 @@ log = logging.getLogger(__name__)
 
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
+GZIP_MAGIC = b"\x1f\x8b"
+CHUNK = 64 * 1024
+MAX_TRAILER = 1024 * 1024
+"""Bytes allowed after a tar's end-of-archive blocks (tar pads to its record size: 10 KiB by
+default, 1 MiB at a blocking factor of 2048)."""
 ReadFn = Callable[[int], None]
 """Called with how many compressed bytes of the layer have been read so far."""
 
@@ -59,6 +72,39 @@ class _Counting:
 
     def readable(self) -> bool:
         return True
+
+
+class _Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+class _Hashing:
+    """A read-only file wrapper that hashes every byte read: the layer's diff_id."""
+
+    def __init__(self, raw: _Readable) -> None:
+        self._raw, self.digest = raw, hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._raw.read(size)
+        self.digest.update(data)
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+
+def _uncompressed(raw: IO[bytes], counting: _Counting) -> _Readable:
+    """The layer's tar stream read through ``counting``: gunzipped if ``raw`` starts like gzip.
+
+    Decompressed here rather than by tarfile, so the uncompressed bytes can be hashed.
+    """
+    compressed = raw.read(len(GZIP_MAGIC)) == GZIP_MAGIC
+    raw.seek(0)
+    if not compressed:
+        return counting
+    # typeshed asks for seek(); GzipFile only seeks when its own seek() is called
+    gunzipped: _Readable = gzip.GzipFile(fileobj=counting, mode="rb")  # type: ignore[call-overload]
+    return gunzipped
 
 
 def _inside(root: Path, path: Path) -> bool:
@@ -92,22 +138,43 @@ class LayerApplier:
         self.unpacked = 0
         self._abort = abort
 
-    def apply(self, blob: Path, on_read: ReadFn, label: str) -> None:
-        """Apply one layer file (tar, gzip-compressed or not: detected from the content)."""
+    def apply(self, blob: Path, on_read: ReadFn, label: str) -> str:
+        """Apply one layer file (tar, gzip-compressed or not: detected from the content).
+
+        Returns its diff_id (``sha256:<hex>`` of the uncompressed tar) for the caller to
+        compare with the image config's.
+        """
         created: set[str] = set()
         with blob.open("rb") as raw:
-            counting = _Counting(raw, on_read)
+            stream = _Hashing(_uncompressed(raw, _Counting(raw, on_read)))
             try:
-                with tarfile.open(fileobj=counting, mode="r|*") as tar:  # type: ignore[call-overload]
+                with tarfile.open(fileobj=stream, mode="r|") as tar:  # type: ignore[call-overload]
                     for member in tar:
                         self._abort.check()
                         self._member(tar, member, created, label)
-            except (tarfile.TarError, EOFError, zlib.error) as err:
+                self._drain(stream, label)
+            except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as err:
                 raise UnsafeLayer(
                     f"{label} is not a valid tar layer ({type(err).__name__})"
                 ) from err
             except OSError as err:
                 raise UnsafeLayer(f"cannot apply {label} ({type(err).__name__})") from err
+        return "sha256:" + stream.digest.hexdigest()
+
+    def _drain(self, stream: _Hashing, label: str) -> None:
+        """Hash what follows the end-of-archive blocks: the diff_id covers the whole stream.
+
+        tarfile stops reading at the first end-of-archive block, before the padding; without
+        this the digest would miss it (and whatever else a blob hides there).
+        """
+        trailer = 0
+        while chunk := stream.read(CHUNK):
+            self._abort.check()
+            trailer += len(chunk)
+            if trailer > MAX_TRAILER:
+                raise UnsafeLayer(
+                    f"{label}: more than {MAX_TRAILER} bytes follow the end of the tar archive"
+                )
 
     def _member(
         self, tar: tarfile.TarFile, member: tarfile.TarInfo, created: set[str], label: str

@@ -196,6 +196,22 @@ def parse_manifest(body: bytes) -> ImageManifest:
     return ImageManifest(config=config, layers=tuple(layers))
 
 
-def check_config(body: bytes) -> None:
-    """The config blob must be a JSON object of bounded size (its content is not used)."""
-    _json(body, "image config")
+def parse_config(body: bytes, layers: int) -> tuple[str, ...]:
+    """The config's ``rootfs.diff_ids``: the sha256 of each layer's uncompressed tar, in order.
+
+    The manifest's digests cover the compressed blobs only; the diff_ids are what the image's
+    author says those blobs unpack to, and an image with a layer that unpacks to another tar
+    is refused. One per layer, or the two documents describe different images.
+    """
+    data = _json(body, "image config")
+    rootfs = data.get("rootfs")
+    diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+    if not isinstance(diff_ids, list) or not all(
+        isinstance(d, str) and _DIGEST.fullmatch(d) for d in diff_ids
+    ):
+        raise ManifestError("image config has no valid rootfs.diff_ids")
+    if len(diff_ids) != layers:
+        raise ManifestError(
+            f"image config lists {len(diff_ids)} diff_ids but the manifest lists {layers} layers"
+        )
+    return tuple(diff_ids)

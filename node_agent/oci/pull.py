@@ -3,7 +3,8 @@
 Order: top manifest (its sha256 is the digest recorded in ``metadata.json``; a pinned
 reference must match it) → platform manifest when the top is an index → config (bounded,
 verified) → every layer downloaded to ``<work>/<hex>.partial``, verified while streaming, and
-renamed to ``<work>/<hex>`` → layers applied in order. Verified blobs and partials of a pull
+renamed to ``<work>/<hex>`` → layers applied in order, each one's uncompressed digest checked
+against the config's ``rootfs.diff_ids`` as it is applied. Verified blobs and partials of a pull
 that fails transiently stay in ``work`` so the next attempt resumes them; a permanent
 failure, a cancel or a success removes ``work``. Runs in a worker thread.
 """
@@ -31,9 +32,9 @@ from node_agent.oci.manifest import (
     Descriptor,
     ManifestError,
     Platform,
-    check_config,
     host_platform,
     media_type_of,
+    parse_config,
     parse_index,
     parse_manifest,
 )
@@ -147,6 +148,18 @@ def _download(
     return final
 
 
+def _check_diff_id(found: str, expected: str, label: str) -> None:
+    """A layer must unpack to the tar its config describes, not only match its descriptor.
+
+    Checked as soon as the layer is applied (its bytes are hashed while extracting); a
+    refusal is permanent, so the caller discards the staging directory with what it holds.
+    The digests are logged, not echoed: the expected one is fetched content.
+    """
+    if found != expected:
+        log.warning("%s: uncompressed digest %s, the config says %s", label, found, expected)
+        raise PullError(f"{label} does not match the image config's diff_id", permanent=True)
+
+
 def pull(
     uri: str,
     staging: Path,
@@ -194,8 +207,8 @@ def _pull(
     config = source.small_blob(manifest.config, MAX_MANIFEST_BYTES, "image config")
     if _sha256(config) != manifest.config.digest:
         raise PullError("image config digest mismatch", permanent=True)
-    check_config(config)
     layers = manifest.layers
+    diff_ids = parse_config(config, len(layers))
     total = sum(layer.size for layer in layers)
     if total > options.max_download_bytes:
         raise PullError(
@@ -217,12 +230,13 @@ def _pull(
         before += layer.size
     applier = LayerApplier(staging, limit=options.max_unpacked_bytes, abort=abort)
     before = 0
-    for index, (layer, path) in enumerate(zip(layers, paths, strict=True), start=1):
+    for index, (layer, path, diff_id) in enumerate(zip(layers, paths, diff_ids, strict=True), 1):
 
         def extracted(done: int, index: int = index, before: int = before) -> None:
             on_progress(PullProgress("extract", index, count, before + done, total))
 
-        applier.apply(path, extracted, f"layer {index}/{count}")
+        label = f"layer {index}/{count}"
+        _check_diff_id(applier.apply(path, extracted, label), diff_id, label)
         before += layer.size
     on_progress(PullProgress("extract", count, count, total, total))
     log.info("pulled %s layers (%d bytes, %d unpacked)", count, total, applier.unpacked)

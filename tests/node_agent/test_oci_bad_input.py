@@ -19,6 +19,8 @@ from devstack.registry import (
     Pusher,
     RunningRegistry,
     backend_image,
+    config_blob,
+    files_layer,
     registry_server,
     tar_layer,
 )
@@ -80,6 +82,30 @@ async def test_a_blob_whose_content_does_not_match_its_digest_is_rejected(
     assert classify_node_error(error) == INSTALL_REJECTED
     assert not list((node.backends_dir / ".downloads").glob("oci-*"))
     assert _outside(tmp_path, node) == []
+    await _still_serves(node, registry, pusher)
+
+
+async def test_a_layer_that_unpacks_to_another_tar_than_its_diff_id_is_rejected(
+    node: NodeClient, registry: RunningRegistry, pusher: Pusher, tmp_path: Path
+) -> None:
+    """Blob and descriptor agree, but the config's diff_id describes another second layer."""
+    base = backend_image(SampleBackend("d", version="diff"))
+    program, run = base.layers
+    notes = files_layer({"notes.txt": (b"the layer the manifest lists", 0o644)})
+    other = files_layer({"notes.txt": (b"the layer the config describes", 0o644)})
+    config = config_blob([program, other, run])
+    pusher.image("backends/diff", "v1", Image(layers=[program, notes, run], config=config))
+    ref = f"{registry.host}/backends/diff:v1"
+
+    error = await _install_ref(node, "cpu-diff", ref)
+
+    assert error == _rejected(ref, "layer 2/3 does not match the image config's diff_id")
+    assert classify_node_error(error) == INSTALL_REJECTED
+    assert not (node.backends_dir / "cpu-diff").exists()
+    assert node.staging_leftovers() == []
+    assert not list((node.backends_dir / ".downloads").glob("oci-*"))
+    assert _outside(tmp_path, node) == []
+    assert "cpu-diff" not in {row.name for row in (await node.listing()).backends or []}
     await _still_serves(node, registry, pusher)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import tarfile
 from pathlib import Path
@@ -11,7 +12,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from devstack.registry import file_member, tar_layer
+from devstack.registry import (
+    LAYER_GZIP,
+    LAYER_TAR,
+    Blob,
+    Image,
+    config_blob,
+    diff_id_of,
+    digest_of,
+    file_member,
+    files_layer,
+    tar_layer,
+    write_layout,
+)
+from node_agent import oci
 from node_agent.blocking import Abort
 from node_agent.capability import detect, detect_hardware
 from node_agent.oci import reference
@@ -270,6 +284,83 @@ def test_a_layer_that_is_not_a_tar_is_refused(root, tmp_path):
 
     with pytest.raises(UnsafeLayer, match="not a valid tar layer"):
         LayerApplier(root, limit=1 << 20, abort=Abort()).apply(blob, lambda _: None, "layer 1/1")
+
+
+def _padded_layer(trailer: int, *, compress: bool) -> tuple[Blob, bytes]:
+    """A layer whose tar has ``trailer`` zero bytes after its end-of-archive blocks (as a
+    large blocking factor writes); returns the blob and its uncompressed tar."""
+    tar = tar_layer([file_member("run.sh", b"#!/bin/sh\n")], compress=False).data + bytes(trailer)
+    return (Blob(LAYER_GZIP, gzip.compress(tar)) if compress else Blob(LAYER_TAR, tar)), tar
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_a_layers_diff_id_is_the_digest_of_its_whole_uncompressed_tar(root, tmp_path, compress):
+    layer, tar = _padded_layer(64 * 1024, compress=compress)  # tarfile stops before the tail
+    blob = tmp_path / "layer"
+    blob.write_bytes(layer.data)
+
+    diff_id = LayerApplier(root, limit=1 << 20, abort=Abort()).apply(
+        blob, lambda _: None, "layer 1/1"
+    )
+
+    assert diff_id == digest_of(tar) == diff_id_of(layer)
+    assert _tree(root) == {"run.sh"}
+
+
+def test_a_layer_with_a_long_tail_after_its_end_of_archive_is_refused(root, tmp_path):
+    layer, _ = _padded_layer(2 * 1024 * 1024, compress=True)  # a small blob, a long hash
+    blob = tmp_path / "layer"
+    blob.write_bytes(layer.data)
+
+    with pytest.raises(UnsafeLayer, match="layer 1/1: more than 1048576 bytes follow the end"):
+        LayerApplier(root, limit=1 << 30, abort=Abort()).apply(blob, lambda _: None, "layer 1/1")
+
+
+# --- image configs -----------------------------------------------------------------------
+
+OPTIONS = oci.PullOptions(max_download_bytes=1 << 30, max_unpacked_bytes=1 << 30, timeout=30.0)
+LAYERS = [
+    files_layer({"lib/a.so": (b"a", 0o755)}),
+    files_layer({"run.sh": (b"#!/bin/sh\n", 0o755)}),
+]
+
+
+def _pull_layout(tmp_path: Path, config: Blob) -> tuple[oci.PullError, Path]:
+    """Pull an ``ocifile://`` image of :data:`LAYERS` and ``config``; returns the refusal."""
+    layout = tmp_path / "image.tar"
+    write_layout(layout, Image(layers=LAYERS, config=config))
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    with pytest.raises(oci.PullError) as err:
+        oci.pull(
+            f"ocifile://{layout}", staging, tmp_path / "work", OPTIONS, lambda _: None, Abort()
+        )
+    assert not (tmp_path / "work").exists()
+    return err.value, staging
+
+
+@pytest.mark.parametrize("described", [1, 3])
+def test_a_config_whose_diff_ids_do_not_count_the_layers_is_refused(tmp_path, described):
+    config = config_blob([LAYERS[0]] * described)
+
+    err, staging = _pull_layout(tmp_path, config)
+
+    assert err.permanent
+    assert err.cause == f"image config lists {described} diff_ids but the manifest lists 2 layers"
+    assert list(staging.iterdir()) == []  # refused before any layer is applied
+
+
+@pytest.mark.parametrize(
+    "rootfs",
+    [None, {"type": "layers"}, {"type": "layers", "diff_ids": ["sha256:short", DIGEST]}],
+)
+def test_a_config_without_valid_diff_ids_is_refused(tmp_path, rootfs):
+    body = {"architecture": "amd64", "os": "linux", "rootfs": rootfs}
+    config = Blob("application/vnd.oci.image.config.v1+json", json.dumps(body).encode())
+
+    err, _ = _pull_layout(tmp_path, config)
+
+    assert err.permanent and err.cause == "image config has no valid rootfs.diff_ids"
 
 
 _NAMES = st.lists(
