@@ -24,9 +24,10 @@ import sys
 from collections.abc import Sequence
 from datetime import timedelta
 
-from contracts.names import DEFAULT_TASK_QUEUE
-from contracts.search_attributes import SEARCH_ATTRIBUTES
-from orchestrator.versioning import (
+from durable_installs.contracts.names import DEFAULT_TASK_QUEUE
+from durable_installs.contracts.search_attributes import SEARCH_ATTRIBUTES
+from durable_installs.invoked import exit_now, invoked_as
+from durable_installs.orchestrator.versioning import (
     DEFAULT_DEPLOYMENT_NAME,
     SetCurrent,
     Versioning,
@@ -35,15 +36,15 @@ from orchestrator.versioning import (
     make_current,
     warn_if_routed_to_a_version,
 )
-from orchestrator.worker import (
+from durable_installs.orchestrator.worker import (
     DEFAULT_TEMPORAL_ADDRESS,
     connect_temporal,
     create_worker,
     ensure_search_attributes,
 )
-from protocol.connection import NatsOptions, NatsStartupError
-from telemetry import LOG_FORMATS, configure_logging, telemetry_from_env
-from telemetry.temporal import temporal_runtime
+from durable_installs.protocol.connection import NatsOptions, NatsStartupError
+from durable_installs.telemetry import LOG_FORMATS, configure_logging, telemetry_from_env
+from durable_installs.telemetry.temporal import temporal_runtime
 
 log = logging.getLogger("worker_main")
 
@@ -51,7 +52,7 @@ log = logging.getLogger("worker_main")
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     env = os.environ.get
     parser = argparse.ArgumentParser(
-        prog="worker_main.py",
+        prog=invoked_as("worker_main"),
         description=(
             "Temporal worker for durable backend installs: runs InstallBackendWorkflow and "
             "the install and probe activities that talk to nodes over NATS."
@@ -282,11 +283,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return asyncio.run(run(args))
 
 
+def console() -> None:
+    """The ``backend-install-worker`` command: :func:`main`, then leave at once
+    (:func:`durable_installs.invoked.exit_now`)."""
+    exit_now(main())
+
+
 if __name__ == "__main__":
-    code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # Skip interpreter finalisation: after a failed start-up the Temporal client's native
-    # threads can abort it ("PyGILState_Release ... must be current", exit -6 instead of the
-    # 2 we return), as backendctl saw too. Everything is flushed and closed by now.
-    os._exit(code)
+    console()

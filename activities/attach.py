@@ -16,9 +16,9 @@ from temporalio import activity
 from temporalio.client import WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError, CancelledError
 
-from contracts.failures import INSTALL_CANCELLED, INSTALL_FAILED
-from contracts.install import InstallBackendResult
-from contracts.names import ATTACH_ACTIVITY
+from durable_installs.contracts.failures import INSTALL_CANCELLED, INSTALL_FAILED
+from durable_installs.contracts.install import InstallBackendResult
+from durable_installs.contracts.names import ATTACH_ACTIVITY
 
 HEARTBEAT_INTERVAL = 5.0
 

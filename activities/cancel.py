@@ -17,9 +17,9 @@ from nats.aio.client import Client as NATS
 from temporalio import activity
 
 from activities.replies import OpReplies
-from contracts.activities import CancelOpInput
-from contracts.names import CANCEL_OP_ACTIVITY
-from protocol import subjects
+from durable_installs.contracts.activities import CancelOpInput
+from durable_installs.contracts.names import CANCEL_OP_ACTIVITY
+from durable_installs.protocol import subjects
 
 FLUSH_TIMEOUT = 2
 

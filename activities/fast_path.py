@@ -26,13 +26,13 @@ from pydantic import ValidationError
 from temporalio import activity
 
 from activities.replies import OpReplies, OpReply
-from contracts.activities import FastInstallResult, InstallActivityInput
-from contracts.failures import INSTALL_FAILED, classify_node_error, node_failure
-from contracts.names import FAST_INSTALL_ACTIVITY
-from protocol import subjects
-from protocol.messages import BackendInstallReply, process_key
-from telemetry import InstallMetrics, Telemetry, bind_fields, request_span
-from telemetry.spans import Traced, outcome_of
+from durable_installs.contracts.activities import FastInstallResult, InstallActivityInput
+from durable_installs.contracts.failures import INSTALL_FAILED, classify_node_error, node_failure
+from durable_installs.contracts.names import FAST_INSTALL_ACTIVITY
+from durable_installs.protocol import subjects
+from durable_installs.protocol.messages import BackendInstallReply, process_key
+from durable_installs.telemetry import InstallMetrics, Telemetry, bind_fields, request_span
+from durable_installs.telemetry.spans import Traced, outcome_of
 
 log = logging.getLogger(__name__)
 

@@ -18,26 +18,31 @@ from temporalio.exceptions import ApplicationError
 
 from activities.lifecycle import node_error_text
 from activities.probe import ask_node
-from contracts.drift import (
+from durable_installs.contracts.drift import (
     BackendDrift,
     CheckDriftInput,
     CheckDriftResult,
     DriftState,
     NodeDrift,
 )
-from contracts.failures import REGISTRY_UNAVAILABLE
-from contracts.names import CHECK_DRIFT_ACTIVITY, LIST_NODES_ACTIVITY
-from contracts.nodes import FleetView, NodeAnnouncement
-from protocol import subjects
-from protocol.announce import (
+from durable_installs.contracts.failures import REGISTRY_UNAVAILABLE
+from durable_installs.contracts.names import CHECK_DRIFT_ACTIVITY, LIST_NODES_ACTIVITY
+from durable_installs.contracts.nodes import FleetView, NodeAnnouncement
+from durable_installs.protocol import subjects
+from durable_installs.protocol.announce import (
     MAX_ANNOUNCEMENT_BYTES,
     NODE_REGISTRY_BUCKET,
     announcement_key,
     open_registry,
 )
-from protocol.gallery import GalleryEntry, GalleryIndexError, parse_index, read_index_source
-from protocol.messages import BackendListReply, NodeBackendInfo
-from telemetry import Telemetry
+from durable_installs.protocol.gallery import (
+    GalleryEntry,
+    GalleryIndexError,
+    parse_index,
+    read_index_source,
+)
+from durable_installs.protocol.messages import BackendListReply, NodeBackendInfo
+from durable_installs.telemetry import Telemetry
 
 GALLERY_FETCH_TIMEOUT = 30.0
 """Bound on reading one gallery index for a drift check."""

@@ -34,31 +34,31 @@ from activities.liveness import (
     NodeWatch,
 )
 from activities.replies import OpReplies
-from contracts.activities import (
+from durable_installs.contracts.activities import (
     LIVENESS_INTERVAL_RANGE,
     InstallActivityInput,
     InstallActivityResult,
     InstallProgress,
     progress_from_details,
 )
-from contracts.failures import (
+from durable_installs.contracts.failures import (
     INSTALL_FAILED,
     NODE_UNREACHABLE,
     WORKER_STILL_INSTALLING,
     classify_node_error,
     node_failure,
 )
-from contracts.names import INSTALL_ACTIVITY, PROGRESS_SIGNAL
-from protocol import subjects
-from protocol.connection import permissions_violation
-from protocol.messages import (
+from durable_installs.contracts.names import INSTALL_ACTIVITY, PROGRESS_SIGNAL
+from durable_installs.protocol import subjects
+from durable_installs.protocol.connection import permissions_violation
+from durable_installs.protocol.messages import (
     BackendInstallProgressEvent,
     BackendInstallReply,
     InstallStatusRequest,
     process_key,
 )
-from telemetry import InstallMetrics, Telemetry, bind_fields, request_span
-from telemetry.spans import outcome_of
+from durable_installs.telemetry import InstallMetrics, Telemetry, bind_fields, request_span
+from durable_installs.telemetry.spans import outcome_of
 
 SUBSCRIBE_FLUSH_TIMEOUT = 5
 """Bound on confirming the progress subscription before the request is sent (as LocalAI)."""

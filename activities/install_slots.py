@@ -22,15 +22,16 @@ from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.attach import install_result
-from contracts.failures import INSTALL_CANCELLED, ROLLOUT_GONE
-from contracts.install import InstallBackendResult
-from contracts.names import (
+from activities.closings import Closings
+from durable_installs.contracts.failures import INSTALL_CANCELLED, ROLLOUT_GONE
+from durable_installs.contracts.install import InstallBackendResult
+from durable_installs.contracts.names import (
     INSTALL_SLOTS_ACTIVITY,
     INSTALL_WORKFLOW,
     SLOT_STATE_SIGNAL,
     SLOTS_STARTED_SIGNAL,
 )
-from contracts.rollout import (
+from durable_installs.contracts.rollout import (
     InstallSlotsInput,
     InstallSlotsProgress,
     InstallSlotsResult,
@@ -40,7 +41,10 @@ from contracts.rollout import (
     SlotStatus,
     expand_slots,
 )
-from contracts.summaries import install_details, install_summary
+from durable_installs.contracts.summaries import install_details, install_summary
+
+CLOSED_POLL_INTERVAL = 1.0
+"""Seconds between two visibility questions of a batch: which of its installs have closed."""
 
 REPORT_INTERVAL = 1.0
 """Seconds between outcome signals: the rollout's table lags by this, its history does not
@@ -137,9 +141,7 @@ class InstallSlotsRun:
         await self._signal(
             SLOTS_STARTED_SIGNAL, SlotsStarted(started=sorted(self._started), joined=sorted(joined))
         )
-        async with asyncio.TaskGroup() as group:
-            for slot in slots:
-                group.create_task(self._collect(slot))
+        await self._collect(slots)
 
     async def _start(self, slot: SlotStatus) -> bool:
         """Start the slot's install; False when another requester's install was joined."""
@@ -178,8 +180,13 @@ class InstallSlotsRun:
             # A retried attempt finds its own earlier start running: still the rollout's.
             return slot.workflow_id in self._started
 
-    async def _collect(self, slot: SlotStatus) -> None:
-        self._unsent.append(await _outcome(slot.workflow_id, self._handles[slot.workflow_id]))
+    async def _collect(self, slots: list[SlotStatus]) -> None:
+        """Every slot's outcome, as its install closes (``activities/closings.py``)."""
+        closings = Closings(self._client, (slot.workflow_id for slot in slots))
+        while closings.pending:
+            await asyncio.sleep(CLOSED_POLL_INTERVAL)
+            for workflow_id in await closings.closed():
+                self._unsent.append(await _outcome(workflow_id, self._handles[workflow_id]))
 
     async def _report_periodically(self) -> None:
         """Heartbeat and send finished slots' outcomes, at most once per REPORT_INTERVAL."""
@@ -216,7 +223,7 @@ class InstallSlotsRun:
         """
         own = [self._handles[w] for w in self._started if w in self._handles]
         await _quietly_all(handle.cancel for handle in own)
-        stopped = asyncio.ensure_future(_quietly_all(handle.result for handle in own))
+        stopped = asyncio.ensure_future(_all_closed(self._client, [h.id for h in own]))
         try:
             async with asyncio.timeout(CANCEL_GRACE):
                 while not stopped.done():
@@ -265,6 +272,14 @@ async def _outcome(workflow_id: str, handle: InstallHandle) -> SlotReport:
         state = SlotState.CANCELLED if err.type == INSTALL_CANCELLED else SlotState.FAILED
         return SlotReport(workflow_id=workflow_id, state=state, error=err.message)
     return SlotReport(workflow_id=workflow_id, state=SlotState.SUCCEEDED, address=result.address)
+
+
+async def _all_closed(client: Client, workflow_ids: list[str]) -> None:
+    """Until every one of ``workflow_ids`` has closed (asked of visibility, no long polls)."""
+    closings = Closings(client, workflow_ids)
+    while closings.pending:
+        await asyncio.sleep(CLOSED_POLL_INTERVAL)
+        await closings.closed()
 
 
 async def _quietly_all(calls: Iterable[Callable[[], Awaitable[object]]]) -> None:

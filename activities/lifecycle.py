@@ -14,17 +14,21 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.probe import NodeAnswer, ask_node, installed_name
-from contracts.failures import DELETE_FAILED, NODE_SILENT, NODE_UNREACHABLE
-from contracts.lifecycle import (
+from durable_installs.contracts.failures import DELETE_FAILED, NODE_SILENT, NODE_UNREACHABLE
+from durable_installs.contracts.lifecycle import (
     DeleteActivityInput,
     DeleteActivityResult,
     NodeInventory,
     NodeInventoryInput,
     StopSlotsInput,
 )
-from contracts.names import DELETE_ACTIVITY, NODE_INVENTORY_ACTIVITY, STOP_BACKEND_ACTIVITY
-from protocol import subjects
-from protocol.messages import (
+from durable_installs.contracts.names import (
+    DELETE_ACTIVITY,
+    NODE_INVENTORY_ACTIVITY,
+    STOP_BACKEND_ACTIVITY,
+)
+from durable_installs.protocol import subjects
+from durable_installs.protocol.messages import (
     BackendDeleteReply,
     BackendDeleteRequest,
     BackendListReply,
@@ -32,8 +36,8 @@ from protocol.messages import (
     ModelsRunningReply,
     RunningModelInfo,
 )
-from protocol.wire import WireModel
-from telemetry import Telemetry
+from durable_installs.protocol.wire import WireModel
+from durable_installs.telemetry import Telemetry
 
 R = TypeVar("R", bound=WireModel)
 

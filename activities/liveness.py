@@ -31,8 +31,12 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from pydantic import ValidationError
 
-from protocol import subjects
-from protocol.messages import InstallStatusReply, InstallStatusRequest, NodeSlotState
+from durable_installs.protocol import subjects
+from durable_installs.protocol.messages import (
+    InstallStatusReply,
+    InstallStatusRequest,
+    NodeSlotState,
+)
 
 CONFIRM_DELAY = 2.0
 """How soon a suspicious answer is checked again; only two in a row end the wait."""

@@ -22,17 +22,17 @@ from opentelemetry.trace import Tracer
 from pydantic import ValidationError
 from temporalio import activity
 
-from contracts.activities import ProbeInput, ProbeResult, ProbeState
-from contracts.names import PROBE_ACTIVITY
-from protocol import subjects
-from protocol.gallery import (
+from durable_installs.contracts.activities import ProbeInput, ProbeResult, ProbeState
+from durable_installs.contracts.names import PROBE_ACTIVITY
+from durable_installs.protocol import subjects
+from durable_installs.protocol.gallery import (
     GalleryEntry,
     GalleryIndexError,
     candidate_concrete_names,
     parse_index,
     read_index_source,
 )
-from protocol.messages import (
+from durable_installs.protocol.messages import (
     BackendInstallProgressEvent,
     BackendListReply,
     InstallStatusReply,
@@ -43,8 +43,8 @@ from protocol.messages import (
     decode_galleries,
     process_key,
 )
-from protocol.wire import WireModel
-from telemetry import InstallMetrics, Telemetry, bind_fields, request_span
+from durable_installs.protocol.wire import WireModel
+from durable_installs.telemetry import InstallMetrics, Telemetry, bind_fields, request_span
 
 GALLERY_FETCH_TIMEOUT = 5.0
 """The probe only needs gallery indexes to map meta/alias names; it must stay quick."""

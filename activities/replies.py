@@ -26,7 +26,7 @@ from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from protocol import subjects
+from durable_installs.protocol import subjects
 
 STATUS_HEADER = "Status"
 NO_RESPONDERS = "503"

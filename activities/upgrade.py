@@ -26,21 +26,25 @@ from activities.install import (
     stop_following,
     workflow_asked_to_cancel,
 )
-from contracts.activities import InstallActivityInput, InstallProgress, progress_from_details
-from contracts.failures import (
+from durable_installs.contracts.activities import (
+    InstallActivityInput,
+    InstallProgress,
+    progress_from_details,
+)
+from durable_installs.contracts.failures import (
     INSTALL_FAILED,
     NODE_UNREACHABLE,
     WORKER_STILL_INSTALLING,
     classify_node_error,
     node_failure,
 )
-from contracts.names import (
+from durable_installs.contracts.names import (
     CHECK_HEALTH_ACTIVITY,
     DROP_PREVIOUS_ACTIVITY,
     INSPECT_BACKEND_ACTIVITY,
     UPGRADE_ACTIVITY,
 )
-from contracts.upgrade import (
+from durable_installs.contracts.upgrade import (
     ROLLBACK_UNAVAILABLE,
     BackendVersion,
     DropPreviousInput,
@@ -52,8 +56,8 @@ from contracts.upgrade import (
     UpgradeActivityInput,
     UpgradeActivityResult,
 )
-from protocol import subjects
-from protocol.messages import (
+from durable_installs.protocol import subjects
+from durable_installs.protocol.messages import (
     BackendInstallReply,
     BackendInstallRequest,
     BackendListReply,

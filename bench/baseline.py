@@ -15,8 +15,8 @@ from temporalio import activity, workflow
 with workflow.unsafe.imports_passed_through():
     from nats.aio.client import Client as NATS
 
-    from protocol import subjects
-    from protocol.messages import BackendInstallReply, BackendInstallRequest
+    from durable_installs.protocol import subjects
+    from durable_installs.protocol.messages import BackendInstallReply, BackendInstallRequest
 
 MINIMAL_WORKFLOW = "BenchMinimalWorkflow"
 MINIMAL_ACTIVITY = "bench_nats_request"

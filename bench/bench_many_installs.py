@@ -21,7 +21,7 @@ from bench.node import WildcardNode
 from bench.report import Report, median
 from bench.stack import CpuMeter, WorkerProcess, stack
 from bench.workloads import run_id, start_install, warm_up
-from contracts.install import InstallBackendResult
+from durable_installs.contracts.install import InstallBackendResult
 
 NAME = "many_installs"
 

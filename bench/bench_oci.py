@@ -24,15 +24,16 @@ from pathlib import Path
 
 from bench.cli import main
 from bench.report import Report, median
-from devstack.registry import Image, Pusher, files_layer, registry_binary, registry_server
+from durable_installs.devstack.registry import Image, Pusher, files_layer
+from durable_installs.servers import registry_binary, registry_server
 
 NAME = "oci"
 MIB = 1024 * 1024
 CHILD = """
 import json, sys, time
 from pathlib import Path
-from node_agent import oci
-from node_agent.blocking import Abort
+from durable_installs.node_agent import oci
+from durable_installs.node_agent.blocking import Abort
 def status_kb(key):
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(key + ":"):

@@ -16,14 +16,18 @@ import time
 
 from temporalio.client import WorkflowHandle
 
-from backendctl.progress import pending_install_progress
 from bench.cli import main
 from bench.node import WildcardNode, progress_body
 from bench.report import Report, median, percentile
 from bench.stack import CpuMeter, Stack, WorkerProcess, stack
 from bench.workloads import run_id, start_install, warm_up
-from contracts.install import InstallBackendInput, InstallBackendResult, InstallStatus
-from protocol import subjects
+from durable_installs.backendctl.progress import pending_install_progress
+from durable_installs.contracts.install import (
+    InstallBackendInput,
+    InstallBackendResult,
+    InstallStatus,
+)
+from durable_installs.protocol import subjects
 
 NAME = "progress"
 RATE = 2000

@@ -20,8 +20,8 @@ from bench.node import WildcardNode
 from bench.report import Report, median
 from bench.stack import CpuMeter, Stack, stack
 from bench.workloads import burst, install, run_id, warm_up
-from contracts.names import ROLLOUT_WORKFLOW
-from contracts.rollout import RolloutInput, RolloutStatus
+from durable_installs.contracts.names import ROLLOUT_WORKFLOW
+from durable_installs.contracts.rollout import RolloutInput, RolloutStatus
 
 NAME = "rollout"
 

@@ -45,17 +45,17 @@ from temporalio.testing import WorkflowEnvironment
 
 import activities.install
 import activities.probe
-import node_agent.agent
-import node_agent.pipeline
-import node_agent.service
-import node_agent.supervisor
-from contracts.install import InstallBackendInput
-from contracts.search_attributes import SEARCH_ATTRIBUTES
-from devstack.sample_backend import Gallery, SampleBackend
-from node_agent import Agent, AgentConfig, NatsOptions
-from orchestrator.worker import create_worker
-from telemetry import Telemetry, Traced
-from telemetry.temporal import temporal_interceptors
+import durable_installs.node_agent.agent
+import durable_installs.node_agent.pipeline
+import durable_installs.node_agent.service
+import durable_installs.node_agent.supervisor
+from durable_installs.contracts.install import InstallBackendInput
+from durable_installs.contracts.search_attributes import SEARCH_ATTRIBUTES
+from durable_installs.devstack.sample_backend import Gallery, SampleBackend
+from durable_installs.node_agent import Agent, AgentConfig, NatsOptions
+from durable_installs.orchestrator.worker import create_worker
+from durable_installs.telemetry import Telemetry, Traced
+from durable_installs.telemetry.temporal import temporal_interceptors
 from workflows.install_backend import InstallBackendWorkflow
 
 MODES = ("baseline", "off", "on")
@@ -120,13 +120,13 @@ _PATCHES: list[tuple[object, str, object]] = [
     (activities.install, "request_span", _no_span),
     (activities.probe, "bind_fields", _no_fields),
     (activities.probe, "request_span", _no_span),
-    (node_agent.agent, "bind_fields", _no_fields),
-    (node_agent.agent, "server_span", _no_span),
-    (node_agent.agent, "context_from_headers", lambda _headers: None),
-    (node_agent.agent, "annotate_current_span", lambda: None),
-    (node_agent.service, "phase_span", _no_span),
-    (node_agent.pipeline, "phase_span", _no_span),
-    (node_agent.supervisor, "phase_span", _no_span),
+    (durable_installs.node_agent.agent, "bind_fields", _no_fields),
+    (durable_installs.node_agent.agent, "server_span", _no_span),
+    (durable_installs.node_agent.agent, "context_from_headers", lambda _headers: None),
+    (durable_installs.node_agent.agent, "annotate_current_span", lambda: None),
+    (durable_installs.node_agent.service, "phase_span", _no_span),
+    (durable_installs.node_agent.pipeline, "phase_span", _no_span),
+    (durable_installs.node_agent.supervisor, "phase_span", _no_span),
 ]
 
 

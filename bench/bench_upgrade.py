@@ -23,9 +23,9 @@ from bench.report import Report
 from bench.stack import CpuMeter, Stack, stack
 from bench.upgrade_fleet import BACKEND, HealthServer, UpgradeFleet
 from bench.workloads import run_id, warm_up
-from contracts.names import ROLLOUT_WORKFLOW, UPGRADE_WORKFLOW
-from contracts.rollout import RolloutInput, RolloutStatus
-from contracts.upgrade import UpgradeBackendInput, UpgradeBackendResult
+from durable_installs.contracts.names import ROLLOUT_WORKFLOW, UPGRADE_WORKFLOW
+from durable_installs.contracts.rollout import RolloutInput, RolloutStatus
+from durable_installs.contracts.upgrade import UpgradeBackendInput, UpgradeBackendResult
 
 NAME = "upgrade"
 SLOTS_PER_NODE = 4

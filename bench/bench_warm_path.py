@@ -39,10 +39,10 @@ from bench.report import Report, median, percentile
 from bench.stack import Stack, stack
 from bench.worker import GRACEFUL_SHUTDOWN, MAX_CACHED_WORKFLOWS, MAX_CONCURRENT_ACTIVITIES
 from bench.workloads import install_input, run_id
-from contracts.install import InstallBackendResult
-from contracts.names import INSTALL_WORKFLOW
-from devstack.binaries import find_binary
-from orchestrator.worker import compile_workflow_modules, create_worker
+from durable_installs.contracts.install import InstallBackendResult
+from durable_installs.contracts.names import INSTALL_WORKFLOW
+from durable_installs.orchestrator.worker import compile_workflow_modules, create_worker
+from durable_installs.servers import find_binary
 
 NAME = "warm_path"
 

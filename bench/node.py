@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from protocol import subjects
-from protocol.messages import BackendInstallReply
+from durable_installs.protocol import subjects
+from durable_installs.protocol.messages import BackendInstallReply
 
 REPLY = BackendInstallReply(success=True, address="10.0.0.7:50051").to_wire()
 

@@ -28,9 +28,8 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from bench.worker import BASELINE_QUEUE, INSTALL_QUEUE
-from contracts.search_attributes import SEARCH_ATTRIBUTES
-from devstack.binaries import find_binary
-from tests.servers import nats_server
+from durable_installs.contracts.search_attributes import SEARCH_ATTRIBUTES
+from durable_installs.servers import find_binary, nats_server
 
 ROOT = Path(__file__).resolve().parent.parent
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

@@ -17,7 +17,7 @@ from typing import Any
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from protocol.messages import (
+from durable_installs.protocol.messages import (
     BackendInstallReply,
     BackendListReply,
     BackendUpgradeReply,

@@ -21,7 +21,11 @@ import nats
 from temporalio.worker import Worker
 
 from bench.baseline import MinimalActivities, MinimalWorkflow
-from orchestrator.worker import compile_workflow_modules, connect_temporal, create_worker
+from durable_installs.orchestrator.worker import (
+    compile_workflow_modules,
+    connect_temporal,
+    create_worker,
+)
 
 INSTALL_QUEUE = "bench-install"
 BASELINE_QUEUE = "bench-baseline"

@@ -15,10 +15,10 @@ from temporalio.client import WorkflowHandle
 
 from bench.baseline import MINIMAL_WORKFLOW, install_body
 from bench.stack import Stack
-from contracts.install import InstallBackendInput, InstallBackendResult
-from contracts.names import INSTALL_WORKFLOW
-from protocol import subjects
-from protocol.messages import BackendInstallReply
+from durable_installs.contracts.install import InstallBackendInput, InstallBackendResult
+from durable_installs.contracts.names import INSTALL_WORKFLOW
+from durable_installs.protocol import subjects
+from durable_installs.protocol.messages import BackendInstallReply
 
 
 def run_id() -> str:

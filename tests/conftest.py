@@ -16,10 +16,10 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from contracts.search_attributes import SEARCH_ATTRIBUTES
-from orchestrator.worker import create_worker
+from durable_installs.contracts.search_attributes import SEARCH_ATTRIBUTES
+from durable_installs.orchestrator.worker import create_worker
+from durable_installs.servers import find_binary, nats_server
 from tests.fake_node import FakeNode
-from tests.servers import find_binary, nats_server
 
 
 @pytest.fixture(scope="session")

@@ -16,8 +16,8 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from protocol import subjects
-from protocol.messages import (
+from durable_installs.protocol import subjects
+from durable_installs.protocol.messages import (
     BackendDeleteReply,
     BackendInstallProgressEvent,
     BackendInstallReply,

@@ -14,13 +14,9 @@ from typing import Any
 import httpx
 import pytest
 
-from devstack.registry import (
-    INSTALL_HINT,
-    Pusher,
-    RunningRegistry,
-    registry_binary,
-    registry_server,
-)
+from durable_installs.devstack.registry import Pusher
+from durable_installs.servers import REGISTRY_INSTALL_HINT as INSTALL_HINT
+from durable_installs.servers import RunningRegistry, registry_binary, registry_server
 
 SKIP_REASON = f"the distribution registry is not installed ({INSTALL_HINT}; CI installs it)"
 

@@ -10,15 +10,30 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+PRODUCT = "durable_installs"
+TOP_LEVEL = {"activities", "workflows", "worker_main", "bench", "tests"}
+
+
+def part_of(module: str) -> str:
+    """The project part a module belongs to: ``durable_installs.contracts.x`` → ``contracts``,
+    ``activities.install`` → ``activities``; anything else by its top-level name."""
+    names = module.split(".")
+    return names[1] if names[0] == PRODUCT and len(names) > 1 else names[0]
+
+
+def source_of(part: str) -> Path:
+    return ROOT / part if part in TOP_LEVEL else ROOT / PRODUCT / part
+
+
 def imported_packages(package: str) -> set[str]:
-    """Top-level project packages imported anywhere in ``package``."""
+    """Project parts (and other top-level packages) imported anywhere in ``package``."""
     found: set[str] = set()
-    for path in (ROOT / package).rglob("*.py"):
+    for path in source_of(package).rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                found.add(node.module.split(".")[0])
+                found.add(part_of(node.module))
             elif isinstance(node, ast.Import):
-                found.update(alias.name.split(".")[0] for alias in node.names)
+                found.update(part_of(alias.name) for alias in node.names)
     return found
 
 
@@ -47,8 +62,8 @@ none of the sandbox's checks, so it must be deterministic by construction."""
 
 CORE_MAY_IMPORT = {
     "__future__",
-    "contracts",
-    "protocol",
+    "durable_installs.contracts",
+    "durable_installs.protocol",
     "workflows",
     "dataclasses",
     "datetime",
@@ -93,7 +108,7 @@ def test_passed_through_workflow_code_imports_no_workflow_api_and_no_io(module: 
         name
         for name in _imports(tree)
         if name not in CORE_MAY_IMPORT
-        and name.split(".")[0] not in CORE_MAY_IMPORT - {"temporalio"}
+        and not any(name.startswith(f"{allowed}.") for allowed in CORE_MAY_IMPORT)
     }
     assert outside == set()
 
@@ -120,3 +135,22 @@ def test_the_install_workflow_passes_its_core_through_the_sandbox() -> None:
         if isinstance(node, ast.With) and "imports_passed_through" in ast.unparse(node.items[0]):
             passed |= _imports(ast.Module(body=node.body, type_ignores=[]))
     assert {f"workflows.{m.removesuffix('.py')}" for m in PASSED_THROUGH_CORE} <= passed
+
+
+@pytest.mark.parametrize("part", ["durable_installs", "activities", "workflows", "bench"])
+def test_nothing_outside_the_tests_imports_them(part: str) -> None:
+    """The servers, fake nodes and helpers the product needs live in the product package."""
+    importers = {
+        str(path.relative_to(ROOT))
+        for path in (ROOT / part).rglob("*.py")
+        if "tests" in _top_level_imports(ast.parse(path.read_text()))
+    }
+    assert importers == set()
+
+
+def test_the_worker_imports_no_tests() -> None:
+    assert "tests" not in _top_level_imports(ast.parse((ROOT / "worker_main.py").read_text()))
+
+
+def _top_level_imports(tree: ast.AST) -> set[str]:
+    return {name.split(".")[0] for name in _imports(tree)}

@@ -8,9 +8,9 @@ import uuid
 from nats.aio.client import Client as NATS
 from temporalio.client import Client
 
-from contracts.rollout import RolloutInput, RolloutTarget
-from orchestrator.worker import create_worker
-from protocol.messages import BackendInstallReply, BackendInstallRequest
+from durable_installs.contracts.rollout import RolloutInput, RolloutTarget
+from durable_installs.orchestrator.worker import create_worker
+from durable_installs.protocol.messages import BackendInstallReply, BackendInstallRequest
 from tests.fake_node import FakeNode
 from tests.workflow_helpers import FAST, assert_replays, install_input, start_install, wait_until
 from workflows.install_backend import InstallBackendWorkflow

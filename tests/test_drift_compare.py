@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 
 from activities.fleet import compare
-from contracts.drift import DriftCheckInput, DriftState
-from protocol.gallery import GalleryEntry
-from protocol.messages import GalleryConfig, NodeBackendInfo
+from durable_installs.contracts.drift import DriftCheckInput, DriftState
+from durable_installs.protocol.gallery import GalleryEntry
+from durable_installs.protocol.messages import GalleryConfig, NodeBackendInfo
 
 IMAGE = "quay.io/go-skynet/local-ai-backends"
 DIGEST_A = "sha256:" + "a" * 64

@@ -16,11 +16,11 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 
-from contracts.activities import FastInstallResult
-from contracts.install import InstallBackendInput, InstallPhase
-from contracts.search_attributes import INSTALL_PHASE, NODE_ID
-from orchestrator.worker import create_worker
-from protocol.messages import BackendInstallReply, BackendInstallRequest
+from durable_installs.contracts.activities import FastInstallResult
+from durable_installs.contracts.install import InstallBackendInput, InstallPhase
+from durable_installs.contracts.search_attributes import INSTALL_PHASE, NODE_ID
+from durable_installs.orchestrator.worker import create_worker
+from durable_installs.protocol.messages import BackendInstallReply, BackendInstallRequest
 from tests.fake_node import FakeNode
 from tests.workflow_helpers import (
     assert_replays,

@@ -16,10 +16,10 @@ from temporalio.client import (
     WorkflowExecutionStatus,
 )
 
-from contracts.drift import DriftReport
-from contracts.names import DRIFT_WORKFLOW
-from devstack.sample_backend import Gallery
-from protocol.messages import NodeBackendInfo, RunningModelInfo
+from durable_installs.contracts.drift import DriftReport
+from durable_installs.contracts.names import DRIFT_WORKFLOW
+from durable_installs.devstack.sample_backend import Gallery
+from durable_installs.protocol.messages import NodeBackendInfo, RunningModelInfo
 from tests.fake_node import FakeNode
 from tests.workflow_helpers import wait_until
 
@@ -28,7 +28,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def backendctl(temporal_address: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "backendctl", "--address", temporal_address, "--no-live", *args],
+        [
+            sys.executable,
+            "-m",
+            "durable_installs.backendctl",
+            "--address",
+            temporal_address,
+            "--no-live",
+            *args,
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,

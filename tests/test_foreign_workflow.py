@@ -17,7 +17,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.worker import Worker
 
-from protocol.messages import BackendInstallReply, BackendInstallRequest
+from durable_installs.protocol.messages import BackendInstallReply, BackendInstallRequest
 from tests.fake_node import FakeNode
 from tests.workflow_helpers import FAST, assert_replays, wait_for, wait_until
 

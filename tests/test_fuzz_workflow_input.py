@@ -21,9 +21,9 @@ from pydantic import BaseModel, ValidationError
 from temporalio.api.common.v1 import Payload
 from temporalio.contrib.pydantic import pydantic_data_converter
 
-from contracts.activities import InstallActivityInput, ProbeInput
-from contracts.install import InstallBackendInput
-from contracts.rollout import RolloutInput, expand_slots
+from durable_installs.contracts.activities import InstallActivityInput, ProbeInput
+from durable_installs.contracts.install import InstallBackendInput
+from durable_installs.contracts.rollout import RolloutInput, expand_slots
 from workflows.install_steps import (
     ACTIVITY_MARGIN,
     backoff_seconds,

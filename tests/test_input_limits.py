@@ -27,9 +27,9 @@ from temporalio.client import (
 )
 from temporalio.exceptions import ApplicationError
 
-from contracts.limits import MAX_ROLLOUT_SLOTS
-from contracts.rollout import RolloutTarget
-from tests.servers import find_binary
+from durable_installs.contracts.limits import MAX_ROLLOUT_SLOTS
+from durable_installs.contracts.rollout import RolloutTarget
+from durable_installs.servers import find_binary
 from tests.test_rollout import HELD, Fleet, rollout, start_rollout
 from tests.workflow_helpers import assert_replays, wait_until
 from workflows.rollout import RolloutBackendWorkflow

@@ -13,15 +13,19 @@ from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 from temporalio.testing import ActivityEnvironment
 
 from activities.install import InstallActivities
-from contracts.activities import InstallActivityInput, InstallProgress, progress_from_details
-from contracts.failures import (
+from durable_installs.contracts.activities import (
+    InstallActivityInput,
+    InstallProgress,
+    progress_from_details,
+)
+from durable_installs.contracts.failures import (
     INSTALL_CANCELLED,
     INSTALL_FAILED,
     INSTALL_REJECTED,
     classify_node_error,
 )
-from protocol import subjects
-from protocol.messages import BackendInstallReply, BackendInstallRequest
+from durable_installs.protocol import subjects
+from durable_installs.protocol.messages import BackendInstallReply, BackendInstallRequest
 from tests.fake_node import FakeNode
 from tests.workflow_helpers import wait_for
 

@@ -23,10 +23,10 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import ActivityEnvironment
 
 from activities.install import InstallActivities
-from contracts.activities import InstallActivityInput
-from orchestrator.worker import create_worker
-from protocol import subjects
-from protocol.messages import BackendInstallReply, BackendInstallRequest
+from durable_installs.contracts.activities import InstallActivityInput
+from durable_installs.orchestrator.worker import create_worker
+from durable_installs.protocol import subjects
+from durable_installs.protocol.messages import BackendInstallReply, BackendInstallRequest
 from tests.fake_node import FakeNode
 from tests.worker_process import worker_process
 from tests.workflow_helpers import (

@@ -6,9 +6,14 @@ from datetime import UTC, datetime
 
 import pytest
 
-from contracts.install import InstallBackendInput, InstallPhase, InstallStatus, describe_problems
-from protocol.messages import BackendInstallProgressEvent, GalleryConfig
-from protocol.subjects import token_problem
+from durable_installs.contracts.install import (
+    InstallBackendInput,
+    InstallPhase,
+    InstallStatus,
+    describe_problems,
+)
+from durable_installs.protocol.messages import BackendInstallProgressEvent, GalleryConfig
+from durable_installs.protocol.subjects import token_problem
 from workflows.install_steps import backoff_seconds, derive_op_id
 from workflows.summary import describe_progress, details_markdown
 

@@ -18,9 +18,13 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities.install import InstallActivities
-from contracts.activities import InstallActivityInput, InstallActivityResult
-from contracts.failures import NODE_UNREACHABLE, WORKER_STILL_INSTALLING
-from protocol.messages import BackendInstallReply, BackendInstallRequest, InstallStatusReply
+from durable_installs.contracts.activities import InstallActivityInput, InstallActivityResult
+from durable_installs.contracts.failures import NODE_UNREACHABLE, WORKER_STILL_INSTALLING
+from durable_installs.protocol.messages import (
+    BackendInstallReply,
+    BackendInstallRequest,
+    InstallStatusReply,
+)
 from tests.fake_node import FakeNode
 from tests.workflow_helpers import install_input, wait_for
 

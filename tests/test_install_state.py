@@ -6,16 +6,16 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from temporalio.exceptions import ApplicationError, TimeoutError, TimeoutType
 
-from contracts.activities import ProbeResult, ProbeState
-from contracts.failures import (
+from durable_installs.contracts.activities import ProbeResult, ProbeState
+from durable_installs.contracts.failures import (
     INSTALL_FAILED,
     INSTALL_REJECTED,
     NODE_UNREACHABLE,
     WORKER_STILL_INSTALLING,
 )
-from contracts.install import InstallBackendInput, InstallPhase
-from contracts.rollout import SlotState
-from contracts.search_attributes import INSTALL_PHASE, NODE_ID, ROLLOUT_ID
+from durable_installs.contracts.install import InstallBackendInput, InstallPhase
+from durable_installs.contracts.rollout import SlotState
+from durable_installs.contracts.search_attributes import INSTALL_PHASE, NODE_ID, ROLLOUT_ID
 from workflows.install_state import InstallState, check_input
 from workflows.install_steps import NextStep
 

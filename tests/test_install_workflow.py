@@ -12,9 +12,13 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 
-from contracts.install import InstallPhase
-from protocol import subjects
-from protocol.messages import BackendInstallReply, BackendInstallRequest, GalleryConfig
+from durable_installs.contracts.install import InstallPhase
+from durable_installs.protocol import subjects
+from durable_installs.protocol.messages import (
+    BackendInstallReply,
+    BackendInstallRequest,
+    GalleryConfig,
+)
 from tests.fake_node import FakeNode
 from tests.workflow_helpers import (
     assert_replays,

@@ -24,16 +24,17 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.fleet import FleetActivities
 from activities.install import InstallActivities
-from contracts.activities import InstallActivityInput
-from devstack.sample_backend import Gallery, SampleBackend
-from node_agent import Agent
-from orchestrator.worker import create_worker
-from protocol import nats_auth, subjects
-from protocol.connection import NatsOptions, NatsStartupError
-from protocol.messages import BackendInstallReply, BackendInstallRequest
-from protocol.nats_auth import Fleet, TlsFiles, User
+from durable_installs.contracts.activities import InstallActivityInput
+from durable_installs.devstack.sample_backend import Gallery, SampleBackend
+from durable_installs.node_agent import Agent
+from durable_installs.orchestrator.worker import create_worker
+from durable_installs.protocol import nats_auth, subjects
+from durable_installs.protocol.connection import NatsOptions, NatsStartupError
+from durable_installs.protocol.messages import BackendInstallReply, BackendInstallRequest
+from durable_installs.protocol.nats_auth import Fleet, TlsFiles, User
+from durable_installs.servers import find_binary, free_port, nats_server
 from tests.node_agent.conftest import ADVERTISE_HOST, fast_config
-from tests.servers import CertFiles, find_binary, free_port, make_tls_files, nats_server
+from tests.tls import CertFiles, make_tls_files
 from tests.worker_process import ROOT, worker_command
 from tests.workflow_helpers import install_input, start_install, wait_for
 
@@ -472,7 +473,7 @@ def test_the_node_agent_process_says_authorization_violation_in_one_line(
     env = {"NATS_URL": secured_nats.url}
     if password is not None:
         env |= {"NATS_USER": "node-1", "NATS_PASSWORD": password}
-    command = [sys.executable, "-m", "node_agent", "--node-id", "node-1"]
+    command = [sys.executable, "-m", "durable_installs.node_agent", "--node-id", "node-1"]
     command += ["--backends-dir", str(tmp_path / "backends")]
 
     out = run_process(command, env)
@@ -482,7 +483,7 @@ def test_the_node_agent_process_says_authorization_violation_in_one_line(
 
 def test_an_unreachable_nats_still_gives_one_line(tmp_path: Path) -> None:
     url = f"nats://127.0.0.1:{free_port()}"
-    command = [sys.executable, "-m", "node_agent", "--node-id", "node-1"]
+    command = [sys.executable, "-m", "durable_installs.node_agent", "--node-id", "node-1"]
     command += ["--backends-dir", str(tmp_path / "backends"), "--nats-url", url]
 
     out = run_process(command, {})

@@ -24,11 +24,11 @@ from temporalio.testing import ActivityEnvironment
 from activities.fast_path import FastPathActivities
 from activities.install import InstallActivities
 from activities.replies import OpReplies
-from contracts.activities import InstallActivityInput
-from contracts.failures import WORKER_STILL_INSTALLING
-from contracts.install import InstallBackendInput, install_workflow_id
-from contracts.rollout import RolloutInput, RolloutTarget
-from protocol.messages import BackendInstallReply, BackendInstallRequest
+from durable_installs.contracts.activities import InstallActivityInput
+from durable_installs.contracts.failures import WORKER_STILL_INSTALLING
+from durable_installs.contracts.install import InstallBackendInput, install_workflow_id
+from durable_installs.contracts.rollout import RolloutInput, RolloutTarget
+from durable_installs.protocol.messages import BackendInstallReply, BackendInstallRequest
 from tests.fake_node import FakeNode, StockWorker
 from tests.workflow_helpers import FAST, assert_replays, install_input, start_install
 from workflows.install_backend import InstallBackendWorkflow

@@ -13,7 +13,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 
 from activities import replies as replies_module
 from activities.replies import OpReplies
-from protocol import subjects
+from durable_installs.protocol import subjects
 from tests.workflow_helpers import wait_for
 
 

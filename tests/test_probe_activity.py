@@ -9,8 +9,8 @@ from nats.aio.client import Client as NATS
 from temporalio.testing import ActivityEnvironment
 
 from activities.probe import ProbeActivities
-from contracts.activities import ProbeInput, ProbeResult, ProbeState
-from protocol.messages import (
+from durable_installs.contracts.activities import ProbeInput, ProbeResult, ProbeState
+from durable_installs.protocol.messages import (
     BackendInstallProgressEvent,
     GalleryConfig,
     InstallStatusReply,

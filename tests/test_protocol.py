@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from protocol import subjects
-from protocol.gallery import candidate_concrete_names, parse_index
-from protocol.messages import (
+from durable_installs.protocol import subjects
+from durable_installs.protocol.gallery import candidate_concrete_names, parse_index
+from durable_installs.protocol.messages import (
     BackendDeleteReply,
     BackendDeleteRequest,
     BackendInstallProgressEvent,
@@ -32,7 +32,7 @@ from protocol.messages import (
     parse_size,
     process_key,
 )
-from protocol.wire import WireModel
+from durable_installs.protocol.wire import WireModel
 
 NODE = "6c9751fe-e02f-40fc-a381-4869b11ac0c6"
 OP = "1f5e0b8a-8f3d-11f0-9c1a-0242ac120002"

@@ -10,8 +10,8 @@ from nats.aio.msg import Msg
 from temporalio.client import Client
 
 from bench.upgrade_fleet import HealthServer, UpgradeFleet
-from contracts.rollout import NodeState, RolloutInput, RolloutTarget
-from protocol.messages import BackendListReply, NodeBackendInfo
+from durable_installs.contracts.rollout import NodeState, RolloutInput, RolloutTarget
+from durable_installs.protocol.messages import BackendListReply, NodeBackendInfo
 from tests.workflow_helpers import wait_for
 from workflows.rollout import RolloutBackendWorkflow
 

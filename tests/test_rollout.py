@@ -24,8 +24,8 @@ from temporalio.exceptions import CancelledError
 from temporalio.testing import ActivityEnvironment
 
 from activities.install_slots import install_slots
-from contracts.install import install_workflow_id
-from contracts.rollout import (
+from durable_installs.contracts.install import install_workflow_id
+from durable_installs.contracts.rollout import (
     InstallSlotsInput,
     InstallSlotsProgress,
     RolloutInput,
@@ -33,8 +33,8 @@ from contracts.rollout import (
     RolloutTarget,
     SlotState,
 )
-from orchestrator.worker import create_worker
-from protocol.messages import BackendInstallReply, BackendInstallRequest
+from durable_installs.orchestrator.worker import create_worker
+from durable_installs.protocol.messages import BackendInstallReply, BackendInstallRequest
 from tests.fake_node import FakeNode, InstallScript
 from tests.worker_process import worker_process
 from tests.workflow_helpers import (

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from contracts.rollout import RolloutInput, RolloutTarget
+from durable_installs.contracts.rollout import RolloutInput, RolloutTarget
 
 
 def fields_with_problems(**fields: Any) -> list[str]:

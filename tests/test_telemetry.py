@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import NoOpTracerProvider
 
-from telemetry import (
+from durable_installs.telemetry import (
     Telemetry,
     bind_fields,
     context_from_headers,
@@ -22,10 +22,10 @@ from telemetry import (
     request_span,
     telemetry_from_env,
 )
-from telemetry.logs import install_handler
-from telemetry.prometheus import parse_address
-from telemetry.propagation import workflow_id_of
-from telemetry.temporal import temporal_interceptors, temporal_runtime
+from durable_installs.telemetry.logs import install_handler
+from durable_installs.telemetry.prometheus import parse_address
+from durable_installs.telemetry.propagation import workflow_id_of
+from durable_installs.telemetry.temporal import temporal_interceptors, temporal_runtime
 from worker_main import parse_args
 
 

@@ -9,8 +9,8 @@ import pytest
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 
-from contracts.rollout import RolloutInput
-from contracts.upgrade import SlotRef, UpgradeBackendInput
+from durable_installs.contracts.rollout import RolloutInput
+from durable_installs.contracts.upgrade import SlotRef, UpgradeBackendInput
 from workflows.rollout import RolloutBackendWorkflow
 from workflows.upgrade_backend import UpgradeBackendWorkflow
 

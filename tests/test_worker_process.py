@@ -12,9 +12,9 @@ from nats.aio.client import Client as NATS
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
-from protocol.messages import BackendInstallReply, BackendInstallRequest
+from durable_installs.protocol.messages import BackendInstallReply, BackendInstallRequest
+from durable_installs.servers import find_binary, free_port
 from tests.fake_node import FakeNode
-from tests.servers import find_binary, free_port
 from tests.worker_process import worker_command, worker_process
 from tests.workflow_helpers import (
     assert_replays,

@@ -23,7 +23,7 @@ from temporalio.api.workflowservice.v1 import DescribeWorkerDeploymentRequest
 from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import Worker
 
-from orchestrator.versioning import (
+from durable_installs.orchestrator.versioning import (
     SetCurrent,
     Versioning,
     VersioningError,
@@ -34,10 +34,10 @@ from orchestrator.versioning import (
     set_current_command,
     warn_if_routed_to_a_version,
 )
-from orchestrator.worker import create_worker
-from protocol.messages import BackendInstallReply, BackendInstallRequest
+from durable_installs.orchestrator.worker import create_worker
+from durable_installs.protocol.messages import BackendInstallReply, BackendInstallRequest
+from durable_installs.servers import find_binary, free_port
 from tests.fake_node import FakeNode
-from tests.servers import find_binary, free_port
 from tests.worker_process import worker_command, worker_process
 from tests.workflow_helpers import (
     assert_replays,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.worker import compile_workflow_modules
+from durable_installs.orchestrator.worker import compile_workflow_modules
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
-from contracts.activities import (
+from durable_installs.contracts.activities import (
     InstallActivityInput,
     InstallActivityResult,
     InstallProgress,
@@ -31,14 +31,14 @@ from contracts.activities import (
     ProbeResult,
     ProbeState,
 )
-from contracts.failures import (
+from durable_installs.contracts.failures import (
     INSTALL_FAILED,
     NODE_UNREACHABLE,
     WORKER_STILL_INSTALLING,
     node_failure,
 )
-from contracts.install import InstallBackendInput, InstallBackendResult
-from contracts.names import INSTALL_ACTIVITY, PROBE_ACTIVITY
+from durable_installs.contracts.install import InstallBackendInput, InstallBackendResult
+from durable_installs.contracts.names import INSTALL_ACTIVITY, PROBE_ACTIVITY
 from workflows.install_backend import InstallBackendWorkflow
 
 TICK = 0.1

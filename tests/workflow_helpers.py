@@ -12,9 +12,9 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
-from backendctl.progress import pending_install_progress
-from contracts.activities import InstallProgress
-from contracts.install import InstallBackendInput, InstallBackendResult
+from durable_installs.backendctl.progress import pending_install_progress
+from durable_installs.contracts.activities import InstallProgress
+from durable_installs.contracts.install import InstallBackendInput, InstallBackendResult
 from workflows.install_backend import InstallBackendWorkflow
 
 FAST = {
@@ -52,7 +52,9 @@ async def start_install(
 async def assert_replays(handle: WorkflowHandle[Any, Any]) -> None:
     """The closed workflow's history replays deterministically against today's code."""
     history = await handle.fetch_history()
-    from orchestrator.worker import WORKFLOW_BEHAVIORS  # every registered type, new ones too
+    from durable_installs.orchestrator.worker import (
+        WORKFLOW_BEHAVIORS,
+    )  # every registered type, new ones too
 
     replayer = Replayer(workflows=list(WORKFLOW_BEHAVIORS), data_converter=pydantic_data_converter)
     await replayer.replay_workflow(history)

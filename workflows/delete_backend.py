@@ -20,14 +20,14 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from contracts.failures import (
+    from durable_installs.contracts.failures import (
         DELETE_FAILED,
         DELETE_INCOMPLETE,
         DELETE_REFUSED,
         INVALID_INPUT,
     )
-    from contracts.install import missing_input_message
-    from contracts.lifecycle import (
+    from durable_installs.contracts.install import missing_input_message
+    from durable_installs.contracts.lifecycle import (
         MINIMAL_DELETE_INPUT,
         DeleteActivityInput,
         DeleteActivityResult,
@@ -38,7 +38,7 @@ with workflow.unsafe.imports_passed_through():
         NodeInventoryInput,
         StopSlotsInput,
     )
-    from contracts.names import (
+    from durable_installs.contracts.names import (
         DELETE_ACTIVITY,
         DELETE_WORKFLOW,
         NODE_INVENTORY_ACTIVITY,

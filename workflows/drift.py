@@ -19,7 +19,7 @@ from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
-    from contracts.drift import (
+    from durable_installs.contracts.drift import (
         MAX_DRIFT_NODES,
         MINIMAL_DRIFT_INPUT,
         NODES_PER_CHECK,
@@ -29,15 +29,15 @@ with workflow.unsafe.imports_passed_through():
         DriftReport,
         UpgradeStarted,
     )
-    from contracts.failures import INVALID_INPUT
-    from contracts.install import missing_input_message
-    from contracts.names import (
+    from durable_installs.contracts.failures import INVALID_INPUT
+    from durable_installs.contracts.install import missing_input_message
+    from durable_installs.contracts.names import (
         CHECK_DRIFT_ACTIVITY,
         DRIFT_WORKFLOW,
         LIST_NODES_ACTIVITY,
         ROLLOUT_WORKFLOW,
     )
-    from contracts.nodes import FleetView
+    from durable_installs.contracts.nodes import FleetView
 
 ACTIVITY_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),

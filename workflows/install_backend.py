@@ -28,7 +28,7 @@ from temporalio.exceptions import (
 with workflow.unsafe.imports_passed_through():
     import pydantic
 
-    from contracts.activities import (
+    from durable_installs.contracts.activities import (
         CancelOpInput,
         FastInstallResult,
         InstallActivityResult,
@@ -36,14 +36,14 @@ with workflow.unsafe.imports_passed_through():
         ProbeResult,
         ProbeState,
     )
-    from contracts.failures import ACTIVITY_ROUTED_TYPES, INVALID_INPUT
-    from contracts.install import (
+    from durable_installs.contracts.failures import ACTIVITY_ROUTED_TYPES, INVALID_INPUT
+    from durable_installs.contracts.install import (
         InstallBackendInput,
         InstallBackendResult,
         InstallPhase,
         InstallStatus,
     )
-    from contracts.names import (
+    from durable_installs.contracts.names import (
         CANCEL_OP_ACTIVITY,
         FAST_INSTALL_ACTIVITY,
         INSTALL_ACTIVITY,
@@ -53,8 +53,8 @@ with workflow.unsafe.imports_passed_through():
         PROGRESS_SIGNAL,
         SLOT_STATE_SIGNAL,
     )
-    from contracts.rollout import SlotReport
-    from contracts.summaries import shorten
+    from durable_installs.contracts.rollout import SlotReport
+    from durable_installs.contracts.summaries import shorten
     from workflows.install_state import InstallState, check_input
     from workflows.install_steps import (
         ACTIVITY_MARGIN,

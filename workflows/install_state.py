@@ -19,7 +19,7 @@ from typing import Any
 from temporalio.common import SearchAttributeUpdate
 from temporalio.exceptions import ApplicationError, TimeoutError
 
-from contracts.activities import (
+from durable_installs.contracts.activities import (
     FastInstallResult,
     InstallActivityInput,
     InstallActivityResult,
@@ -28,14 +28,14 @@ from contracts.activities import (
     ProbeState,
     progress_from_details,
 )
-from contracts.failures import (
+from durable_installs.contracts.failures import (
     ACTIVITY_ROUTED_TYPES,
     INSTALL_DEADLINE_EXCEEDED,
     INSTALL_FAILED,
     NODE_UNREACHABLE,
     WORKER_STILL_INSTALLING,
 )
-from contracts.install import (
+from durable_installs.contracts.install import (
     MAX_PROBLEMS_SHOWN,
     MINIMAL_INSTALL_INPUT,
     InstallBackendInput,
@@ -46,8 +46,14 @@ from contracts.install import (
     describe_problems,
     missing_input_message,
 )
-from contracts.rollout import SlotReport, SlotState
-from contracts.search_attributes import BACKEND_NAME, INSTALL_PHASE, MODEL_ID, NODE_ID, ROLLOUT_ID
+from durable_installs.contracts.rollout import SlotReport, SlotState
+from durable_installs.contracts.search_attributes import (
+    BACKEND_NAME,
+    INSTALL_PHASE,
+    MODEL_ID,
+    NODE_ID,
+    ROLLOUT_ID,
+)
 from workflows.install_steps import (
     ROLLOUT_STATE,
     NextStep,

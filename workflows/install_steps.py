@@ -14,12 +14,12 @@ from typing import Protocol
 
 from temporalio.common import RetryPolicy
 
-from contracts.activities import InstallActivityInput, ProbeInput
-from contracts.failures import ACTIVITY_ROUTED_TYPES
-from contracts.install import InstallBackendInput, InstallPhase
-from contracts.limits import MAX_NAME_LENGTH
-from contracts.rollout import SlotState
-from protocol.messages import BackendInstallRequest, encode_galleries
+from durable_installs.contracts.activities import InstallActivityInput, ProbeInput
+from durable_installs.contracts.failures import ACTIVITY_ROUTED_TYPES
+from durable_installs.contracts.install import InstallBackendInput, InstallPhase
+from durable_installs.contracts.limits import MAX_NAME_LENGTH
+from durable_installs.contracts.rollout import SlotState
+from durable_installs.protocol.messages import BackendInstallRequest, encode_galleries
 
 ACTIVITY_MARGIN = timedelta(seconds=30)
 """Slack between the NATS request timeout and the activity's own start-to-close timeout."""

@@ -32,11 +32,19 @@ from temporalio.exceptions import (
 with workflow.unsafe.imports_passed_through():
     import pydantic
 
-    from contracts.failures import INVALID_INPUT, root_message
-    from contracts.install import MAX_PROBLEMS_SHOWN, describe_problems, missing_input_message
-    from contracts.lifecycle import DeleteBackendInput
-    from contracts.limits import MAX_ROLLOUT_SLOTS, MAX_SEARCH_ATTRIBUTE_BYTES, utf8_problem
-    from contracts.names import (
+    from durable_installs.contracts.failures import INVALID_INPUT, root_message
+    from durable_installs.contracts.install import (
+        MAX_PROBLEMS_SHOWN,
+        describe_problems,
+        missing_input_message,
+    )
+    from durable_installs.contracts.lifecycle import DeleteBackendInput
+    from durable_installs.contracts.limits import (
+        MAX_ROLLOUT_SLOTS,
+        MAX_SEARCH_ATTRIBUTE_BYTES,
+        utf8_problem,
+    )
+    from durable_installs.contracts.names import (
         ADD_TARGETS_UPDATE,
         CANCEL_ROLLOUT_SIGNAL,
         DELETE_WORKFLOW,
@@ -49,7 +57,7 @@ with workflow.unsafe.imports_passed_through():
         SLOTS_STARTED_SIGNAL,
         UPGRADE_WORKFLOW,
     )
-    from contracts.rollout import (
+    from durable_installs.contracts.rollout import (
         FINISHED_STATES,
         MINIMAL_ROLLOUT_INPUT,
         AddTargetsResult,
@@ -69,7 +77,7 @@ with workflow.unsafe.imports_passed_through():
         SlotStatus,
         expand_slots,
     )
-    from contracts.upgrade import (
+    from durable_installs.contracts.upgrade import (
         BACKEND_NOT_INSTALLED,
         ROLLOUT_NODES_FAILED,
         DropPreviousInput,

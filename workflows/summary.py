@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from datetime import UTC
 
-from contracts.install import InstallPhase, InstallStatus
-from protocol.messages import BackendInstallProgressEvent
+from durable_installs.contracts.install import InstallPhase, InstallStatus
+from durable_installs.protocol.messages import BackendInstallProgressEvent
 
 
 def describe_progress(event: BackendInstallProgressEvent | None) -> str:
@@ -45,8 +45,7 @@ def details_markdown(status: InstallStatus, workflow_id: str = "") -> str:
         lines.append(f"- {what}: {status.next_attempt_at.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC")
     if status.phase in (InstallPhase.BACKING_OFF, InstallPhase.WAITING) and workflow_id:
         lines.append(
-            f"- stop it: `.venv/bin/python -m backendctl cancel {workflow_id}` "
-            "(or Request Cancellation above)"
+            f"- stop it: `backendctl cancel {workflow_id}` (or Request Cancellation above)"
         )
     progress = describe_progress(status.last_progress)
     finished = status.phase in (InstallPhase.COMPLETED, InstallPhase.FAILED, InstallPhase.CANCELLED)

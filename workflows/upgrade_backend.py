@@ -40,8 +40,8 @@ from temporalio.exceptions import (
 with workflow.unsafe.imports_passed_through():
     import pydantic
 
-    from contracts.activities import InstallProgress, progress_from_details
-    from contracts.failures import (
+    from durable_installs.contracts.activities import InstallProgress, progress_from_details
+    from durable_installs.contracts.failures import (
         ACTIVITY_ROUTED_TYPES,
         INSTALL_DEADLINE_EXCEEDED,
         INSTALL_FAILED,
@@ -50,7 +50,7 @@ with workflow.unsafe.imports_passed_through():
         WORKER_STILL_INSTALLING,
         root_message,
     )
-    from contracts.install import (
+    from durable_installs.contracts.install import (
         MAX_PROBLEMS_SHOWN,
         InstallBackendInput,
         InstallBackendResult,
@@ -58,7 +58,7 @@ with workflow.unsafe.imports_passed_through():
         install_workflow_id,
         missing_input_message,
     )
-    from contracts.names import (
+    from durable_installs.contracts.names import (
         ATTACH_ACTIVITY,
         CHECK_HEALTH_ACTIVITY,
         DROP_PREVIOUS_ACTIVITY,
@@ -69,8 +69,8 @@ with workflow.unsafe.imports_passed_through():
         UPGRADE_STATUS_QUERY,
         UPGRADE_WORKFLOW,
     )
-    from contracts.search_attributes import BACKEND_NAME, NODE_ID, ROLLOUT_ID
-    from contracts.upgrade import (
+    from durable_installs.contracts.search_attributes import BACKEND_NAME, NODE_ID, ROLLOUT_ID
+    from durable_installs.contracts.upgrade import (
         BACKEND_NOT_INSTALLED,
         MAX_UPGRADE_SLOTS,
         MINIMAL_UPGRADE_INPUT,
@@ -91,7 +91,7 @@ with workflow.unsafe.imports_passed_through():
         UpgradePhase,
         UpgradeStatus,
     )
-    from protocol.messages import encode_galleries
+    from durable_installs.protocol.messages import encode_galleries
     from workflows.install_steps import backoff_seconds
 
 OP_ID_NAMESPACE = uuid.UUID("0b7c3a52-47c1-4d33-9f0e-2e51c9a7d6b4")

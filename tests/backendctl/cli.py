@@ -1,4 +1,4 @@
-"""Running ``python -m backendctl`` as a user does: a subprocess, or a pseudo-terminal."""
+"""Running ``backendctl`` as a user does: a subprocess, or a pseudo-terminal."""
 
 from __future__ import annotations
 
@@ -17,14 +17,17 @@ else:
     Child = pexpect.spawn
 
 ROOT = Path(__file__).resolve().parents[2]
-PROG = ".venv/bin/python -m backendctl"
+SCRIPT = Path(sys.executable).parent / "backendctl"
+"""The console script ``pip install`` put beside the interpreter, run as a user runs it."""
+PROG = str(SCRIPT.relative_to(ROOT)) if SCRIPT.is_relative_to(ROOT) else str(SCRIPT)
+"""How the script names itself when run from the checkout: ``.venv/bin/backendctl``."""
 
 
 def run_ctl(
     *args: str, address: str | None = None, env: dict[str, str] | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
     """Run backendctl to the end; stdout, stderr and the exit code as the user sees them."""
-    command = [sys.executable, "-m", "backendctl"]
+    command = [PROG]
     if address:
         command += ["--address", address]
     return subprocess.run(
@@ -41,8 +44,8 @@ def run_ctl(
 def spawn_ctl(*args: str, address: str) -> Child:
     """backendctl in a pseudo-terminal (a live view, Ctrl-C); the caller closes it."""
     return pexpect.spawn(
-        sys.executable,
-        ["-m", "backendctl", "--address", address, *args],
+        PROG,
+        ["--address", address, *args],
         cwd=str(ROOT),
         encoding="utf-8",
         timeout=90,

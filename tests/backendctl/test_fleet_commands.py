@@ -10,8 +10,8 @@ from pathlib import Path
 from nats.aio.client import Client as NATS
 from temporalio.client import Client, WorkflowExecutionStatus
 
-from contracts.install import InstallPhase, install_workflow_id
-from protocol.messages import NodeBackendInfo, RunningModelInfo
+from durable_installs.contracts.install import InstallPhase, install_workflow_id
+from durable_installs.protocol.messages import NodeBackendInfo, RunningModelInfo
 from tests.backendctl.cli import PROG, one_error_line, run_ctl
 from tests.fake_node import FakeNode
 from tests.workflow_helpers import FAST, wait_until

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from backendctl.render import status_line, success_line
-from contracts.install import InstallBackendResult, InstallPhase, InstallStatus
-from contracts.summaries import install_summary, shorten
-from protocol.messages import BackendInstallProgressEvent
+from durable_installs.backendctl.render import PROG, status_line, success_line
+from durable_installs.contracts.install import InstallBackendResult, InstallPhase, InstallStatus
+from durable_installs.contracts.summaries import install_summary, shorten
+from durable_installs.protocol.messages import BackendInstallProgressEvent
 from workflows.summary import details_markdown
 
 NOW = datetime(2026, 1, 2, 10, 0, 0, tzinfo=UTC)
@@ -58,7 +58,7 @@ def test_a_backing_off_install_says_when_it_tries_again_and_how_to_stop_it() -> 
     line = status_line(backing_off, "install/node-9/cpu-large/demo/0", now=NOW)
 
     assert "next try 10:02:00 UTC (in 2m)" in line
-    assert "stop it: .venv/bin/python -m backendctl cancel install/node-9/cpu-large/demo/0" in line
+    assert f"stop it: {PROG} cancel install/node-9/cpu-large/demo/0" in line
     error = line.split(" · ")[-2]
     assert error.endswith("…") and NODE_DOWN.startswith(error[:-1])
     assert NODE_DOWN[len(error) - 1] == " "

@@ -13,10 +13,9 @@ import pytest
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
-from contracts.install import InstallBackendInput, install_workflow_id
-from contracts.search_attributes import SEARCH_ATTRIBUTES
-from devstack.binaries import find_binary, free_port
-from devstack.processes import wait_for_port
+from durable_installs.contracts.install import InstallBackendInput, install_workflow_id
+from durable_installs.contracts.search_attributes import SEARCH_ATTRIBUTES
+from durable_installs.servers import find_binary, free_port, wait_for_port
 from tests.backendctl.cli import ROOT, one_error_line
 from workflows.install_backend import InstallBackendWorkflow
 
@@ -54,7 +53,7 @@ def start_watch(address: str, workflow_id: str) -> subprocess.Popen[str]:
         [
             sys.executable,
             "-m",
-            "backendctl",
+            "durable_installs.backendctl",
             "--address",
             address,
             "--no-live",

@@ -9,8 +9,8 @@ import sys
 import pytest
 from temporalio.client import Client
 
-from backendctl import cli
-from devstack.binaries import free_port
+from durable_installs.backendctl import cli
+from durable_installs.servers import free_port
 from tests.backendctl.cli import PROG, ROOT, one_error_line, run_ctl
 
 

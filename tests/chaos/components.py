@@ -23,10 +23,10 @@ from typing import Any, Self
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
-from contracts.search_attributes import SEARCH_ATTRIBUTES
-from devstack.binaries import find_binary, free_port
-from devstack.processes import _die_with_parent
-from protocol.messages import GalleryConfig
+from durable_installs.contracts.search_attributes import SEARCH_ATTRIBUTES
+from durable_installs.devstack.processes import die_with_parent
+from durable_installs.protocol.messages import GalleryConfig
+from durable_installs.servers import free_port, nats_server_command, temporal_dev_server_command
 from tests.node_agent.agent_process import agent_command
 from tests.worker_process import ROOT, worker_command
 from tests.workflow_helpers import wait_until
@@ -77,7 +77,7 @@ class Component:
                 stdin=subprocess.DEVNULL,
                 env=self.env,
                 cwd=self.cwd,
-                preexec_fn=_die_with_parent,  # nothing outlives a killed test run
+                preexec_fn=die_with_parent,  # nothing outlives a killed test run
             )
 
     async def start(self) -> None:
@@ -155,24 +155,11 @@ class TemporalServer(Component):
 
     def __init__(self, workdir: Path) -> None:
         self.port = free_port()
-        command = [
-            find_binary("temporal"),
-            "server",
-            "start-dev",
-            "--headless",
-            "--ip",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--db-filename",
-            str(workdir / "temporal.db"),
-            "--namespace",
-            "default",
-            "--log-level",
-            "warn",
-        ]
-        for key in SEARCH_ATTRIBUTES:
-            command += ["--search-attribute", f"{key.name}=Keyword"]
+        command = temporal_dev_server_command(
+            self.port,
+            db_file=workdir / "temporal.db",
+            search_attributes=[key.name for key in SEARCH_ATTRIBUTES],
+        )
         super().__init__("temporal", command, workdir / "temporal.log")
 
     @property
@@ -200,10 +187,9 @@ class NatsServer(Component):
         self.port = free_port()
         self.monitor_port = free_port()
         if config is None:
-            command = [find_binary("nats-server"), "-a", "127.0.0.1", "-p", str(self.port)]
-            command += ["-m", str(self.monitor_port)]
+            command = nats_server_command(self.port, monitor_port=self.monitor_port)
         else:
-            command = [find_binary("nats-server"), "-c", str(config)]
+            command = nats_server_command(None, config=config)
         super().__init__(name, command, workdir / f"{name}.log")
 
     @property
@@ -253,7 +239,7 @@ class NatsCluster:
                 f"  routes: [{routes}]\n"
                 "}\n"
             )
-            server.command = [find_binary("nats-server"), "-c", str(config)]
+            server.command = nats_server_command(None, config=config)
 
     @property
     def url(self) -> str:
@@ -331,7 +317,7 @@ class WorkerProcess(LogReady):
 
 
 class AgentProcess(LogReady):
-    """``python -m node_agent`` for one node, its backends under ``backends_dir``."""
+    """``backend-node-agent`` for one node, its backends under ``backends_dir``."""
 
     def __init__(
         self,

@@ -23,11 +23,11 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 
-from contracts.install import InstallBackendInput, InstallBackendResult
-from devstack.gallery import ThrottledFileServer
-from devstack.sample_backend import Gallery, SampleBackend, build_archive
-from node_agent import backend_rpc
-from protocol.messages import GalleryConfig
+from durable_installs.contracts.install import InstallBackendInput, InstallBackendResult
+from durable_installs.devstack.gallery import ThrottledFileServer
+from durable_installs.devstack.sample_backend import Gallery, SampleBackend, build_archive
+from durable_installs.node_agent import backend_rpc
+from durable_installs.protocol.messages import GalleryConfig
 from tests.chaos.procs import LiveProcess, processes_under
 from tests.ports import CHAOS_PORTS
 from tests.workflow_helpers import FAST, wait_for, wait_until

@@ -13,8 +13,8 @@ from __future__ import annotations
 import pytest
 from temporalio.client import Client, WorkflowHandle
 
-from contracts.install import InstallBackendResult
-from node_agent import backend_rpc
+from durable_installs.contracts.install import InstallBackendResult
+from durable_installs.node_agent import backend_rpc
 from tests.chaos.conftest import ChaosNode, Harness
 from tests.chaos.procs import pid_alive
 from tests.chaos.scenario import (

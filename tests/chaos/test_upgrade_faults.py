@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 
-from contracts.upgrade import UpgradeBackendInput, UpgradeBackendResult
+from durable_installs.contracts.upgrade import UpgradeBackendInput, UpgradeBackendResult
 from tests.chaos.components import TemporalServer
 from tests.chaos.conftest import ChaosNode, Harness
 from tests.chaos.scenario import (

@@ -1,4 +1,4 @@
-"""One embedded stack (``python -m devstack``) for the module, on free ports."""
+"""One embedded stack (``backend-devstack``) for the module, on free ports."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from devstack.binaries import free_port
+from durable_installs.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACT_RATE = 1024 * 1024
@@ -87,13 +87,13 @@ def _is_pytest(cmdline: str) -> bool:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
-    """``python -m devstack`` in the foreground of a subprocess, as a newcomer runs it."""
+    """``backend-devstack`` in the foreground of a subprocess, as a newcomer runs it."""
     state_dir = tmp_path_factory.mktemp("stack") / "state"
     temporal, ui, nats, artifacts, backends, registry = (free_port() for _ in range(6))
     command = [
         sys.executable,
         "-m",
-        "devstack",
+        "durable_installs.devstack",
         "--state-dir",
         str(state_dir),
         "--temporal-port",

@@ -7,7 +7,7 @@ from urllib.parse import quote
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
-from contracts.install import InstallBackendInput, install_workflow_id
+from durable_installs.contracts.install import InstallBackendInput, install_workflow_id
 from tests.devstack.browser import browser_page, screenshot
 from tests.devstack.conftest import RunningStack
 from workflows.install_backend import InstallBackendWorkflow

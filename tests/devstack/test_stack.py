@@ -1,4 +1,4 @@
-"""``python -m devstack``: one command to a working cluster, then a clean stop."""
+"""``backend-devstack``: one command to a working cluster, then a clean stop."""
 
 from __future__ import annotations
 
@@ -20,12 +20,12 @@ from playwright.async_api import TimeoutError as PlaywrightTimeout
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
-from contracts.install import InstallBackendInput, install_workflow_id
-from devstack.__main__ import parse_args
-from devstack.registry import registry_binary
-from devstack.stack import next_steps
-from protocol import nats_auth
-from protocol.connection import NatsOptions, NatsStartupError
+from durable_installs.contracts.install import InstallBackendInput, install_workflow_id
+from durable_installs.devstack.__main__ import parse_args
+from durable_installs.devstack.stack import next_steps
+from durable_installs.protocol import nats_auth
+from durable_installs.protocol.connection import NatsOptions, NatsStartupError
+from durable_installs.servers import registry_binary
 from tests.devstack.browser import browser_page, screenshot
 from tests.devstack.conftest import ROOT, RunningStack
 from tests.registry import SKIP_REASON
@@ -165,7 +165,7 @@ def test_a_port_in_use_is_named_with_the_flag_that_moves_it() -> None:
         taken.listen()
         port = taken.getsockname()[1]
         out = subprocess.run(
-            [sys.executable, "-m", "devstack", "--temporal-port", str(port)],
+            [sys.executable, "-m", "durable_installs.devstack", "--temporal-port", str(port)],
             cwd=ROOT,
             capture_output=True,
             text=True,
@@ -182,7 +182,7 @@ def backendctl(stack: RunningStack, *args: str) -> subprocess.CompletedProcess[s
         [
             sys.executable,
             "-m",
-            "backendctl",
+            "durable_installs.backendctl",
             "--address",
             stack.temporal_address,
             "--no-live",

@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 
-from devstack.binaries import free_port
+from durable_installs.servers import free_port
 from tests.devstack.conftest import ROOT
 
 
@@ -17,7 +17,7 @@ def test_the_stack_starts_with_otel_console_exporter_set(tmp_path: object) -> No
     command = [
         sys.executable,
         "-m",
-        "devstack",
+        "durable_installs.devstack",
         "--no-sample",
         "--state-dir",
         f"{tmp_path}/state",
@@ -55,4 +55,4 @@ def test_the_stack_starts_with_otel_console_exporter_set(tmp_path: object) -> No
             proc.wait()
     text = "".join(printed)
     assert "Stack is up." in text, text
-    assert "-m backendctl --address" in text and " list" in text
+    assert "bin/backendctl --address" in text and " list" in text

@@ -47,24 +47,29 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from contracts.drift import DriftCheckInput
-from contracts.install import InstallPhase
-from contracts.lifecycle import DeleteBackendInput
-from contracts.rollout import FailurePolicy, RolloutAction, RolloutInput, RolloutTarget
-from contracts.search_attributes import SEARCH_ATTRIBUTES
-from contracts.upgrade import UpgradeBackendInput
-from devstack.sample_backend import Gallery
-from orchestrator.worker import create_worker
-from protocol import subjects
-from protocol.messages import (
+from durable_installs.contracts.drift import DriftCheckInput
+from durable_installs.contracts.install import InstallPhase
+from durable_installs.contracts.lifecycle import DeleteBackendInput
+from durable_installs.contracts.rollout import (
+    FailurePolicy,
+    RolloutAction,
+    RolloutInput,
+    RolloutTarget,
+)
+from durable_installs.contracts.search_attributes import SEARCH_ATTRIBUTES
+from durable_installs.contracts.upgrade import UpgradeBackendInput
+from durable_installs.devstack.sample_backend import Gallery
+from durable_installs.orchestrator.worker import create_worker
+from durable_installs.protocol import subjects
+from durable_installs.protocol.messages import (
     BackendInstallReply,
     BackendInstallRequest,
     BackendUpgradeReply,
     NodeBackendInfo,
     RunningModelInfo,
 )
+from durable_installs.servers import find_binary, nats_server
 from tests.fake_node import FakeNode
-from tests.servers import find_binary, nats_server
 from tests.workflow_helpers import (
     FAST,
     heartbeat_with_events,

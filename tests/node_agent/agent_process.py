@@ -1,4 +1,4 @@
-"""A node agent as a real subprocess (``python -m node_agent``), for tests that SIGKILL it.
+"""A node agent as a real subprocess (``backend-node-agent``), for tests that SIGKILL it.
 
 The agent's log goes to a file (a pipe nobody drains could block it), and the process is
 killed in a ``finally`` so a failing assertion never leaves it running.
@@ -14,14 +14,14 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from devstack.sample_backend import Gallery
-from protocol.messages import GalleryConfig, encode_galleries
+from durable_installs.devstack.sample_backend import Gallery
+from durable_installs.protocol.messages import GalleryConfig, encode_galleries
 from tests.node_agent.helpers import WAIT
 
 
 @dataclass
 class AgentProcess:
-    """One running ``python -m node_agent`` and where its log goes."""
+    """One running ``backend-node-agent`` and where its log goes."""
 
     process: asyncio.subprocess.Process
     log: Path
@@ -56,13 +56,13 @@ def agent_command(
     *,
     readiness_timeout: float = 20,
 ) -> list[str]:
-    """``python -m node_agent`` for one node: the one command line every test that runs the
+    """``backend-node-agent`` for one node: the one command line every test that runs the
     agent as a real process uses (node agent tests, the chaos suite)."""
     config = gallery.config if isinstance(gallery, Gallery) else gallery
     return [
         sys.executable,
         "-m",
-        "node_agent",
+        "durable_installs.node_agent",
         "--node-id",
         node_id,
         "--backends-dir",

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from nats.aio.client import Client as NATS
 
-from devstack.sample_backend import Gallery
-from node_agent import Agent, AgentConfig, NatsOptions
+from durable_installs.devstack.sample_backend import Gallery
+from durable_installs.node_agent import Agent, AgentConfig, NatsOptions
 from tests.node_agent.helpers import ArtifactServer, NodeClient
 from tests.ports import AGENT_PORTS
 

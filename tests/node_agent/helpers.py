@@ -12,11 +12,11 @@ from typing import Any
 
 from nats.aio.client import Client as NATS
 
-from devstack.fileserver import RangeFileServer
-from devstack.sample_backend import Gallery, SampleBackend
-from node_agent import Agent
-from protocol import subjects
-from protocol.messages import (
+from durable_installs.devstack.fileserver import RangeFileServer
+from durable_installs.devstack.sample_backend import Gallery, SampleBackend
+from durable_installs.node_agent import Agent
+from durable_installs.protocol import subjects
+from durable_installs.protocol.messages import (
     BackendDeleteReply,
     BackendDeleteRequest,
     BackendInstallProgressEvent,

@@ -19,9 +19,9 @@ from nats.aio.msg import Msg
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle
 
-from contracts.install import InstallBackendResult
-from devstack.sample_backend import Gallery, SampleBackend
-from protocol import subjects
+from durable_installs.contracts.install import InstallBackendResult
+from durable_installs.devstack.sample_backend import Gallery, SampleBackend
+from durable_installs.protocol import subjects
 from tests.node_agent.agent_process import agent_command, running_agent
 from tests.node_agent.conftest import ADVERTISE_HOST, AgentFactory
 from tests.node_agent.helpers import ArtifactServer, eventually

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from devstack.sample_backend import SampleBackend
-from protocol.messages import BackendStopRequest, NodeSlotState
+from durable_installs.devstack.sample_backend import SampleBackend
+from durable_installs.protocol.messages import BackendStopRequest, NodeSlotState
 from tests.node_agent.conftest import ADVERTISE_HOST
 from tests.node_agent.helpers import ArtifactServer, NodeClient, eventually
 

@@ -17,9 +17,9 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
 
-from contracts.install import InstallBackendInput
-from devstack.sample_backend import Gallery, SampleBackend
-from protocol import subjects
+from durable_installs.contracts.install import InstallBackendInput
+from durable_installs.devstack.sample_backend import Gallery, SampleBackend
+from durable_installs.protocol import subjects
 from tests.node_agent.conftest import AgentFactory
 from tests.node_agent.helpers import ArtifactServer
 from tests.workflow_helpers import pending_heartbeat, start_install, wait_for

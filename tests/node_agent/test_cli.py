@@ -1,4 +1,4 @@
-"""``python -m node_agent`` as an operator runs it."""
+"""``backend-node-agent`` as an operator runs it."""
 
 from __future__ import annotations
 
@@ -12,10 +12,14 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client as NATS
 
-from devstack.sample_backend import Gallery, SampleBackend
-from node_agent import backend_rpc
-from protocol import subjects
-from protocol.messages import BackendInstallReply, BackendInstallRequest, encode_galleries
+from durable_installs.devstack.sample_backend import Gallery, SampleBackend
+from durable_installs.node_agent import backend_rpc
+from durable_installs.protocol import subjects
+from durable_installs.protocol.messages import (
+    BackendInstallReply,
+    BackendInstallRequest,
+    encode_galleries,
+)
 
 OPTIONS = [
     "--node-id",
@@ -61,7 +65,10 @@ def _pids_listening_on(port: int) -> list[int]:
 
 def test_help_explains_every_option() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "node_agent", "--help"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "durable_installs.node_agent", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
     )
 
     for option in OPTIONS:
@@ -77,8 +84,8 @@ def test_help_explains_every_option() -> None:
 
 def test_a_file_url_allow_list_entry_is_refused_in_one_line(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "node_agent", "--node-id", "n", "--backends-dir", str(tmp_path),
-         "--allow-request-uri", "file:///srv/"],
+        [sys.executable, "-m", "durable_installs.node_agent", "--node-id", "n",
+         "--backends-dir", str(tmp_path), "--allow-request-uri", "file:///srv/"],
         capture_output=True,
         text=True,
     )  # fmt: skip
@@ -91,7 +98,7 @@ def test_a_file_url_allow_list_entry_is_refused_in_one_line(tmp_path: Path) -> N
 
 
 def test_allow_lists_come_from_the_environment_when_no_flag_is_given(tmp_path: Path) -> None:
-    from node_agent.cli import build_parser, config_from_args
+    from durable_installs.node_agent.cli import build_parser, config_from_args
 
     env = {
         "NODE_AGENT_ALLOW_REQUEST_GALLERIES": "https://a.example/g/, https://b.example",
@@ -111,7 +118,15 @@ def test_allow_lists_come_from_the_environment_when_no_flag_is_given(tmp_path: P
 
 def test_an_invalid_node_id_is_refused_with_a_clear_message(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "node_agent", "--node-id", "a.b", "--backends-dir", str(tmp_path)],
+        [
+            sys.executable,
+            "-m",
+            "durable_installs.node_agent",
+            "--node-id",
+            "a.b",
+            "--backends-dir",
+            str(tmp_path),
+        ],
         capture_output=True,
         text=True,
     )
@@ -131,7 +146,7 @@ async def test_cli_agent_installs_and_sigterm_stops_its_backend_processes(
     gallery.add_backend(SampleBackend("cpu-echo"), archives)
     env = {**os.environ, "NATS_URL": nats_url}
     command = [
-        sys.executable, "-m", "node_agent", "--node-id", node_id,
+        sys.executable, "-m", "durable_installs.node_agent", "--node-id", node_id,
         "--backends-dir", str(tmp_path / "backends"),
         "--galleries", encode_galleries([gallery.config]),
         "--advertise-host", "127.0.0.1", "--port-range", f"{port_range[0]}-{port_range[1]}",

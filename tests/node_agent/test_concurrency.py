@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from devstack.sample_backend import SampleBackend
+from durable_installs.devstack.sample_backend import SampleBackend
 from tests.node_agent.helpers import ArtifactServer, NodeClient, eventually
 
 

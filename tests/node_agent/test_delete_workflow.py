@@ -9,11 +9,15 @@ import pytest
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ActivityError, ApplicationError
 
-from contracts.lifecycle import DeleteBackendInput, DeleteBackendResult, DeleteOutcome
-from contracts.rollout import RolloutAction, RolloutInput
-from devstack.sample_backend import Gallery, SampleBackend
-from node_agent import Agent
-from protocol.messages import BackendInstallRequest
+from durable_installs.contracts.lifecycle import (
+    DeleteBackendInput,
+    DeleteBackendResult,
+    DeleteOutcome,
+)
+from durable_installs.contracts.rollout import RolloutAction, RolloutInput
+from durable_installs.devstack.sample_backend import Gallery, SampleBackend
+from durable_installs.node_agent import Agent
+from durable_installs.protocol.messages import BackendInstallRequest
 from tests.node_agent.conftest import AgentFactory, fast_config
 from tests.node_agent.helpers import NodeClient
 from tests.ports import AGENT_PORTS

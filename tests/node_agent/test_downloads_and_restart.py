@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from devstack.sample_backend import SampleBackend, build_archive
-from protocol import subjects
-from protocol.messages import BackendInstallRequest
+from durable_installs.devstack.sample_backend import SampleBackend, build_archive
+from durable_installs.protocol import subjects
+from durable_installs.protocol.messages import BackendInstallRequest
 from tests.node_agent.agent_process import agent_command
 from tests.node_agent.helpers import ArtifactServer, NodeClient, eventually
 

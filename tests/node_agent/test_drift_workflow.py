@@ -15,10 +15,10 @@ from temporalio import workflow
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from contracts.drift import DriftCheckInput, DriftReport, DriftState
-from devstack.sample_backend import Gallery, SampleBackend, build_archive
-from node_agent import Agent
-from protocol.messages import BackendInstallRequest, NodeBackendInfo
+from durable_installs.contracts.drift import DriftCheckInput, DriftReport, DriftState
+from durable_installs.devstack.sample_backend import Gallery, SampleBackend, build_archive
+from durable_installs.node_agent import Agent
+from durable_installs.protocol.messages import BackendInstallRequest, NodeBackendInfo
 from tests.fake_node import FakeNode
 from tests.node_agent.conftest import fast_config
 from tests.workflow_helpers import assert_replays

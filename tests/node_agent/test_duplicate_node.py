@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client as NATS
 
-from devstack.sample_backend import Gallery
-from node_agent.cli import main
-from node_agent.duplicates import Instance, other_instances
+from durable_installs.devstack.sample_backend import Gallery
+from durable_installs.node_agent.cli import main
+from durable_installs.node_agent.duplicates import Instance, other_instances
 from tests.node_agent.agent_process import agent_command, spawn_agent, wait_ready
 from tests.node_agent.conftest import AgentFactory
 from tests.node_agent.helpers import WAIT, eventually

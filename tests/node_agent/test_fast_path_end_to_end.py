@@ -10,8 +10,8 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from temporalio.client import Client
 
-from devstack.sample_backend import Gallery, SampleBackend
-from protocol import subjects
+from durable_installs.devstack.sample_backend import Gallery, SampleBackend
+from durable_installs.protocol import subjects
 from tests.node_agent.conftest import ADVERTISE_HOST, AgentFactory
 from tests.node_agent.helpers import ArtifactServer
 from tests.test_fast_path import fast_answers

@@ -19,13 +19,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from node_agent.agent import decode, node_stop_body_ok
-from node_agent.config import AgentConfig
-from node_agent.errors import AgentError, InstallError
-from node_agent.service import NodeService
-from node_agent.trust import Trust
-from protocol import subjects
-from protocol.messages import (
+from durable_installs.node_agent.agent import decode, node_stop_body_ok
+from durable_installs.node_agent.config import AgentConfig
+from durable_installs.node_agent.errors import AgentError, InstallError
+from durable_installs.node_agent.service import NodeService
+from durable_installs.node_agent.trust import Trust
+from durable_installs.protocol import subjects
+from durable_installs.protocol.messages import (
     BackendDeleteRequest,
     BackendInstallRequest,
     BackendStopRequest,
@@ -33,7 +33,7 @@ from protocol.messages import (
     GalleryConfig,
     InstallStatusRequest,
 )
-from protocol.wire import WireModel
+from durable_installs.protocol.wire import WireModel
 from tests.node_agent.conftest import AgentFactory
 
 REQUEST_MODELS: list[type[WireModel]] = [

@@ -6,10 +6,10 @@ import os
 import signal
 from pathlib import Path
 
-from devstack.sample_backend import SampleBackend
-from node_agent import backend_rpc
-from protocol import subjects
-from protocol.messages import BackendStopRequest, ProgressPhase
+from durable_installs.devstack.sample_backend import SampleBackend
+from durable_installs.node_agent import backend_rpc
+from durable_installs.protocol import subjects
+from durable_installs.protocol.messages import BackendStopRequest, ProgressPhase
 from tests.node_agent.conftest import ADVERTISE_HOST
 from tests.node_agent.helpers import NodeClient, eventually
 
@@ -144,8 +144,8 @@ async def test_backend_stop_accepts_key_model_backend_and_null(
 async def test_install_from_a_json_index_over_http(
     start_agent, archives: Path, artifact_server
 ) -> None:
-    from devstack.sample_backend import Gallery, build_archive
-    from protocol.messages import GalleryConfig, encode_galleries
+    from durable_installs.devstack.sample_backend import Gallery, build_archive
+    from durable_installs.protocol.messages import GalleryConfig, encode_galleries
 
     node = await start_agent(allow_request_galleries=(artifact_server.url("/"),))
     built = build_archive(archives / "web.tar", SampleBackend("web-echo"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from devstack.sample_backend import Gallery, SampleBackend
+from durable_installs.devstack.sample_backend import Gallery, SampleBackend
 from tests.node_agent.conftest import AgentFactory
 
 

@@ -15,13 +15,13 @@ from nats.aio.client import Client as NATS
 from temporalio.exceptions import ApplicationError
 
 from activities.fleet import FleetActivities
-from contracts.nodes import NODE_ANNOUNCE_TTL_SECONDS, FleetView, NodeAnnouncement
-from devstack.sample_backend import Gallery, SampleBackend
-from node_agent import NatsOptions
-from protocol.announce import announcement_key, open_registry
+from durable_installs.contracts.nodes import NODE_ANNOUNCE_TTL_SECONDS, FleetView, NodeAnnouncement
+from durable_installs.devstack.sample_backend import Gallery, SampleBackend
+from durable_installs.node_agent import NatsOptions
+from durable_installs.protocol.announce import announcement_key, open_registry
+from durable_installs.servers import nats_server
 from tests.node_agent.agent_process import agent_command, running_agent
 from tests.node_agent.conftest import AgentFactory
-from tests.servers import nats_server
 from tests.workflow_helpers import wait_until
 
 

@@ -11,21 +11,23 @@ from pathlib import Path
 import bcrypt
 import pytest
 
-from contracts.failures import INSTALL_FAILED, INSTALL_REJECTED, classify_node_error
-from devstack.binaries import free_port
-from devstack.registry import (
+from durable_installs.contracts.failures import (
+    INSTALL_FAILED,
+    INSTALL_REJECTED,
+    classify_node_error,
+)
+from durable_installs.devstack.registry import (
     Blob,
     Image,
     Pusher,
-    RunningRegistry,
     backend_image,
     config_blob,
     files_layer,
-    registry_server,
     tar_layer,
 )
-from devstack.sample_backend import SampleBackend
-from node_agent import backend_rpc
+from durable_installs.devstack.sample_backend import SampleBackend
+from durable_installs.node_agent import backend_rpc
+from durable_installs.servers import RunningRegistry, free_port, registry_server
 from tests.node_agent.conftest import AgentFactory
 from tests.node_agent.helpers import NodeClient
 from tests.registry import RegistryFront, pusher, registry

@@ -9,21 +9,21 @@ import tarfile
 from dataclasses import replace
 from pathlib import Path
 
-from devstack.registry import (
+from durable_installs.devstack.registry import (
     Blob,
     Image,
     Pusher,
-    RunningRegistry,
     backend_image,
     file_member,
     tar_layer,
     write_layout,
 )
-from devstack.sample_backend import SampleBackend
-from node_agent import backend_rpc
-from node_agent.oci.manifest import host_platform
-from protocol import subjects
-from protocol.messages import BackendInstallRequest
+from durable_installs.devstack.sample_backend import SampleBackend
+from durable_installs.node_agent import backend_rpc
+from durable_installs.node_agent.oci.manifest import host_platform
+from durable_installs.protocol import subjects
+from durable_installs.protocol.messages import BackendInstallRequest
+from durable_installs.servers import RunningRegistry
 from tests.node_agent.agent_process import agent_command, running_agent
 from tests.node_agent.conftest import AgentFactory
 from tests.node_agent.helpers import NodeClient, eventually

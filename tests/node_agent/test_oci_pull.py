@@ -5,9 +5,10 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from devstack.registry import Image, Pusher, RunningRegistry, files_layer
-from node_agent import oci
-from node_agent.blocking import Abort
+from durable_installs.devstack.registry import Image, Pusher, files_layer
+from durable_installs.node_agent import oci
+from durable_installs.node_agent.blocking import Abort
+from durable_installs.servers import RunningRegistry
 from tests.registry import pusher, registry
 
 __all__ = ["pusher", "registry"]

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from devstack.registry import (
+from durable_installs.devstack.registry import (
     LAYER_GZIP,
     LAYER_TAR,
     Blob,
@@ -25,19 +25,19 @@ from devstack.registry import (
     tar_layer,
     write_layout,
 )
-from node_agent import oci
-from node_agent.blocking import Abort
-from node_agent.capability import detect, detect_hardware
-from node_agent.oci import reference
-from node_agent.oci.layers import LayerApplier, UnsafeLayer
-from node_agent.oci.manifest import (
+from durable_installs.node_agent import oci
+from durable_installs.node_agent.blocking import Abort
+from durable_installs.node_agent.capability import detect, detect_hardware
+from durable_installs.node_agent.oci import reference
+from durable_installs.node_agent.oci.layers import LayerApplier, UnsafeLayer
+from durable_installs.node_agent.oci.manifest import (
     MAX_MANIFEST_BYTES,
     ManifestError,
     Platform,
     parse_index,
     parse_manifest,
 )
-from protocol.gallery import GalleryEntry
+from durable_installs.protocol.gallery import GalleryEntry
 
 DIGEST = "sha256:" + "a" * 64
 

@@ -8,7 +8,7 @@ import pytest
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 
-from devstack.sample_backend import Gallery, SampleBackend, build_archive
+from durable_installs.devstack.sample_backend import Gallery, SampleBackend, build_archive
 from tests.node_agent.conftest import ADVERTISE_HOST, AgentFactory
 from tests.node_agent.helpers import ArtifactServer
 from tests.workflow_helpers import assert_replays, install_input, start_install, wait_until

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from devstack.sample_backend import SampleBackend
-from protocol import subjects
+from durable_installs.devstack.sample_backend import SampleBackend
+from durable_installs.protocol import subjects
 from tests.node_agent.helpers import NodeClient
 
 

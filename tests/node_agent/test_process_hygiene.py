@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client as NATS
 
-from devstack.sample_backend import Gallery, SampleBackend
-from node_agent.records import ProcessRecord, ProcessRecords, proc_stat
-from protocol import subjects
-from protocol.messages import (
+from durable_installs.devstack.sample_backend import Gallery, SampleBackend
+from durable_installs.node_agent.records import ProcessRecord, ProcessRecords, proc_stat
+from durable_installs.protocol import subjects
+from durable_installs.protocol.messages import (
     BackendInstallReply,
     BackendInstallRequest,
     BackendStopRequest,

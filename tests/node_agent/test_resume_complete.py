@@ -7,10 +7,10 @@ from pathlib import Path
 
 from nats.aio.client import Client as NATS
 
-from devstack.sample_backend import Gallery, SampleBackend, build_archive
-from node_agent.pipeline import TEST_PAUSE_BEFORE_EXTRACT
-from protocol import subjects
-from protocol.messages import BackendInstallRequest
+from durable_installs.devstack.sample_backend import Gallery, SampleBackend, build_archive
+from durable_installs.node_agent.pipeline import TEST_PAUSE_BEFORE_EXTRACT
+from durable_installs.protocol import subjects
+from durable_installs.protocol.messages import BackendInstallRequest
 from tests.node_agent.agent_process import agent_command, running_agent
 from tests.node_agent.conftest import AgentFactory
 from tests.node_agent.helpers import ArtifactServer, eventually

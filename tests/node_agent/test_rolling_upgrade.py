@@ -24,10 +24,16 @@ from activities.install import InstallActivities
 from activities.install_slots import install_slots
 from activities.probe import ProbeActivities
 from activities.upgrade import UpgradeActivities, check_slot_health
-from contracts.rollout import NodeState, RollbackState, RolloutInput, RolloutStatus, RolloutTarget
-from devstack.sample_backend import Gallery, SampleBackend
-from node_agent import Agent
-from orchestrator.worker import WORKFLOW_BEHAVIORS
+from durable_installs.contracts.rollout import (
+    NodeState,
+    RollbackState,
+    RolloutInput,
+    RolloutStatus,
+    RolloutTarget,
+)
+from durable_installs.devstack.sample_backend import Gallery, SampleBackend
+from durable_installs.node_agent import Agent
+from durable_installs.orchestrator.worker import WORKFLOW_BEHAVIORS
 from tests.node_agent.conftest import fast_config
 from tests.ports import AGENT_PORTS
 from tests.workflow_helpers import FAST, assert_replays

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from devstack.sample_backend import SampleBackend, build_archive
-from node_agent import backend_rpc
-from protocol import subjects
-from protocol.messages import BackendInstallReply
+from durable_installs.devstack.sample_backend import SampleBackend, build_archive
+from durable_installs.node_agent import backend_rpc
+from durable_installs.protocol import subjects
+from durable_installs.protocol.messages import BackendInstallReply
 from tests.node_agent.helpers import NodeClient, eventually
 
 GALLERY = "installing backend from gallery: "

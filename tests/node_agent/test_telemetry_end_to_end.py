@@ -21,12 +21,12 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
-from contracts.install import InstallBackendResult
-from devstack.sample_backend import Gallery, SampleBackend
-from orchestrator.worker import create_worker
-from telemetry import Telemetry, telemetry_from_env
-from telemetry.logs import install_handler
-from telemetry.temporal import temporal_interceptors, temporal_runtime
+from durable_installs.contracts.install import InstallBackendResult
+from durable_installs.devstack.sample_backend import Gallery, SampleBackend
+from durable_installs.orchestrator.worker import create_worker
+from durable_installs.telemetry import Telemetry, telemetry_from_env
+from durable_installs.telemetry.logs import install_handler
+from durable_installs.telemetry.temporal import temporal_interceptors, temporal_runtime
 from tests.node_agent.conftest import AgentFactory
 from tests.workflow_helpers import install_input, start_install, wait_for, wait_until
 
@@ -211,7 +211,7 @@ async def test_install_log_lines_carry_workflow_op_node_and_slot(
     events = [json.loads(line) for line in json_log.getvalue().splitlines()]
     expected = {"op_id": result.op_id, "node": node.node_id, "slot": result.slot}
     worker_line = [e for e in events if e["logger"] == "activities.install"][-1]
-    node_line = [e for e in events if e["logger"] == "node_agent.supervisor"][-1]
+    node_line = [e for e in events if e["logger"] == "durable_installs.node_agent.supervisor"][-1]
     for event in (worker_line, node_line):
         assert {k: event.get(k) for k in expected} == expected, event
         assert event.get("workflow_id", "").startswith("install-test-"), event

@@ -15,12 +15,17 @@ from typing import Any
 
 import pytest
 
-from contracts.failures import INSTALL_REJECTED, classify_node_error
-from devstack.sample_backend import Gallery, SampleBackend, build_archive, write_backend_dir
-from node_agent.errors import InstallError
-from node_agent.trust import Trust
-from protocol import subjects
-from protocol.messages import GalleryConfig, encode_galleries
+from durable_installs.contracts.failures import INSTALL_REJECTED, classify_node_error
+from durable_installs.devstack.sample_backend import (
+    Gallery,
+    SampleBackend,
+    build_archive,
+    write_backend_dir,
+)
+from durable_installs.node_agent.errors import InstallError
+from durable_installs.node_agent.trust import Trust
+from durable_installs.protocol import subjects
+from durable_installs.protocol.messages import GalleryConfig, encode_galleries
 from tests.node_agent.conftest import AgentFactory
 from tests.node_agent.helpers import ArtifactServer, NodeClient, eventually
 

@@ -6,10 +6,10 @@ import asyncio
 
 import pytest
 
-from node_agent.errors import AgentError
-from node_agent.ports import PortAllocator
-from node_agent.progress import ProgressPublisher, Tick
-from protocol.messages import ProgressPhase
+from durable_installs.node_agent.errors import AgentError
+from durable_installs.node_agent.ports import PortAllocator
+from durable_installs.node_agent.progress import ProgressPublisher, Tick
+from durable_installs.protocol.messages import ProgressPhase
 
 
 class Clock:

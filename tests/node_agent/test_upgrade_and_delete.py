@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from devstack.sample_backend import SampleBackend
+from durable_installs.devstack.sample_backend import SampleBackend
 from tests.node_agent.helpers import NodeClient
 
 

@@ -13,12 +13,16 @@ from nats.aio.msg import Msg
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 
-from backendctl.cli import build_parser
-from backendctl.upgrade_commands import run_upgrade
-from contracts.upgrade import UpgradeBackendInput, UpgradeBackendResult
-from devstack.sample_backend import Gallery, SampleBackend
-from protocol import subjects
-from protocol.messages import BackendListReply, BackendUpgradeReply, NodeBackendInfo
+from durable_installs.backendctl.cli import build_parser
+from durable_installs.backendctl.upgrade_commands import run_upgrade
+from durable_installs.contracts.upgrade import UpgradeBackendInput, UpgradeBackendResult
+from durable_installs.devstack.sample_backend import Gallery, SampleBackend
+from durable_installs.protocol import subjects
+from durable_installs.protocol.messages import (
+    BackendListReply,
+    BackendUpgradeReply,
+    NodeBackendInfo,
+)
 from tests.node_agent.conftest import AgentFactory
 from tests.node_agent.helpers import NodeClient
 from tests.workflow_helpers import assert_replays, install_input, start_install

@@ -1,1 +1,0 @@
-"""The operator's tool: ``python -m backendctl``, see :mod:`backendctl.cli`."""

@@ -1,1 +1,0 @@
-"""The embedded development stack: ``python -m devstack`` (``make run``)."""

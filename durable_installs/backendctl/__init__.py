@@ -1,0 +1,1 @@
+"""The operator's tool: ``backendctl``, see :mod:`backendctl.cli`."""

@@ -1,0 +1,203 @@
+"""``nodes`` and ``backends``: ask nodes over NATS what they have and run.
+
+There is no announcement registry yet (nodes announcing themselves arrives with the lifecycle
+work), so the nodes asked are the ones named with ``--node`` plus the ``NodeId`` of recent
+installs. Each is asked ``models.running`` and ``backend.list``, the subjects stock LocalAI
+workers answer; in-flight installs come from Temporal (running installs per ``NodeId``).
+
+Node replies are untrusted: they are parsed through the wire models, bounded in count, and
+printed only through :func:`backendctl.errors.printable`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pydantic
+from nats.aio.client import Client as NATS
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+from temporalio.client import Client
+
+from durable_installs.backendctl.errors import UserError, one_line, printable
+from durable_installs.contracts.names import INSTALL_WORKFLOW
+from durable_installs.contracts.search_attributes import NODE_ID
+from durable_installs.protocol import subjects
+from durable_installs.protocol.gallery import (
+    GalleryEntry,
+    GalleryIndexError,
+    parse_index,
+    read_index_source,
+)
+from durable_installs.protocol.messages import BackendListReply, ModelsRunningReply
+
+MAX_NODES = 200
+"""Nodes asked in one run; more is a mistake or needs the announcement registry."""
+MAX_ITEMS = 500
+"""Backends or slots kept from one node's reply."""
+RECENT_INSTALLS = 500
+"""Recent installs whose ``NodeId`` values name nodes to ask."""
+MAX_INDEX_BYTES = 8 * 1024 * 1024
+GALLERY_TIMEOUT = 20.0
+
+
+@dataclass
+class NodeReport:
+    """What one node said; ``answered`` is false when it did not reply in time."""
+
+    node_id: str
+    answered: bool = False
+    problem: str = ""
+    capability: str | None = None
+    """Unknown until nodes announce themselves (lifecycle work)."""
+    backends: list[dict[str, str]] = field(default_factory=list)
+    running: list[dict[str, Any]] = field(default_factory=list)
+    in_flight: list[str] = field(default_factory=list)
+    """Workflow ids of installs running on this node, from Temporal."""
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+async def known_node_ids(client: Client, named: Iterable[str]) -> list[str]:
+    """``--node`` values first, then the nodes of recent installs, without duplicates."""
+    ids: list[str] = []
+    for node in named:
+        problem = subjects.token_problem(node)
+        if problem:
+            raise UserError(f"--node {printable(node)!r}: {problem}")
+        if node not in ids:
+            ids.append(node)
+    async for execution in client.list_workflows(
+        f"WorkflowType = '{INSTALL_WORKFLOW}'", limit=RECENT_INSTALLS, page_size=100
+    ):
+        seen = execution.typed_search_attributes.get(NODE_ID)
+        if seen and seen not in ids and subjects.token_problem(seen) is None:
+            ids.append(seen)
+    if len(ids) > MAX_NODES:
+        raise UserError(f"{len(ids)} nodes to ask; name at most {MAX_NODES} with --node")
+    return ids
+
+
+async def installs_in_flight(client: Client) -> dict[str, list[str]]:
+    """Running install workflow ids per node."""
+    found: dict[str, list[str]] = {}
+    async for execution in client.list_workflows(
+        f"WorkflowType = '{INSTALL_WORKFLOW}' AND ExecutionStatus = 'Running'",
+        limit=MAX_ITEMS * 4,
+        page_size=100,
+    ):
+        node = execution.typed_search_attributes.get(NODE_ID)
+        if node:
+            found.setdefault(node, []).append(execution.id)
+    return found
+
+
+async def _ask(nc: NATS, subject: str, wait_seconds: float) -> bytes:
+    reply = await nc.request(subject, b"{}", timeout=wait_seconds)
+    return bytes(reply.data)
+
+
+async def ask_node(nc: NATS, node_id: str, wait_seconds: float) -> NodeReport:
+    """``models.running`` and ``backend.list`` of one node, concurrently."""
+    report = NodeReport(node_id=node_id)
+    running, listed = await asyncio.gather(
+        _ask(nc, subjects.models_running(node_id), wait_seconds),
+        _ask(nc, subjects.backend_list(node_id), wait_seconds),
+        return_exceptions=True,
+    )
+    problems = []
+    for name, reply in (("models.running", running), ("backend.list", listed)):
+        if isinstance(reply, NoRespondersError):
+            problems.append(f"{name}: no responders (node down or unknown)")
+        elif isinstance(reply, NatsTimeout | asyncio.TimeoutError):
+            problems.append(f"{name}: no reply within {wait_seconds:g}s")
+        elif isinstance(reply, BaseException):
+            problems.append(f"{name}: {one_line(str(reply) or type(reply).__name__, 80)}")
+    if isinstance(running, bytes):
+        try:
+            models = ModelsRunningReply.model_validate_json(running)
+            report.answered = True
+            report.running = [
+                {
+                    "model_id": printable(m.model_id[:256]),
+                    "replica_index": m.replica_index,
+                    "address": printable(m.address[:256]),
+                }
+                for m in (models.models or [])[:MAX_ITEMS]
+            ]
+        except pydantic.ValidationError:
+            problems.append("models.running: malformed reply")
+    if isinstance(listed, bytes):
+        try:
+            backends = BackendListReply.model_validate_json(listed)
+            report.answered = True
+            report.backends = [
+                {"name": printable(b.name[:256]), "version": printable(b.version[:64])}
+                for b in (backends.backends or [])[:MAX_ITEMS]
+            ]
+        except pydantic.ValidationError:
+            problems.append("backend.list: malformed reply")
+    report.problem = "; ".join(problems)
+    return report
+
+
+async def ask_nodes(nc: NATS, node_ids: list[str], wait_seconds: float) -> list[NodeReport]:
+    return list(await asyncio.gather(*(ask_node(nc, node, wait_seconds) for node in node_ids)))
+
+
+def read_gallery(source: str) -> list[GalleryEntry]:
+    """Entries of a gallery index file or URL, or a :class:`UserError` saying why not."""
+    try:
+        data = read_index_source(source, timeout=GALLERY_TIMEOUT)
+        if len(data) > MAX_INDEX_BYTES:
+            raise UserError(f"--gallery {printable(source)}: the index is over 8 MiB")
+        return parse_index(data, printable(source))
+    except GalleryIndexError as err:
+        # The parser's message may quote the index; show only where and what kind of problem.
+        kind = (
+            "cannot be read"
+            if "reading" in str(err) or "fetching" in str(err)
+            else ("is not a gallery index (a YAML or JSON list of entries with names)")
+        )
+        raise UserError(f"--gallery {printable(source)}: {kind}") from err
+
+
+@dataclass(frozen=True)
+class BackendRow:
+    """One gallery entry and the nodes that list it (by its name or, for meta, a target)."""
+
+    name: str
+    alias: str
+    version: str
+    kind: str
+    description: str
+    nodes: list[str]
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def backend_rows(entries: list[GalleryEntry], reports: list[NodeReport]) -> list[BackendRow]:
+    rows = []
+    for entry in entries[: MAX_ITEMS * 4]:
+        names = {entry.name.lower()} | {t.lower() for t in entry.capabilities.values()}
+        nodes = [
+            report.node_id
+            for report in reports
+            if any(b["name"].lower() in names for b in report.backends)
+        ]
+        rows.append(
+            BackendRow(
+                name=printable(entry.name[:256]),
+                alias=printable(entry.alias[:256]),
+                version=printable(entry.version[:64]),
+                kind="meta" if entry.is_meta else "concrete",
+                description=printable(entry.description[:120]),
+                nodes=nodes,
+            )
+        )
+    return rows

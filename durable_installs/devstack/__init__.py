@@ -1,0 +1,1 @@
+"""The embedded development stack: ``backend-devstack`` (``make run``)."""
