@@ -235,7 +235,11 @@ async def run(args: argparse.Namespace) -> int:
     except Exception as err:
         print(f"error: cannot connect to Temporal: {err}", file=sys.stderr)
         return 2
-    nats_options = NatsOptions.from_args(args)
+    try:
+        nats_options = NatsOptions.from_args(args)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     try:
         nc = await nats_options.connect(f"backend-install-worker-{os.getpid()}")
     except NatsStartupError as err:

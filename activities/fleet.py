@@ -12,7 +12,6 @@ import asyncio
 from collections import Counter
 
 from nats.aio.client import Client as NATS
-from pydantic import ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -27,13 +26,12 @@ from durable_installs.contracts.drift import (
 )
 from durable_installs.contracts.failures import REGISTRY_UNAVAILABLE
 from durable_installs.contracts.names import CHECK_DRIFT_ACTIVITY, LIST_NODES_ACTIVITY
-from durable_installs.contracts.nodes import FleetView, NodeAnnouncement
+from durable_installs.contracts.nodes import FleetView
 from durable_installs.protocol import subjects
 from durable_installs.protocol.announce import (
-    MAX_ANNOUNCEMENT_BYTES,
     NODE_REGISTRY_BUCKET,
-    announcement_key,
     open_registry,
+    read_announcements,
 )
 from durable_installs.protocol.gallery import (
     GalleryEntry,
@@ -46,9 +44,6 @@ from durable_installs.telemetry import Telemetry
 
 GALLERY_FETCH_TIMEOUT = 30.0
 """Bound on reading one gallery index for a drift check."""
-
-REGISTRY_READ_TIMEOUT = 5.0
-"""Bound on waiting for the next registry entry while reading the bucket."""
 
 
 def pinned_digest(uri: str) -> str:
@@ -145,7 +140,7 @@ class FleetActivities:
         """
         try:
             kv = await open_registry(self._nc, create=True)
-            watcher = await kv.watchall(ignore_deletes=True)
+            nodes, skipped = await read_announcements(kv)
         except Exception as err:  # no JetStream, permissions, connection trouble
             raise ApplicationError(
                 f"the node registry (JetStream key-value bucket {NODE_REGISTRY_BUCKET}) cannot "
@@ -153,22 +148,7 @@ class FleetActivities:
                 "without it (use_registry false, explicit nodes)",
                 type=REGISTRY_UNAVAILABLE,
             ) from err
-        nodes: list[NodeAnnouncement] = []
-        skipped = 0
-        try:
-            while True:
-                entry = await watcher.updates(timeout=REGISTRY_READ_TIMEOUT)  # type: ignore[no-untyped-call]
-                if entry is None:
-                    break
-                announcement = _parse_entry(entry.key, entry.value)
-                if announcement is None:
-                    skipped += 1
-                else:
-                    nodes.append(announcement)
-        finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]
         counts = Counter(n.node_id for n in nodes)
-        nodes.sort(key=lambda n: (n.node_id, n.started_at, n.instance_id))
         return FleetView(
             nodes=nodes,
             duplicates=sorted(node for node, count in counts.items() if count > 1),
@@ -218,15 +198,3 @@ class FleetActivities:
             and (not wanted or info.name.lower() in wanted)
         ]
         return NodeDrift(node_id=node_id, answered=True, backends=backends)
-
-
-def _parse_entry(key: str, value: bytes | None) -> NodeAnnouncement | None:
-    """The announcement stored under ``key``, or None when it is not one we may trust."""
-    if not value or len(value) > MAX_ANNOUNCEMENT_BYTES:
-        return None
-    try:
-        announcement = NodeAnnouncement.model_validate_json(value)
-        expected = announcement_key(announcement.node_id, announcement.instance_id)
-    except (ValidationError, ValueError):
-        return None
-    return announcement if expected == key else None

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 import sys
 import uuid
 from pathlib import Path
 
+import pytest
 from nats.aio.client import Client as NATS
 from temporalio.client import (
     Client,
@@ -16,6 +18,7 @@ from temporalio.client import (
     WorkflowExecutionStatus,
 )
 
+from durable_installs.backendctl.fleet_commands import UsageError, gallery_url
 from durable_installs.contracts.drift import DriftReport
 from durable_installs.contracts.names import DRIFT_WORKFLOW
 from durable_installs.devstack.sample_backend import Gallery
@@ -102,6 +105,7 @@ async def test_delete_of_a_running_backend_is_one_error_line_naming_the_refusal(
     assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
     assert out.stderr.startswith("error: DeleteRefused: cpu-echo is serving on")
     assert "qwen3#0" in out.stderr
+    assert "delete with --force" in out.stderr, "the refusal names the flag that overrides it"
 
 
 def test_a_bad_interval_is_one_line_and_exit_code_2(temporal_address: str) -> None:
@@ -202,3 +206,23 @@ async def test_a_forced_delete_prints_its_steps_and_what_it_did(
     assert lines[0] == f"delete delete/{node_id}/cpu-echo"
     assert lines[-1] == f"deleted cpu-echo from {node_id} after stopping 1 slot(s)"
     assert node.running == [] and node.backends is None
+
+
+def test_a_relative_gallery_path_is_made_absolute_for_the_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker reads the gallery (for months, on a schedule), not this command."""
+    (tmp_path / "index.yaml").write_text("- name: cpu-echo\n")
+    monkeypatch.chdir(tmp_path)
+
+    assert gallery_url("index.yaml") == (tmp_path / "index.yaml").resolve().as_uri()
+    assert gallery_url("https://example.invalid/index.yaml").startswith("https://")
+
+
+def test_a_gallery_path_that_does_not_exist_is_refused_naming_the_flag(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+
+    with pytest.raises(UsageError, match=re.escape("--gallery 'missing.yaml': no such file")):
+        gallery_url("missing.yaml")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -29,10 +30,11 @@ from durable_installs.devstack.sample_backend import Gallery, SampleBackend
 from durable_installs.node_agent import Agent
 from durable_installs.orchestrator.worker import create_worker
 from durable_installs.protocol import nats_auth, subjects
-from durable_installs.protocol.connection import NatsOptions, NatsStartupError
+from durable_installs.protocol.connection import CREDENTIALS_HINT, NatsOptions, NatsStartupError
 from durable_installs.protocol.messages import BackendInstallReply, BackendInstallRequest
 from durable_installs.protocol.nats_auth import Fleet, TlsFiles, User
 from durable_installs.servers import find_binary, free_port, nats_server
+from tests.backendctl.cli import one_error_line, run_ctl
 from tests.node_agent.conftest import ADVERTISE_HOST, fast_config
 from tests.tls import CertFiles, make_tls_files
 from tests.worker_process import ROOT, worker_command
@@ -142,14 +144,14 @@ async def test_a_client_without_credentials_is_refused_with_one_line(
         await secured_nats.options(None).connect("anonymous")
 
     message = str(refused.value)
-    assert "refused the connection: authorization violation" in message
+    assert "refused: credentials" in message
     assert "NATS_USER/NATS_PASSWORD or NATS_CREDS" in message
     assert "\n" not in message
 
 
 async def test_a_wrong_password_is_refused_without_retrying(secured_nats: SecuredNats) -> None:
     wrong = User("node-1", "not-the-password", secured_nats.node("node-1").permissions)
-    with pytest.raises(NatsStartupError, match="authorization violation"):
+    with pytest.raises(NatsStartupError, match="refused: credentials"):
         await secured_nats.options(wrong).connect("wrong-password")
 
 
@@ -448,8 +450,7 @@ def assert_one_line_refusal(out: subprocess.CompletedProcess[str], url: str) -> 
     assert "Traceback" not in out.stderr
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert lines == [
-        f"error: NATS at {url} refused the connection: authorization violation — "
-        "set NATS_USER/NATS_PASSWORD or NATS_CREDS (or --nats-user/--nats-password/--nats-creds)"
+        f"error: NATS at {url} refused: credentials (these credentials) — {CREDENTIALS_HINT}"
     ], out.stderr
 
 
@@ -525,3 +526,48 @@ async def test_the_generator_refuses_a_node_named_like_the_orchestrator() -> Non
 async def test_a_node_agent_uses_an_inbox_inside_its_own_subjects() -> None:
     assert nats_auth.node_inbox_prefix("node-1").startswith("nodes.node-1.agent.")
     await asyncio.sleep(0)
+
+
+# --- the dev stack's context ------------------------------------------------------------------
+
+
+def dev_stack_dir(tmp_path: Path, context: dict[str, str]) -> Path:
+    """A directory laid out like a checkout where the dev stack runs: ``.state/nats/...``."""
+    (tmp_path / ".state" / "nats").mkdir(parents=True)
+    (tmp_path / ".state" / "nats" / "context.json").write_text(json.dumps(context))
+    return tmp_path
+
+
+def test_backendctl_finds_the_dev_stacks_credentials_with_no_settings(
+    secured_nats: SecuredNats, temporal_address: str, tmp_path: Path
+) -> None:
+    """The stack writes a nats CLI context; commands run where it runs need no env $(...)."""
+    worker = secured_nats.fleet.orchestrator
+    here = dev_stack_dir(
+        tmp_path, {"url": secured_nats.url, "user": worker.name, "password": worker.password}
+    )
+
+    out = run_ctl("nodes", "--json", address=temporal_address, cwd=here, env=without_nats())
+
+    assert out.returncode in (0, 2), out.stderr
+    assert "refused" not in out.stderr and "cannot connect" not in out.stderr
+
+
+def test_a_refused_dev_stack_context_says_credentials_and_where_the_stack_keeps_them(
+    secured_nats: SecuredNats, temporal_address: str, tmp_path: Path
+) -> None:
+    here = dev_stack_dir(tmp_path, {"url": secured_nats.url, "user": "orchestrator"})
+
+    out = run_ctl("nodes", address=temporal_address, cwd=here, env=without_nats())
+
+    assert out.returncode == 2
+    assert one_error_line(out.stderr) == (
+        f"error: NATS at {secured_nats.url} refused: credentials (the credentials from the dev "
+        f"stack's .state/nats/context.json) — {CREDENTIALS_HINT}; the dev stack keeps its "
+        "users in .state/nats (context .state/nats/context.json, one env file per user)"
+    )
+
+
+def without_nats() -> dict[str, str]:
+    """The environment minus every NATS_* variable, as a fresh shell has it."""
+    return {key: "" for key in os.environ if key.startswith("NATS_")}

@@ -103,7 +103,7 @@ class DeleteBackendWorkflow:
             if not input.force:
                 raise ApplicationError(
                     f"{backend} is serving on {node} (slots {_slots_text(keys)}); stop them "
-                    "first or delete with force to stop them and delete",
+                    "first, or delete with --force (input force: true) to stop them and delete",
                     keys,
                     type=DELETE_REFUSED,
                     non_retryable=True,

@@ -79,8 +79,8 @@ examples:
   {PROG} install --node-id node-2 --backend cpu-large --model-id demo
   {PROG} watch install/node-1/cpu-large/demo/0
   {PROG} list --node node-1 --phase still_installing
-  {PROG} nodes --node node-1 --node node-2
-  {PROG} backends --gallery .state/gallery/index.yaml
+  {PROG} nodes
+  {PROG} backends
   {PROG} rollout --backend cpu-echo --target node-1:demo:0,1 --target node-2:demo
   {PROG} cancel install/node-1/cpu-large/demo/0
 
@@ -173,8 +173,9 @@ def build_parser() -> Parser:
 
     nodes = commands.add_parser(
         "nodes",
-        help="ask nodes what they run (named with --node, plus the nodes of recent installs; "
-        "nodes announcing themselves arrive with the lifecycle work)",
+        help="the fleet: every node announced in the node registry (capability, agent, "
+        "backends, running slots, last seen), plus stock workers named with --node or found "
+        "in recent installs, asked over NATS",
     )
     nodes.add_argument("--node", action="append", default=[], help="node id to ask; repeatable")
     nodes.add_argument("--timeout", type=float, default=2.0, help="seconds per node (default 2)")
@@ -182,7 +183,9 @@ def build_parser() -> Parser:
 
     backends = commands.add_parser("backends", help="gallery entries and which nodes have them")
     backends.add_argument(
-        "--gallery", required=True, help="gallery index: a path, file:// or http(s):// URL"
+        "--gallery",
+        help="gallery index: a path, file:// or http(s):// URL (default: the galleries the "
+        "nodes announce)",
     )
     backends.add_argument("--node", action="append", default=[], help="node id to ask; repeatable")
     backends.add_argument("--timeout", type=float, default=2.0, help="seconds per node")
@@ -243,7 +246,8 @@ def interrupted_message(session: Session) -> str:
 async def run(args: argparse.Namespace, session: Session, out: TextIO) -> int:
     live = out.isatty() and not args.no_live
     # Everything that can be checked locally is checked before connecting anywhere.
-    if args.command == "backends":
+    entries: list[GalleryEntry] | None = None
+    if args.command == "backends" and args.gallery:
         entries = fleet.read_gallery(args.gallery)
     if args.command == "install":
         install_input = build_install_input(args)
@@ -453,22 +457,24 @@ async def cancel(client: Client, workflow_id: str, out: TextIO) -> int:
     # stop and ends CANCELED; its status query keeps the table.
     await handle.cancel()
     out.write(
-        f"cancel requested for {workflow_id}; it stops shortly — {PROG} watch {workflow_id}\n"
+        f"cancel requested for {workflow_id}; it stops within seconds — "
+        f"{PROG} watch {workflow_id}\n"
     )
     return EXIT_OK
 
 
 async def nodes_command(client: Client, args: argparse.Namespace, out: TextIO) -> int:
-    node_ids = await fleet.known_node_ids(client, args.node)
-    if not node_ids:
-        raise UserError(
-            "no nodes to ask: name them with --node (no installs found to learn them from)"
-        )
     nc = await connect.nats(args)
     try:
-        reports = await fleet.ask_nodes(nc, node_ids, _timeout(args.timeout))
+        reports, note = await fleet.fleet_reports(client, nc, args.node, _timeout(args.timeout))
     finally:
         await nc.close()
+    if not reports:
+        raise UserError(
+            "no nodes: none announced in the node registry"
+            + (f" ({note})" if note else "")
+            + ", none named with --node, none in recent installs"
+        )
     in_flight = await fleet.installs_in_flight(client)
     for report in reports:
         report.in_flight = in_flight.get(report.node_id, [])
@@ -480,16 +486,22 @@ async def nodes_command(client: Client, args: argparse.Namespace, out: TextIO) -
 
 
 async def backends_command(
-    client: Client, args: argparse.Namespace, entries: list[GalleryEntry], out: TextIO
+    client: Client, args: argparse.Namespace, entries: list[GalleryEntry] | None, out: TextIO
 ) -> int:
-    node_ids = await fleet.known_node_ids(client, args.node)
-    reports: list[fleet.NodeReport] = []
-    if node_ids:
-        nc = await connect.nats(args)
-        try:
-            reports = await fleet.ask_nodes(nc, node_ids, _timeout(args.timeout))
-        finally:
-            await nc.close()
+    nc = await connect.nats(args)
+    try:
+        reports, note = await fleet.fleet_reports(client, nc, args.node, _timeout(args.timeout))
+    finally:
+        await nc.close()
+    if entries is None:
+        sources = fleet.announced_galleries(reports)
+        if not sources:
+            raise UserError(
+                "no gallery to list: no node announces one"
+                + (f" ({note})" if note else "")
+                + "; name one with --gallery"
+            )
+        entries = [entry for source in sources for entry in fleet.read_gallery(source)]
     rows = fleet.backend_rows(entries, reports)
     if args.json:
         tables.print_json(out, [row.as_json() for row in rows])

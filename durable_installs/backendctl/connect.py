@@ -20,7 +20,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from durable_installs.backendctl.errors import UserError, one_line, printable
 from durable_installs.contracts.summaries import shorten
 from durable_installs.orchestrator.worker import DEFAULT_TEMPORAL_ADDRESS, connect_temporal
-from durable_installs.protocol.connection import NatsOptions
+from durable_installs.protocol.connection import ContextError, NatsOptions, NatsStartupError
 
 CONNECT_TIMEOUT = 15.0
 
@@ -87,9 +87,14 @@ def unavailable(err: RPCError, address: str) -> UserError | None:
 
 async def nats(args: argparse.Namespace) -> NATS:
     """A NATS connection from ``--nats-*`` flags and ``NATS_*`` env, or a :class:`UserError`."""
-    options = NatsOptions.from_args(args)
+    try:
+        options = NatsOptions.from_args(args)
+    except ContextError as err:
+        raise UserError(str(err)) from err
     try:
         return await asyncio.wait_for(options.connect("backendctl"), CONNECT_TIMEOUT)
+    except NatsStartupError as err:  # already one line that says what to set
+        raise UserError(str(err)) from err
     except Exception as err:  # nats-py raises several unrelated types for one cause
         raise UserError(
             f"cannot reach NATS at {options.url} ({one_line(str(err) or type(err).__name__, 120)})"

@@ -1,9 +1,10 @@
-"""``nodes`` and ``backends``: ask nodes over NATS what they have and run.
+"""``nodes`` and ``backends``: the fleet from the node registry, and stock workers asked.
 
-There is no announcement registry yet (nodes announcing themselves arrives with the lifecycle
-work), so the nodes asked are the ones named with ``--node`` plus the ``NodeId`` of recent
-installs. Each is asked ``models.running`` and ``backend.list``, the subjects stock LocalAI
-workers answer; in-flight installs come from Temporal (running installs per ``NodeId``).
+Node agents announce themselves in the ``backend-nodes`` JetStream bucket (capability, agent
+version, galleries, backends, running slots, when); that is the fleet. Stock LocalAI workers
+do not announce: the ones named with ``--node``, and the ``NodeId`` of recent installs that
+no agent announces, are asked ``models.running`` and ``backend.list`` instead. In-flight
+installs come from Temporal (running installs per ``NodeId``).
 
 Node replies are untrusted: they are parsed through the wire models, bounded in count, and
 printed only through :func:`backendctl.errors.printable`.
@@ -26,6 +27,12 @@ from durable_installs.backendctl.errors import UserError, one_line, printable
 from durable_installs.contracts.names import INSTALL_WORKFLOW
 from durable_installs.contracts.search_attributes import NODE_ID
 from durable_installs.protocol import subjects
+from durable_installs.protocol.announce import (
+    NODE_REGISTRY_BUCKET,
+    NodeAnnouncement,
+    open_registry,
+    read_announcements,
+)
 from durable_installs.protocol.gallery import (
     GalleryEntry,
     GalleryIndexError,
@@ -52,7 +59,15 @@ class NodeReport:
     answered: bool = False
     problem: str = ""
     capability: str | None = None
-    """Unknown until nodes announce themselves (lifecycle work)."""
+    """What the node announced (None for a stock worker, which does not say)."""
+    source: str = "asked"
+    """``registry`` (announced by its agent) or ``asked`` (a stock worker, over NATS)."""
+    agent_version: str = ""
+    last_seen: str = ""
+    """When the newest announcement was made (ISO 8601, UTC)."""
+    agents: int = 0
+    """Agent processes announcing this node id: more than one means two agents answer it."""
+    galleries: list[dict[str, str]] = field(default_factory=list)
     backends: list[dict[str, str]] = field(default_factory=list)
     running: list[dict[str, Any]] = field(default_factory=list)
     in_flight: list[str] = field(default_factory=list)
@@ -147,6 +162,69 @@ async def ask_node(nc: NATS, node_id: str, wait_seconds: float) -> NodeReport:
 
 async def ask_nodes(nc: NATS, node_ids: list[str], wait_seconds: float) -> list[NodeReport]:
     return list(await asyncio.gather(*(ask_node(nc, node, wait_seconds) for node in node_ids)))
+
+
+async def announced_nodes(nc: NATS) -> tuple[dict[str, list[NodeAnnouncement]], str]:
+    """Every node id in the registry with its agents' announcements, and why there are none
+    when the registry cannot be read (a server without JetStream, say)."""
+    try:
+        kv = await open_registry(nc, create=False)
+        announcements, _skipped = await read_announcements(kv)
+    except Exception as err:  # no bucket yet, no JetStream, permissions
+        return {}, f"node registry {NODE_REGISTRY_BUCKET} not readable ({type(err).__name__})"
+    by_node: dict[str, list[NodeAnnouncement]] = {}
+    for announcement in announcements[: MAX_NODES * 4]:
+        by_node.setdefault(announcement.node_id, []).append(announcement)
+    return by_node, ""
+
+
+def announced_report(node_id: str, announcements: list[NodeAnnouncement]) -> NodeReport:
+    """What a node's agent said of itself; the newest announcement speaks for the node."""
+    newest = max(announcements, key=lambda a: a.announced_at)
+    return NodeReport(
+        node_id=printable(node_id),
+        answered=True,
+        capability=printable(newest.capability),
+        source="registry",
+        agent_version=printable(newest.agent_version),
+        last_seen=newest.announced_at.isoformat(timespec="seconds"),
+        agents=len(announcements),
+        problem=(
+            f"{len(announcements)} agents announce this node id: installs may land on either"
+            if len(announcements) > 1
+            else ""
+        ),
+        galleries=[{"name": printable(g.name), "url": printable(g.url)} for g in newest.galleries],
+        backends=[
+            {"name": printable(b.name[:256]), "version": printable(b.version[:64])}
+            for b in newest.backends[:MAX_ITEMS]
+        ],
+        running=[
+            {
+                "model_id": printable(m.model_id[:256]),
+                "replica_index": m.replica_index,
+                "address": printable(m.address[:256]),
+            }
+            for m in newest.running[:MAX_ITEMS]
+        ],
+    )
+
+
+async def fleet_reports(
+    client: Client, nc: NATS, named: Iterable[str], wait_seconds: float
+) -> tuple[list[NodeReport], str]:
+    """Every announced node, then the named and recently installed ones no agent announces
+    (asked over NATS), and a note when the registry could not be read."""
+    announced, note = await announced_nodes(nc)
+    reports = [announced_report(node, entries) for node, entries in sorted(announced.items())]
+    stock = [node for node in await known_node_ids(client, named) if node not in announced]
+    reports += await ask_nodes(nc, stock, wait_seconds)
+    return reports, note
+
+
+def announced_galleries(reports: list[NodeReport]) -> list[str]:
+    """The gallery index URLs the nodes announce, each once, in order."""
+    return list(dict.fromkeys(g["url"] for report in reports for g in report.galleries))
 
 
 def read_gallery(source: str) -> list[GalleryEntry]:

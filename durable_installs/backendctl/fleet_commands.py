@@ -13,8 +13,10 @@ import asyncio
 import contextlib
 import re
 import sys
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, TextIO
 
 from temporalio.client import (
@@ -34,6 +36,7 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 
+from durable_installs.backendctl.errors import printable
 from durable_installs.backendctl.options import add_task_queue
 from durable_installs.contracts.drift import DriftCheckInput, DriftReport
 from durable_installs.contracts.lifecycle import (
@@ -111,10 +114,24 @@ def register(subparsers: Any) -> None:
             cmd.set_defaults(run_command=run_drift)
 
 
+def gallery_url(value: str) -> str:
+    """A gallery as the worker must read it: a URL as given, a path made absolute here.
+
+    The worker reads the gallery, not this command, and a schedule reads it for months: a
+    relative path would only work from a worker that happens to share this directory.
+    """
+    if urllib.parse.urlsplit(value).scheme:
+        return value
+    path = Path(value).expanduser().resolve()
+    if not path.is_file():
+        raise UsageError(f"--gallery {printable(value)!r}: no such file")
+    return path.as_uri()
+
+
 def drift_input(args: argparse.Namespace) -> DriftCheckInput:
     """The workflow input the flags describe; invalid fields raise :class:`UsageError`."""
     galleries = [
-        GalleryConfig(name=f"gallery-{position}", url=url)
+        GalleryConfig(name=f"gallery-{position}", url=gallery_url(url))
         for position, url in enumerate(args.gallery)
     ]
     input = DriftCheckInput(

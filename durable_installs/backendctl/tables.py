@@ -90,18 +90,30 @@ def nodes_table(reports: list[NodeReport]) -> Table:
             )
             or "-"
         )
-        answer = "yes" if r.answered else "no"
+        if r.source == "registry":
+            seen = f"announced {r.last_seen}"
+        else:
+            seen = "answered (stock worker)" if r.answered else "no answer"
         if r.problem:
-            answer += f" ({r.problem})"
+            seen += f" ({r.problem})"
         rows.append(
-            [r.node_id, answer, r.capability or "?", backends, running, str(len(r.in_flight))]
+            [
+                r.node_id,
+                seen,
+                r.capability or "-",
+                r.agent_version or "-",
+                backends,
+                running,
+                str(len(r.in_flight)),
+            ]
         )
     return _table(
         f"{len(reports)} node(s)",
         [
             "node",
-            "answers",
+            "seen",
             "capability",
+            "agent",
             "backends (version)",
             "running slots",
             "installs in flight",

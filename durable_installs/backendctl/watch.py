@@ -70,15 +70,21 @@ class _View:
             yield self
 
     def show(self, key: str, renderable: RenderableType, line: str) -> None:
-        """Redraw when ``key`` changed; ``line`` is what a pipe gets."""
+        """Redraw when ``key`` changed; ``line`` is what a pipe gets.
+
+        ``key`` is the state behind the view, not its rendering: a countdown ("next try in
+        29s") redraws a terminal every second but is no news for a log or a pipe.
+        """
+        if self.live is not None:
+            if line != self.last:
+                self.live.update(renderable, refresh=True)
+            self.last = line
+            return
         if key == self.last:
             return
         self.last = key
-        if self.live is not None:
-            self.live.update(renderable, refresh=True)
-        else:
-            self.out.write(line + "\n")
-            self.out.flush()
+        self.out.write(line + "\n")
+        self.out.flush()
 
 
 async def watch(
@@ -107,13 +113,15 @@ async def watch_install(
             description = await describe(handle, client.namespace)
             try:
                 status: InstallStatus = await handle.query(InstallBackendWorkflow.progress)
-                line = status_line(with_heartbeat(status, description, client), workflow_id)
+                shown = with_heartbeat(status, description, client)
+                line = status_line(shown, workflow_id)
+                key = shown.model_dump_json(exclude={"updated_at"})
             except RPCError as err:  # e.g. no worker is polling right now
                 if err.status is RPCStatusCode.UNAVAILABLE:
                     raise  # Temporal itself is gone: one line from the caller, exit 2
-                line = f"{workflow_id}: waiting for a worker ({one_line(err.message, 100)})"
+                line = key = f"{workflow_id}: waiting for a worker ({one_line(err.message, 100)})"
             line = printable(line)
-            view.show(line, Text(line), line)
+            view.show(key, Text(line), line)
             if description.status is not WorkflowExecutionStatus.RUNNING:
                 break
             await asyncio.sleep(poll)
@@ -165,6 +173,10 @@ async def watch_rollout(
     try:
         final = await handle.result()
     except WorkflowFailureError as err:
+        if status is not None and not live:  # a cancelled rollout still has its table
+            with contextlib.suppress(RPCError):
+                status = await handle.query(RolloutBackendWorkflow.status)
+            console(out).print(rollout_table(workflow_id, status))
         out.write(failure_line(workflow_id, err) + "\n")
         return EXIT_FAILED
     if not live:

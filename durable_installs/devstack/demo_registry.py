@@ -46,6 +46,7 @@ def start_demo_registry(group: ProcessGroup, state: Path, port: int) -> DemoRegi
     group.start(
         "registry",
         registry_command(config),
+        server=True,
         ready=lambda c: wait_for_port(port, 30, c.proc),
     )
     pusher = Pusher(f"http://127.0.0.1:{port}")

@@ -48,6 +48,21 @@ class Child:
     name: str
     proc: subprocess.Popen[bytes]
     log: Path
+    server: bool = False
+    """Others use it (Temporal, NATS, the registry): it stops after them."""
+
+
+def _terminate_all(children: list[Child], timeout: float) -> None:
+    """SIGTERM every child at once, wait for all, SIGKILL what is left after ``timeout``."""
+    for child in children:
+        child.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for child in children:
+        try:
+            child.proc.wait(timeout=max(deadline - time.monotonic(), 0.0))
+        except subprocess.TimeoutExpired:
+            os.killpg(child.proc.pid, signal.SIGKILL)
+            child.proc.wait()
 
 
 @dataclass
@@ -64,6 +79,7 @@ class ProcessGroup:
         env: dict[str, str] | None = None,
         ready: Callable[[Child], None] | None = None,
         drop_env_prefixes: tuple[str, ...] = (),
+        server: bool = False,
     ) -> Child:
         """Start ``command`` with output to ``<log_dir>/<name>.log`` and wait until ready.
 
@@ -89,22 +105,30 @@ class ProcessGroup:
             preexec_fn=die_with_parent,
         )
         handle.close()
-        child = Child(name, proc, log)
+        child = Child(name, proc, log, server)
         self.children.append(child)
         if ready is not None:
             ready(child)
         return child
 
-    def stop(self, timeout: float = 20.0) -> None:
-        """SIGTERM every child, last started first, then SIGKILL what is left."""
-        for child in reversed(self.children):
-            if child.proc.poll() is None:
-                child.proc.send_signal(signal.SIGTERM)
-                try:
-                    child.proc.wait(timeout=timeout)
-                except subprocess.TimeoutExpired:
-                    os.killpg(child.proc.pid, signal.SIGKILL)
-                    child.proc.wait()
+    def stop(self, timeout: float = 20.0, say: Callable[[str], None] = print) -> None:
+        """Stop the clients first, all at once, then the servers they use, all at once.
+
+        A child that started after another may depend on it (the worker and the agents on
+        NATS and Temporal) but never the other way round, so the children started after the
+        last server are stopped together, then the servers. Each group gets SIGTERM, then
+        SIGKILL for whatever is left after ``timeout``. ``say`` tells what is waited for.
+        """
+        servers = [c for c in self.children if c.server]
+        clients = [c for c in self.children if not c.server]
+        for group, what in (
+            (clients, "the worker (running activities may finish) and the node agents"),
+            (servers, "the servers"),
+        ):
+            running = [c for c in group if c.proc.poll() is None]
+            if running:
+                say(f"stopping {what}: {', '.join(c.name for c in running)} ...")
+                _terminate_all(running, timeout)
         self.children.clear()
 
     def exited(self) -> Child | None:

@@ -29,10 +29,11 @@ from durable_installs.devstack.gallery import (
     prepare_gallery,
 )
 from durable_installs.devstack.processes import ProcessGroup, wait_for_line
-from durable_installs.orchestrator.worker import connect_temporal
+from durable_installs.orchestrator.worker import DEV_CONFIG_FILE, connect_temporal
 from durable_installs.protocol import nats_auth
 from durable_installs.protocol.announce import open_registry
 from durable_installs.protocol.connection import NatsOptions
+from durable_installs.protocol.context import DEV_CONTEXT, DEV_STATE, NatsContext, write_context
 from durable_installs.protocol.messages import encode_galleries
 from durable_installs.servers import (
     check_port_free,
@@ -45,6 +46,8 @@ from durable_installs.servers import (
 from workflows.install_backend import InstallBackendWorkflow
 
 ROOT = Path(__file__).resolve().parents[2]
+TEMPORAL_PROFILE_FILE = DEV_CONFIG_FILE.name
+NATS_CONTEXT_FILE = DEV_CONTEXT.name
 TEMPORAL_SERVER_DROPPED_ENV = ("OTEL_",)
 """Environment the Temporal dev server is not given: the project's telemetry settings."""
 
@@ -142,6 +145,7 @@ class Stack:
             # The dev server reads OTEL_* too and refuses exporters it lacks (``console``);
             # the project's telemetry settings are for the worker and the node agents.
             drop_env_prefixes=TEMPORAL_SERVER_DROPPED_ENV,
+            server=True,
         )
         credentials: dict[str, dict[str, str]] = {}
         nats_config = None
@@ -160,7 +164,10 @@ class Stack:
         nats = nats_server_command(
             config.nats_port, jetstream_dir=self.state / "jetstream", config=nats_config
         )
-        self.group.start("nats", nats, ready=lambda c: wait_for_port(config.nats_port, 20, c.proc))
+        self.group.start(
+            "nats", nats, ready=lambda c: wait_for_port(config.nats_port, 20, c.proc), server=True
+        )
+        write_client_settings(config, credentials.get("worker", {}))
         # The worker's user creates the registry bucket; node users may only write their keys.
         asyncio.run(create_registry(config.nats_url, credentials.get("worker", {})))
         for position, node_id in enumerate(config.node_ids()):
@@ -217,7 +224,7 @@ class Stack:
         )
 
     def stop(self) -> None:
-        self.group.stop()
+        self.group.stop(say=lambda text: print(f"  {text}", flush=True))
         self.artifacts.stop()
 
 
@@ -258,16 +265,21 @@ async def start_sample_install(config: StackConfig) -> str:
 
 
 def next_steps(config: StackConfig, sample_id: str | None, oci_note: str = "") -> str:
-    """What to print once the stack runs: links and commands to copy."""
+    """What to print once the stack runs: links, and commands that work exactly as printed.
+
+    backendctl and the worker find the stack by themselves (the Temporal profile and NATS
+    context in the state directory, see :func:`write_client_settings`); only a stack whose
+    state is not ``./.state`` needs them named, and then each command says so.
+    """
     temporal = shlex.quote(_relative(find_binary("temporal")))
-    python = shlex.quote(_relative(sys.executable))
-    ctl = shlex.quote(_relative(str(Path(sys.executable).parent / "backendctl")))
+    bin_dir = Path(sys.executable).parent
+    ctl = shlex.quote(_relative(str(bin_dir / "backendctl")))
+    worker = shlex.quote(_relative(str(bin_dir / "backend-install-worker")))
+    settings = _settings_prefix(config)
     address = f"--address {config.temporal_address}"
     second_id = install_workflow_id("node-2", "echo", "", 0)
     second_input = '{"node_id": "node-2", "backend": "echo"}'
-    # nodes and backends ask the nodes over NATS: with auth on, as the orchestrator user
-    orchestrator_env = shlex.quote(str(config.nats_dir / nats_auth.ORCHESTRATOR_ENV_FILE))
-    with_nats = f"env $(cat {orchestrator_env}) " if config.nats_auth else ""
+    second_summary = install_summary("echo", "node-2", "", 0)
     lines = [
         "",
         f"Stack is up. State: {config.state_dir}  Logs: {config.state_dir / 'logs'}",
@@ -277,6 +289,8 @@ def next_steps(config: StackConfig, sample_id: str | None, oci_note: str = "") -
         + ("   users and permissions on" if config.nats_auth else "   open: no auth"),
         f"  nodes             {', '.join(config.node_ids())}   backends: cpu-echo (alias echo), "
         "cpu-large (slow download)",
+        f"  client settings   {config.state_dir / TEMPORAL_PROFILE_FILE} (Temporal env config), "
+        f"{config.nats_dir / NATS_CONTEXT_FILE} (NATS context)",
     ]
     if oci_note:
         lines.append(f"  {oci_note}")
@@ -285,51 +299,73 @@ def next_steps(config: StackConfig, sample_id: str | None, oci_note: str = "") -
             "",
             f"Sample install started: {sample_id}",
             f"  {config.workflow_url(sample_id)}",
-            f"  watch it:  {ctl} --address {config.temporal_address} "
-            f"watch {shlex.quote(sample_id)}",
+            f"  watch it:  {settings}{ctl} watch {shlex.quote(sample_id)}",
         ]
     if config.nats_auth:
-        lines += _nats_auth_lines(config, python)
+        lines += _nats_auth_lines(config)
     lines += [
         "",
-        "Try next:",
+        "Try next (from this directory, exactly as printed):",
         f"  {temporal} workflow start {address} --type InstallBackendWorkflow "
         f"--task-queue {config.task_queue} --workflow-id {shlex.quote(second_id)} "
-        f"--input {shlex.quote(second_input)}",
+        f"--input {shlex.quote(second_input)} --static-summary {shlex.quote(second_summary)}",
         f"  {temporal} workflow query {address} --workflow-id {shlex.quote(second_id)} "
         "--name progress",
         f"  {temporal} workflow describe {address} --workflow-id {shlex.quote(second_id)}",
         "",
         "The fleet from backendctl (list, nodes, backends, install, rollout, cancel; --help):",
-        f"  {ctl} {address} list",
-        f"  {with_nats}{ctl} {address} --nats-url {config.nats_url} nodes "
-        + " ".join(f"--node {node}" for node in config.node_ids()),
-        f"  {with_nats}{ctl} {address} --nats-url {config.nats_url} backends "
-        f"--gallery {shlex.quote(_relative(str(config.gallery_index)))}",
+        f"  {settings}{ctl} list",
+        f"  {settings}{ctl} nodes",
+        f"  {settings}{ctl} backends",
+        "",
+        "One more worker of the same version (it finds the stack the same way):",
+        f"  {settings}{worker} --task-queue {config.task_queue} --build-id dev",
         "",
         "Ctrl-C stops everything.",
     ]
     return "\n".join(lines)
 
 
-def _nats_auth_lines(config: StackConfig, python: str) -> list[str]:
-    """How to talk to the secured NATS: which file holds whose credentials, and a command."""
+def _settings_prefix(config: StackConfig) -> str:
+    """Nothing for a stack in ``./.state`` (commands find it); else the variables naming it."""
+    if config.state_dir.resolve() == (Path.cwd() / DEV_STATE).resolve():
+        return ""
+    profile = shlex.quote(str((config.state_dir / TEMPORAL_PROFILE_FILE).resolve()))
+    context = shlex.quote(str((config.nats_dir / NATS_CONTEXT_FILE).resolve()))
+    return f"TEMPORAL_CONFIG_FILE={profile} NATS_CONTEXT={context} "
+
+
+def _nats_auth_lines(config: StackConfig) -> list[str]:
+    """Where the secured NATS keeps whose credentials."""
     nats_dir = config.nats_dir
-    orchestrator = shlex.quote(str(nats_dir / nats_auth.ORCHESTRATOR_ENV_FILE))
-    worker = shlex.quote(_relative(str(ROOT / "worker_main.py")))
     return [
         "",
         f"NATS auth is on (--no-nats-auth turns it off); new passwords every start, in {nats_dir}:",
         f"  server config     {nats_dir / nats_auth.CONFIG_FILE}   (bcrypt hashes, permissions)",
-        f"  worker            {nats_dir / nats_auth.ORCHESTRATOR_ENV_FILE}   "
-        f"nodes: {nats_dir}/node-<id>.env",
-        "  the temporal commands and backendctl list/watch talk to Temporal only; backendctl",
-        "  nodes/backends ask the nodes over NATS with the worker credentials (env $(cat ...)).",
-        "  one more worker of the same version (dev), with the worker credentials:",
-        f"  env $(cat {orchestrator}) {python} {worker} --temporal-address "
-        f"{config.temporal_address} --nats-url {config.nats_url} --task-queue {config.task_queue} "
-        "--build-id dev",
+        f"  worker            {nats_dir / NATS_CONTEXT_FILE} (a nats CLI context; also "
+        f"{nats_auth.ORCHESTRATOR_ENV_FILE})   nodes: {nats_dir}/node-<id>.env",
     ]
+
+
+def write_client_settings(config: StackConfig, worker: dict[str, str]) -> None:
+    """Write where the stack is in the ecosystems' own formats, for every client to find:
+    a Temporal env-config profile (what the ``temporal`` CLI and the SDKs read) and a
+    ``nats`` CLI context with the worker's credentials (``worker``: NATS_USER/PASSWORD)."""
+    (config.state_dir / TEMPORAL_PROFILE_FILE).write_text(
+        "# Written by backend-devstack: where its Temporal dev server listens.\n"
+        "[profile.default]\n"
+        f'address = "{config.temporal_address}"\n'
+        'namespace = "default"\n'
+    )
+    write_context(
+        config.nats_dir / NATS_CONTEXT_FILE,
+        NatsContext(
+            url=config.nats_url,
+            user=worker.get("NATS_USER", ""),
+            password=worker.get("NATS_PASSWORD", ""),
+            description="backend-devstack: the worker (orchestrator) user",
+        ),
+    )
 
 
 def _relative(path: str) -> str:

@@ -200,6 +200,7 @@ class Agent:
                 self.instance.host,
                 self._inventory,
                 self.config.announce_interval,
+                list(self.config.galleries),
             )
             await self.announcer.start()
         log.info("node agent %s listening (%s)", node, self.instance.describe())

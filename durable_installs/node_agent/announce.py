@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import importlib.metadata
 import logging
+import urllib.parse
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -21,12 +22,14 @@ from nats.js.kv import KeyValue
 
 from durable_installs.protocol.announce import (
     MAX_ANNOUNCED_BACKENDS,
+    MAX_ANNOUNCED_GALLERIES,
     MAX_ANNOUNCED_RUNNING,
+    AnnouncedGallery,
     NodeAnnouncement,
     announcement_key,
     open_registry,
 )
-from durable_installs.protocol.messages import NodeBackendInfo, RunningModelInfo
+from durable_installs.protocol.messages import GalleryConfig, NodeBackendInfo, RunningModelInfo
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,16 @@ def agent_version() -> str:
         return "unknown"
 
 
+def _without_credentials(url: str) -> str:
+    """``url`` with any ``user:password@`` removed: the bucket is readable by the fleet."""
+    parts = urllib.parse.urlsplit(url)
+    if not parts.username and not parts.password:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
 class Announcer:
     """Keeps this agent's registry entry fresh while the agent runs."""
 
@@ -54,6 +67,7 @@ class Announcer:
         hostname: str,
         inventory: Callable[[], tuple[list[NodeBackendInfo], list[RunningModelInfo]]],
         interval: float,
+        galleries: list[GalleryConfig] | None = None,
     ) -> None:
         self._nc = nc
         self._key = announcement_key(node_id, instance_id)
@@ -64,6 +78,10 @@ class Announcer:
             capability=capability,
             hostname=hostname[:256],
             started_at=datetime.now(UTC),
+            galleries=[
+                AnnouncedGallery(name=g.name, url=_without_credentials(g.url))
+                for g in (galleries or [])[:MAX_ANNOUNCED_GALLERIES]
+            ],
         )
         self._inventory = inventory
         self._interval = interval

@@ -250,7 +250,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         readiness_timeout=args.readiness_timeout,
         duplicate_check_interval=args.duplicate_check_interval,
         announce_interval=args.announce_interval,
-        nats=NatsOptions.from_args(args),
+        nats=NatsOptions.from_args(args, discover=False),
         allow_request_galleries=allow_galleries,
         allow_request_uris=allow_uris,
         allow_remote_stop=args.allow_remote_stop,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import py_compile
 import sys
 from collections.abc import Sequence
@@ -45,6 +46,7 @@ from activities.upgrade import UpgradeActivities, check_slot_health
 from durable_installs.contracts.names import DEFAULT_TASK_QUEUE
 from durable_installs.contracts.search_attributes import SEARCH_ATTRIBUTES
 from durable_installs.orchestrator.versioning import Versioning
+from durable_installs.protocol.context import DEV_STATE
 from durable_installs.telemetry import Telemetry
 from durable_installs.telemetry.temporal import client_traces, temporal_interceptors
 from workflows.delete_backend import DeleteBackendWorkflow
@@ -181,6 +183,19 @@ def create_worker(
     )
 
 
+DEV_CONFIG_FILE = DEV_STATE / "temporal.toml"
+"""Where the dev stack writes its Temporal env-config profile (``[profile.default]``)."""
+
+TEMPORAL_CONNECTION_VARIABLES = ("TEMPORAL_ADDRESS", "TEMPORAL_CONFIG_FILE", "TEMPORAL_PROFILE")
+
+
+def dev_config_file() -> str | None:
+    """The dev stack's env-config file, when nothing else says where Temporal is."""
+    if any(os.environ.get(name) for name in TEMPORAL_CONNECTION_VARIABLES):
+        return None
+    return str(DEV_CONFIG_FILE) if DEV_CONFIG_FILE.is_file() else None
+
+
 async def connect_temporal(
     address: str | None = None,
     namespace: str | None = None,
@@ -191,9 +206,13 @@ async def connect_temporal(
 ) -> Client:
     """Connect with Temporal's env config; explicit arguments override it.
 
+    With nothing set at all (no arguments, no ``TEMPORAL_*`` connection variable), a command
+    run from a checkout uses the profile the dev stack wrote (:func:`dev_config_file`).
     ``telemetry`` adds the tracing interceptor when it traces; ``runtime`` is the one that
     serves Temporal's metrics (see :func:`telemetry.temporal.temporal_runtime`).
     """
+    if not (address or profile or config_file):
+        config_file = dev_config_file()
     config = ClientConfig.load_client_connect_config(profile=profile, config_file=config_file)
     if address:
         config["target_host"] = address

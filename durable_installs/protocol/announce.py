@@ -20,7 +20,7 @@ from nats.aio.client import Client as NATS
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import BucketNotFoundError
 from nats.js.kv import KeyValue
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from durable_installs.protocol.messages import (
     MAX_INSTANCE_ID_LENGTH,
@@ -40,10 +40,21 @@ NODE_ANNOUNCE_INTERVAL_SECONDS = 10.0
 
 MAX_ANNOUNCED_BACKENDS = 1024
 MAX_ANNOUNCED_RUNNING = 4096
+MAX_ANNOUNCED_GALLERIES = 32
+MAX_GALLERY_URL_LENGTH = 2048
 MAX_ANNOUNCEMENT_BYTES = 1024 * 1024
 """An entry larger than this is ignored by readers (and the bucket refuses larger values)."""
 
 _Text = Annotated[str, Field(max_length=MAX_TOKEN_LENGTH)]
+
+
+class AnnouncedGallery(BaseModel):
+    """A gallery a node installs from, as announced: its name and index URL."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    name: _Text
+    url: Annotated[str, Field(max_length=MAX_GALLERY_URL_LENGTH)]
 
 
 class NodeAnnouncement(BaseModel):
@@ -64,6 +75,11 @@ class NodeAnnouncement(BaseModel):
     running: Annotated[list[RunningModelInfo], Field(max_length=MAX_ANNOUNCED_RUNNING)] = Field(
         default_factory=list
     )
+    galleries: Annotated[list[AnnouncedGallery], Field(max_length=MAX_ANNOUNCED_GALLERIES)] = Field(
+        default_factory=list
+    )
+    """The galleries the agent installs from (name and index URL, never credentials), so an
+    operator's tool can show what the fleet may install without being told where to look."""
 
     def to_wire(self) -> bytes:
         """The UTF-8 JSON value stored under :func:`announcement_key`."""
@@ -109,3 +125,42 @@ async def open_registry(nc: NATS, *, create: bool) -> KeyValue:
         if not create:
             raise
     return await js.create_key_value(registry_config())
+
+
+REGISTRY_READ_TIMEOUT = 5.0
+"""Bound on waiting for the next registry entry while reading the bucket."""
+
+
+def parse_entry(key: str, value: bytes | None) -> NodeAnnouncement | None:
+    """The announcement stored under ``key``, or None when it is not one we may trust: too
+    large, not an announcement, or stored under another node's key."""
+    if not value or len(value) > MAX_ANNOUNCEMENT_BYTES:
+        return None
+    try:
+        announcement = NodeAnnouncement.model_validate_json(value)
+        expected = announcement_key(announcement.node_id, announcement.instance_id)
+    except (ValidationError, ValueError):
+        return None
+    return announcement if expected == key else None
+
+
+async def read_announcements(kv: KeyValue) -> tuple[list[NodeAnnouncement], int]:
+    """Every live announcement in the bucket, sorted by node, start and instance, and how many
+    entries were skipped as untrustworthy."""
+    watcher = await kv.watchall(ignore_deletes=True)
+    nodes: list[NodeAnnouncement] = []
+    skipped = 0
+    try:
+        while True:
+            entry = await watcher.updates(timeout=REGISTRY_READ_TIMEOUT)  # type: ignore[no-untyped-call]
+            if entry is None:
+                break
+            announcement = parse_entry(entry.key, entry.value)
+            if announcement is None:
+                skipped += 1
+            else:
+                nodes.append(announcement)
+    finally:
+        await watcher.stop()  # type: ignore[no-untyped-call]
+    nodes.sort(key=lambda n: (n.node_id, n.started_at, n.instance_id))
+    return nodes, skipped

@@ -26,13 +26,34 @@ from typing import Any
 import nats.errors
 from nats.aio.client import Client as NATS
 
+from durable_installs.protocol.context import (
+    DEV_CONTEXT,
+    ContextError,
+    NatsContext,
+    context_path,
+    read_context,
+)
+
+__all__ = ["ContextError", "NatsOptions", "NatsStartupError", "permissions_violation"]
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 INITIAL_CONNECT_ATTEMPTS = 3
 AUTHORIZATION_VIOLATION = "authorization violation"
 PERMISSIONS_VIOLATION = "permissions violation"
 CREDENTIALS_HINT = (
-    "set NATS_USER/NATS_PASSWORD or NATS_CREDS (or --nats-user/--nats-password/--nats-creds)"
+    "set NATS_CONTEXT, NATS_USER/NATS_PASSWORD or NATS_CREDS "
+    "(or --nats-context/--nats-user/--nats-password/--nats-creds)"
 )
+CONTEXT_FIELDS = {
+    "url": "NATS_URL",
+    "creds": "NATS_CREDS",
+    "token": "NATS_TOKEN",
+    "user": "NATS_USER",
+    "password": "NATS_PASSWORD",
+    "tls_ca": "NATS_TLS_CA",
+    "tls_cert": "NATS_TLS_CERT",
+    "tls_key": "NATS_TLS_KEY",
+}
+"""Each ``--nats-<name>`` flag and its variable: when any is set, no context is discovered."""
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +70,21 @@ class NatsOptions:
     tls_ca: str = ""
     tls_cert: str = ""
     tls_key: str = ""
+    source: str = ""
+    """Where the credentials came from, for a refusal's message (a context file, ...)."""
 
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
         """Add the ``--nats-*`` flags; unset flags fall back to the ``NATS_*`` environment."""
-        group = parser.add_argument_group("NATS")
+        group = parser.add_argument_group(
+            "NATS",
+            "Unset options fall back to the NATS_* environment, then to the nats CLI context "
+            f"NATS_CONTEXT names, then, run from a checkout with a dev stack, to {DEV_CONTEXT}.",
+        )
+        group.add_argument(
+            "--nats-context",
+            help="a nats CLI context: its name or the path of its JSON file (env NATS_CONTEXT)",
+        )
         group.add_argument(
             "--nats-url",
             help=f"NATS server URL(s), comma-separated (env NATS_URL; default {DEFAULT_NATS_URL})",
@@ -69,22 +100,39 @@ class NatsOptions:
         group.add_argument("--nats-tls-key", help="private key of --nats-tls-cert")
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> NatsOptions:
-        """Options from parsed flags, each falling back to its environment variable."""
+    def from_args(cls, args: argparse.Namespace, *, discover: bool = True) -> NatsOptions:
+        """Options from parsed flags, each falling back to its environment variable, then to a
+        context (``--nats-context``/``NATS_CONTEXT``, else, with ``discover``, the dev stack's
+        when none of the rest is set and it exists: the orchestrator's, so a node agent does
+        not discover it). Raises :class:`ContextError` for an unusable context."""
         env = os.environ.get
+        flags = [getattr(args, f"nats_{name}", None) for name in CONTEXT_FIELDS]
+        context, source = NatsContext(), ""
+        chosen = getattr(args, "nats_context", None) or env("NATS_CONTEXT")
+        if chosen:
+            path = context_path(chosen)
+            context, source = read_context(path), f"the NATS context {path}"
+        elif (
+            discover
+            and not any(flags)
+            and not any(env(v) for v in CONTEXT_FIELDS.values())
+            and DEV_CONTEXT.is_file()
+        ):
+            context, source = read_context(DEV_CONTEXT), f"the dev stack's {DEV_CONTEXT}"
 
-        def pick(flag: str | None, variable: str, default: str = "") -> str:
-            return flag or env(variable, default)
+        def pick(flag: str | None, variable: str, from_context: str, default: str = "") -> str:
+            return flag or env(variable) or from_context or default
 
         return cls(
-            url=pick(args.nats_url, "NATS_URL", DEFAULT_NATS_URL),
-            creds_file=pick(args.nats_creds, "NATS_CREDS"),
-            token=pick(args.nats_token, "NATS_TOKEN"),
-            user=pick(args.nats_user, "NATS_USER"),
-            password=pick(args.nats_password, "NATS_PASSWORD"),
-            tls_ca=pick(args.nats_tls_ca, "NATS_TLS_CA"),
-            tls_cert=pick(args.nats_tls_cert, "NATS_TLS_CERT"),
-            tls_key=pick(args.nats_tls_key, "NATS_TLS_KEY"),
+            url=pick(args.nats_url, "NATS_URL", context.url, DEFAULT_NATS_URL),
+            creds_file=pick(args.nats_creds, "NATS_CREDS", context.creds),
+            token=pick(args.nats_token, "NATS_TOKEN", context.token),
+            user=pick(args.nats_user, "NATS_USER", context.user),
+            password=pick(args.nats_password, "NATS_PASSWORD", context.password),
+            tls_ca=pick(args.nats_tls_ca, "NATS_TLS_CA", context.ca),
+            tls_cert=pick(args.nats_tls_cert, "NATS_TLS_CERT", context.cert),
+            tls_key=pick(args.nats_tls_key, "NATS_TLS_KEY", context.key),
+            source=source,
         )
 
     def connect_kwargs(self, name: str) -> dict[str, Any]:
@@ -198,7 +246,14 @@ class NatsOptions:
         where = f"NATS at {self.redacted_url}"
         text = str(err).lower()
         if isinstance(err, nats.errors.AuthorizationError) or AUTHORIZATION_VIOLATION in text:
-            return f"{where} refused the connection: authorization violation — {CREDENTIALS_HINT}"
+            used = f"the credentials from {self.source}" if self.source else "these credentials"
+            kept = (
+                f"; the dev stack keeps its users in {DEV_CONTEXT.parent} (context "
+                f"{DEV_CONTEXT}, one env file per user)"
+                if DEV_CONTEXT.is_file()
+                else ""
+            )
+            return f"{where} refused: credentials ({used}) — {CREDENTIALS_HINT}{kept}"
         if isinstance(err, ssl.SSLCertVerificationError):
             return (
                 f"{where}: the server certificate is not trusted ({err.verify_message}) — "

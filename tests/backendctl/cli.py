@@ -24,15 +24,22 @@ PROG = str(SCRIPT.relative_to(ROOT)) if SCRIPT.is_relative_to(ROOT) else str(SCR
 
 
 def run_ctl(
-    *args: str, address: str | None = None, env: dict[str, str] | None = None, timeout: float = 120
+    *args: str,
+    address: str | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+    cwd: Path = ROOT,
 ) -> subprocess.CompletedProcess[str]:
-    """Run backendctl to the end; stdout, stderr and the exit code as the user sees them."""
-    command = [PROG]
+    """Run backendctl to the end; stdout, stderr and the exit code as the user sees them.
+
+    From the checkout by default, as a newcomer runs it; ``cwd`` elsewhere runs it by path.
+    """
+    command = [PROG if cwd == ROOT else str(SCRIPT)]
     if address:
         command += ["--address", address]
     return subprocess.run(
         [*command, *args],
-        cwd=ROOT,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,

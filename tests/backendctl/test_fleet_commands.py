@@ -7,6 +7,7 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
 from nats.aio.client import Client as NATS
 from temporalio.client import Client, WorkflowExecutionStatus
 
@@ -146,13 +147,47 @@ async def test_cancel_stops_an_install_that_backs_off_on_a_missing_node(
 
     assert out.returncode == 0, out.stderr
     assert out.stdout == (
-        f"cancel requested for {workflow_id}; it stops shortly — {PROG} watch {workflow_id}\n"
+        f"cancel requested for {workflow_id}; it stops within seconds — "
+        f"{PROG} watch {workflow_id}\n"
     )
     watched = await ctl("--no-live", "watch", workflow_id, address=temporal_address)
     assert watched.returncode == 1
     assert watched.stdout.splitlines()[-1] == f"cancelled: {workflow_id} was cancelled"
     description = await client.get_workflow_handle(workflow_id).describe()
     assert description.status is WorkflowExecutionStatus.CANCELED
+
+
+async def test_a_piped_watch_of_a_backing_off_install_prints_on_change_only(
+    client: Client, task_queue: str, node_id: str, temporal_address: str
+) -> None:
+    """The countdown to the next try changes every second; a log wants no line for it."""
+    start = await ctl(
+        "install",
+        "--node-id",
+        node_id,
+        "--backend",
+        "llama-cpp",
+        "--task-queue",
+        task_queue,
+        "--option",
+        "retry_backoff_seconds=60",
+        "--no-watch",
+        address=temporal_address,
+    )
+    assert start.returncode == 0, start.stderr
+    workflow_id = install_workflow_id(node_id, "llama-cpp", "", 0)
+    await listed(client, f"NodeId = '{node_id}' AND InstallPhase = 'backing_off'", 1)
+
+    with pytest.raises(subprocess.TimeoutExpired) as watching:
+        await asyncio.to_thread(
+            run_ctl, "--no-live", "watch", workflow_id, address=temporal_address, timeout=4
+        )
+    await client.get_workflow_handle(workflow_id).terminate()
+
+    output = watching.value.stdout or b""
+    lines = (output.decode() if isinstance(output, bytes) else output).splitlines()
+    assert len(lines) == 1, lines
+    assert "backing off" in lines[0]
 
 
 async def test_cancelling_a_finished_install_says_there_is_nothing_to_cancel(
@@ -224,7 +259,9 @@ async def test_nats_down_is_one_line_naming_the_url(temporal_address: str) -> No
     )
 
     assert out.returncode == 2
-    assert one_error_line(out.stderr).startswith("error: cannot reach NATS at nats://127.0.0.1:1")
+    assert one_error_line(out.stderr).startswith(
+        "error: cannot connect to NATS at nats://127.0.0.1:1"
+    )
 
 
 async def test_backends_lists_gallery_entries_with_the_nodes_that_have_them(

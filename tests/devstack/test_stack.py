@@ -95,7 +95,7 @@ def start_id(command: list[str]) -> str:
 
 
 async def test_the_stack_nats_refuses_anonymous_clients(stack: RunningStack) -> None:
-    with pytest.raises(NatsStartupError, match="authorization violation"):
+    with pytest.raises(NatsStartupError, match="refused: credentials"):
         await NatsOptions(url=stack.nats_url).connect("anonymous")
 
 
@@ -119,10 +119,10 @@ def all_command_lines() -> list[str]:
     return found
 
 
-def test_the_printed_extra_worker_command_connects_with_the_printed_credentials(
+def test_the_printed_extra_worker_command_finds_the_stack_and_its_credentials(
     stack: RunningStack,
 ) -> None:
-    line = stack.printed_line("env $(cat ")
+    line = next(li.strip() for li in stack.lines if "backend-install-worker" in li)
     proc = subprocess.Popen(
         ["bash", "-c", line],
         cwd=ROOT,
@@ -375,6 +375,24 @@ async def test_the_stacks_agents_announce_themselves_and_a_drift_check_finds_bot
     assert "unreachable" not in out.stdout
 
 
+@pytest.mark.parametrize("verb", ["list", "nodes", "backends"])
+def test_the_printed_backendctl_commands_work_exactly_as_printed(
+    stack: RunningStack, verb: str
+) -> None:
+    """No env $(cat ...): the commands find the stack's Temporal profile and NATS context."""
+    line = next(li.strip() for li in stack.lines if li.strip().endswith(f"backendctl {verb}"))
+
+    out = subprocess.run(
+        ["bash", "-c", line], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
+    )
+
+    assert out.returncode == 0, out.stderr
+    if verb == "nodes":
+        assert all(node in out.stdout for node in ("node-1", "node-2", "node-3"))
+    if verb == "backends":
+        assert "cpu-large" in out.stdout
+
+
 def test_sigint_stops_every_process_the_stack_started(stack: RunningStack) -> None:
     assert stack.leftover_processes(), "the stack's processes are visible while it runs"
 
@@ -383,4 +401,7 @@ def test_sigint_stops_every_process_the_stack_started(stack: RunningStack) -> No
 
     assert stack.proc.returncode == 0
     assert stack.leftover_processes() == []
-    assert "stopped." in stack.printed()
+    printed = stack.printed()
+    assert "stopping the worker (running activities may finish) and the node agents" in printed
+    assert "stopping the servers" in printed
+    assert "stopped." in printed

@@ -6,9 +6,12 @@ every check looks only at this test's node id.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from nats.aio.client import Client as NATS
@@ -20,6 +23,7 @@ from durable_installs.devstack.sample_backend import Gallery, SampleBackend
 from durable_installs.node_agent import NatsOptions
 from durable_installs.protocol.announce import announcement_key, open_registry
 from durable_installs.servers import nats_server
+from tests.backendctl.cli import run_ctl
 from tests.node_agent.agent_process import agent_command, running_agent
 from tests.node_agent.conftest import AgentFactory
 from tests.workflow_helpers import wait_until
@@ -159,3 +163,51 @@ async def test_list_nodes_without_jetstream_fails_saying_what_to_turn_on() -> No
 
     assert failure.value.type == "RegistryUnavailable"
     assert "JetStream (-js)" in failure.value.message
+
+
+async def test_backendctl_nodes_lists_the_announced_fleet_without_being_told_any_node(
+    start_agent: AgentFactory,
+    gallery: Gallery,
+    archives: Path,
+    nats_url: str,
+    temporal_address: str,
+) -> None:
+    gallery.add_backend(SampleBackend("cpu-echo", version="2.1.0"), archives)
+    node = await start_agent(announce_interval=0.2)
+    assert (await node.install("cpu-echo", model_id="qwen3")).success
+    seen: dict[str, Any] = {}
+
+    async def listed_with_its_slot() -> bool:
+        out = await asyncio.to_thread(
+            run_ctl, "nodes", "--json", address=temporal_address, env={"NATS_URL": nats_url}
+        )
+        assert out.returncode == 0, out.stderr
+        reports = {r["node_id"]: r for r in json.loads(out.stdout)}
+        seen.update(reports.get(node.node_id) or {})
+        return bool(seen.get("running"))
+
+    await wait_until(listed_with_its_slot, what="the node and its slot in backendctl nodes")
+    assert seen["source"] == "registry" and seen["capability"] == "default"
+    assert seen["agent_version"] and seen["last_seen"] and seen["agents"] == 1
+    assert seen["backends"] == [{"name": "cpu-echo", "version": "2.1.0"}]
+    assert [(m["model_id"], m["replica_index"]) for m in seen["running"]] == [("qwen3", 0)]
+
+
+async def test_backendctl_backends_reads_the_galleries_the_nodes_announce(
+    start_agent: AgentFactory,
+    gallery: Gallery,
+    archives: Path,
+    nats_url: str,
+    temporal_address: str,
+) -> None:
+    gallery.add_backend(SampleBackend("cpu-echo", version="2.1.0"), archives)
+    node = await start_agent()
+    assert (await node.install("cpu-echo")).success
+
+    out = await asyncio.to_thread(
+        run_ctl, "backends", "--json", address=temporal_address, env={"NATS_URL": nats_url}
+    )
+
+    assert out.returncode == 0, out.stderr
+    rows = {row["name"]: row for row in json.loads(out.stdout)}
+    assert rows["cpu-echo"]["version"] == "2.1.0"
