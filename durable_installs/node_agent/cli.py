@@ -75,27 +75,43 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=_HelpFormatter,
     )
-    node = parser.add_argument_group("node")
-    node.add_argument("--node-id", required=True, help="this node's id (one NATS subject token)")
+    env = os.environ.get
+    node = parser.add_argument_group(
+        "node",
+        "--node-id, --backends-dir, --galleries, --advertise-host and --port-range fall back "
+        "to NODE_AGENT_NODE_ID, NODE_AGENT_BACKENDS_DIR, NODE_AGENT_GALLERIES, "
+        "NODE_AGENT_ADVERTISE_HOST and NODE_AGENT_PORT_RANGE (what a systemd environment "
+        "file sets).",
+    )
     node.add_argument(
-        "--backends-dir", required=True, type=Path, help="directory backends are installed into"
+        "--node-id",
+        default=env("NODE_AGENT_NODE_ID"),
+        required=not env("NODE_AGENT_NODE_ID"),
+        help="this node's id (one NATS subject token)",
+    )
+    node.add_argument(
+        "--backends-dir",
+        type=Path,
+        default=env("NODE_AGENT_BACKENDS_DIR"),
+        required=not env("NODE_AGENT_BACKENDS_DIR"),
+        help="directory backends are installed into",
     )
     node.add_argument(
         "--galleries",
-        default="[]",
+        default=env("NODE_AGENT_GALLERIES", "[]"),
         help="the node's gallery list, the same JSON as backend_galleries: "
         '[{"name":"local","url":"file:///srv/index.yaml"}]; used when a request has none',
     )
     node.add_argument(
         "--advertise-host",
-        default=os.uname().nodename,
+        default=env("NODE_AGENT_ADVERTISE_HOST", os.uname().nodename),
         help="host part of the address replies give the orchestrator (must be routable)",
     )
     node.add_argument("--bind-host", default="0.0.0.0", help="address backend processes listen on")
     node.add_argument(
         "--port-range",
         type=parse_port_range,
-        default="50051-50151",
+        default=env("NODE_AGENT_PORT_RANGE", "50051-50151"),
         help="gRPC ports for backend processes, LOW-HIGH inclusive",
     )
     node.add_argument(
