@@ -1,10 +1,13 @@
-.PHONY: run test lint bench bench-quick
+.PHONY: run test test-load lint bench bench-quick
 
 run:  ## create/reuse .venv and run the whole embedded stack in the foreground (ARGS=... for flags)
 	scripts/run.sh $(ARGS)
 
 test:  ## create .venv, install, lint, type-check and run every test
 	scripts/test.sh
+
+test-load:  ## the load tests (thousands of installs, one worker killed; about 5 min)
+	.venv/bin/pytest -m load -p no:cacheprovider tests/chaos
 
 lint:
 	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy .

@@ -24,9 +24,12 @@ import sys
 from collections.abc import Sequence
 from datetime import timedelta
 
+from activities.budget import ForwardBudget
 from durable_installs.contracts.names import DEFAULT_TASK_QUEUE
 from durable_installs.contracts.search_attributes import SEARCH_ATTRIBUTES
 from durable_installs.invoked import exit_now, invoked_as
+from durable_installs.orchestrator.capacity import CapacityMonitor, monitoring
+from durable_installs.orchestrator.sizing import WorkerSizing
 from durable_installs.orchestrator.versioning import (
     DEFAULT_DEPLOYMENT_NAME,
     SetCurrent,
@@ -88,13 +91,29 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="on SIGINT/SIGTERM, how long running activities may finish before they are "
         "cancelled (env WORKER_GRACEFUL_SHUTDOWN_SECONDS; default %(default)s)",
     )
+    sizing = WorkerSizing()
     temporal.add_argument(
         "--max-concurrent-activities",
         type=int,
-        default=int(env("WORKER_MAX_CONCURRENT_ACTIVITIES", "1000")),
+        default=int(env("WORKER_MAX_CONCURRENT_ACTIVITIES", str(sizing.activities))),
         help="install and probe activities this worker runs at once, and as many fast-path "
         "requests; an install mostly waits on the node, so this is far above the SDK's 100 "
         "(env WORKER_MAX_CONCURRENT_ACTIVITIES; default %(default)s)",
+    )
+    temporal.add_argument(
+        "--max-concurrent-workflow-tasks",
+        type=int,
+        default=int(env("WORKER_MAX_CONCURRENT_WORKFLOW_TASKS", str(sizing.workflow_tasks))),
+        help="workflow tasks at once, each install's first one with its fast-path request "
+        "(env WORKER_MAX_CONCURRENT_WORKFLOW_TASKS; default %(default)s)",
+    )
+    temporal.add_argument(
+        "--max-cached-workflows",
+        type=int,
+        default=int(env("WORKER_MAX_CACHED_WORKFLOWS", str(sizing.cached_workflows))),
+        help="workflow runs kept in memory between their tasks; at least the installs this "
+        "worker carries, or each of their tasks replays a history "
+        "(env WORKER_MAX_CACHED_WORKFLOWS; default %(default)s)",
     )
     temporal.add_argument(
         "--no-register-search-attributes",
@@ -214,7 +233,7 @@ async def run(args: argparse.Namespace) -> int:
         telemetry = telemetry_from_env(
             "backend-install-worker", metrics_address=args.install_metrics_address
         )
-        runtime = temporal_runtime(args.metrics_address)
+        runtime = temporal_runtime(args.metrics_address)  # the core logs through Python too
     except (ValueError, RuntimeError, OSError) as err:
         print(f"error: telemetry: {err}", file=sys.stderr)
         return 2
@@ -248,16 +267,26 @@ async def run(args: argparse.Namespace) -> int:
 
     if not args.no_register_search_attributes:
         await ensure_search_attributes(client)
+    sizing = WorkerSizing(
+        activities=args.max_concurrent_activities,
+        workflow_tasks=args.max_concurrent_workflow_tasks,
+        cached_workflows=args.max_cached_workflows,
+    )
+    budget = ForwardBudget()
+    capacity = CapacityMonitor(budget, sizing.activities)
+    capacity.instrument(telemetry.meter())
     worker = create_worker(
         client,
         nc,
         args.task_queue,
         telemetry,
         versioning=versioning,
+        budget=budget,
+        sizing=sizing,
+        capacity=capacity,
         graceful_shutdown_timeout=timedelta(seconds=args.graceful_shutdown_seconds),
-        max_concurrent_activities=args.max_concurrent_activities,
     )
-    async with worker:
+    async with worker, monitoring(capacity):
         if versioning is None:
             await warn_if_routed_to_a_version(client, args.deployment_name)
         else:

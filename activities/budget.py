@@ -35,6 +35,10 @@ REPORTS_PER_SECOND = 20.0
 MIN_HEARTBEAT_INTERVAL = 1.0
 """Seconds between two heartbeats of one install at least: the SDK sends no more often."""
 
+HEARTBEAT_SHARE = 0.6
+"""Heartbeats never further apart than this share of the heartbeat timeout (the SDK's own
+throttle uses 0.8): late timers on a busy worker still leave a margin."""
+
 REPORT_SPREAD = 30
 """Reports slow down as an install ages: the interval is at least the elapsed time divided by
 this, so a six-hour pull sends a few hundred reports, not thousands."""
@@ -51,6 +55,13 @@ class ForwardBudget:
         self._heartbeats_per_second = heartbeats_per_second
         self._reports_per_second = reports_per_second
         self.in_flight = 0
+        self.heartbeats = 0
+        """Heartbeats sent so far (for the capacity log and the benchmarks)."""
+        self.reports = 0
+        """Progress reports (signals) sent so far."""
+        self.pressure = 1.0
+        """How many times further apart to space both while the worker is behind on its
+        work (set by ``durable_installs.orchestrator.capacity``; 1 when it keeps up)."""
 
     @contextlib.contextmanager
     def following(self) -> Iterator[None]:
@@ -64,11 +75,11 @@ class ForwardBudget:
     def heartbeat_interval(self, longest: float) -> float:
         """Seconds between one install's heartbeats: its share of the worker's rate, between a
         second and ``longest`` (what its heartbeat timeout allows)."""
-        share = self.in_flight / self._heartbeats_per_second
+        share = self.in_flight / self._heartbeats_per_second * self.pressure
         return max(MIN_HEARTBEAT_INTERVAL, min(share, longest))
 
     def report_interval(self, requested: float, elapsed: float) -> float:
         """Seconds between one install's progress reports: what it asked for, stretched by its
         share of the worker's rate and by its age."""
         share = self.in_flight / self._reports_per_second
-        return max(requested, share, elapsed / REPORT_SPREAD)
+        return max(requested, share, elapsed / REPORT_SPREAD) * self.pressure

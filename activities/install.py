@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.budget import ForwardBudget
+from activities.budget import HEARTBEAT_SHARE, ForwardBudget
 from activities.liveness import (
     ANSWER_TIMEOUT,
     CONFIRM_DELAY,
@@ -459,7 +459,11 @@ class InstallActivities:
         """
         requested = input.progress_report_interval_seconds
         timeout = activity.info().heartbeat_timeout
-        longest = timeout.total_seconds() / 3 if timeout else input.heartbeat_interval_seconds
+        longest = (
+            timeout.total_seconds() * HEARTBEAT_SHARE
+            if timeout
+            else input.heartbeat_interval_seconds
+        )
         started = time.monotonic()
         last_report = started
         reported_count = tracker.event_count
@@ -473,6 +477,7 @@ class InstallActivities:
                     tracker.new_phase.clear()
                     progress = tracker.snapshot()
                     activity.heartbeat(progress)
+                    self._budget.heartbeats += 1
                     if progress.event_count > forwarded_count:
                         self._metrics.progress_events.add(progress.event_count - forwarded_count)
                         forwarded_count = progress.event_count
@@ -488,6 +493,7 @@ class InstallActivities:
                     ):
                         report_task = asyncio.create_task(self._report(progress))
                         last_report, reported_count = now, progress.event_count
+                        self._budget.reports += 1
             finally:
                 if report_task is not None and not report_task.done():
                     report_task.cancel()

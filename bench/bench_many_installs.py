@@ -20,7 +20,7 @@ from bench.cli import main
 from bench.node import WildcardNode
 from bench.report import Report, median
 from bench.stack import CpuMeter, WorkerProcess, stack
-from bench.workloads import run_id, start_install, warm_up
+from bench.workloads import all_closed, run_id, start_install, warm_up
 from durable_installs.contracts.install import InstallBackendResult
 
 NAME = "many_installs"
@@ -74,9 +74,10 @@ async def run(quick: bool) -> Report:
                 *(start_install(s, f"many-{tag}-{i}") for i in range(count))
             )
             started = time.perf_counter() - began
+            await all_closed(s.client, [handle.id for handle in handles], poll=2.0)
             outcomes = await asyncio.gather(
                 *(handle.result() for handle in handles), return_exceptions=True
-            )
+            )  # every one has closed: no long poll waits
         elapsed = time.perf_counter() - began
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -4,8 +4,9 @@ A wildcard subscription on ``nodes.*.backend.install`` stands in for any number 
 the fake costs one callback per request and the benchmark measures the orchestrator. An
 install either gets its reply at once (the node's fast path) or is held: a progress event
 goes out every ``event_interval`` seconds until ``hold_seconds`` have passed, then the reply.
-A second request for an op that is held joins it, as on a node agent: the workflow's fast
-path asks first with a short bound, then its install activity sends the same op again.
+A second request for an op that is held joins it, and one for an op that is done is answered
+at once (the slot runs), as on a node agent: after a lost reply the workflow probes and sends
+the same op again.
 """
 
 from __future__ import annotations
@@ -70,6 +71,8 @@ class WildcardNode:
         """(node, op) to the key of the held install, so a repeated op joins it."""
         self.max_held = 0
         self.events_published = 0
+        self.done: set[tuple[str, str]] = set()
+        """(node, op) of installs answered: the slot runs, a repeat is answered at once."""
         self.arrived = asyncio.Event()
         self._sub: object = None
         self._ticker: asyncio.Task[None] | None = None
@@ -103,6 +106,9 @@ class WildcardNode:
             return
         node_id = msg.subject.split(".")[1]
         op_id = json.loads(msg.data).get("op_id", "")
+        if (node_id, op_id) in self.done:
+            await msg.respond(REPLY)
+            return
         holding = self.held.get(self._by_op.get((node_id, op_id), "")) if op_id else None
         if holding is not None:
             holding.joined.append(msg.reply)
@@ -125,6 +131,7 @@ class WildcardNode:
             for key, held in list(self.held.items()):
                 if held.due <= now:
                     del self.held[key]
+                    self.done.add((held.node_id, held.op_id))
                     for subject in held.reply_subjects():
                         await self.nc.publish(subject, REPLY)
                     continue

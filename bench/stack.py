@@ -16,8 +16,9 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,14 +40,15 @@ PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 class WorkerProcess:
     """The worker child: CPU seconds and RSS straight from ``/proc/<pid>``."""
 
-    def __init__(self, proc: subprocess.Popen[str], pid: int) -> None:
+    def __init__(self, proc: subprocess.Popen[str], pid: int, log: Path) -> None:
         self.proc = proc
         self.pid = pid
+        self.log = log
+        """Everything the worker printed: its log lines and, at exit, its ``stats`` line."""
 
     def cpu_seconds(self) -> float:
         """User + system CPU time the worker has used so far."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        return cpu_seconds(self.pid)
 
     def rss_mb(self) -> float:
         """Resident set size now, in MiB."""
@@ -64,6 +66,22 @@ class WorkerProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time process ``pid`` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def process_with(marker: str) -> int | None:
+    """The pid of a process whose command line contains ``marker`` (the dev server's port)."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if marker in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode():
+                    return int(entry.name)
+    return None
 
 
 class CpuMeter:
@@ -85,7 +103,9 @@ class CpuMeter:
         self.wall = time.perf_counter() - self._wall0
 
 
-def _start_worker(temporal_address: str, nats_url: str, profile_name: str) -> WorkerProcess:
+def _start_worker(
+    temporal_address: str, nats_url: str, profile_name: str, extra: Sequence[str] = ()
+) -> WorkerProcess:
     command = [
         sys.executable,
         "-m",
@@ -94,6 +114,7 @@ def _start_worker(temporal_address: str, nats_url: str, profile_name: str) -> Wo
         temporal_address,
         "--nats-url",
         nats_url,
+        *extra,
     ]
     pyspy_dir = os.environ.get("BENCH_PYSPY")
     if pyspy_dir:
@@ -105,18 +126,27 @@ def _start_worker(temporal_address: str, nats_url: str, profile_name: str) -> Wo
             *(("--format", "raw") if raw else ()),
             *("--", *command),
         ]
-    proc = subprocess.Popen(
-        command,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith("ready "):
-            return WorkerProcess(proc, int(line.split()[1]))
-    raise RuntimeError(f"bench worker exited early with code {proc.wait()}")
+    # Output to a file, never a pipe read only until "ready": a pipe nobody reads fills after
+    # 64 KiB and blocks the writer (it stopped a worker at 5,000 installs; bench/README.md).
+    log = Path(tempfile.mkstemp(prefix=f"bench-worker-{profile_name}-", suffix=".log")[1])
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        for line in log.read_text(errors="replace").splitlines():
+            if line.startswith("ready "):
+                return WorkerProcess(proc, int(line.split()[1]), log)
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    raise RuntimeError(f"bench worker did not start (code {proc.poll()}); see {log}")
 
 
 @dataclass
@@ -125,14 +155,23 @@ class Stack:
 
     client: Client
     nc: NATS
-    worker: WorkerProcess
+    workers: list[WorkerProcess]
+    server_pid: int | None = None
+    """The Temporal dev server's process, whose CPU the load benchmarks report too."""
     install_queue: str = INSTALL_QUEUE
     baseline_queue: str = BASELINE_QUEUE
 
+    @property
+    def worker(self) -> WorkerProcess:
+        """The first (usually the only) worker process."""
+        return self.workers[0]
+
 
 @contextlib.asynccontextmanager
-async def stack(name: str) -> AsyncIterator[Stack]:
-    """Fresh servers and worker for one benchmark; everything stopped afterwards."""
+async def stack(
+    name: str, workers: int = 1, worker_args: Sequence[str] = ()
+) -> AsyncIterator[Stack]:
+    """Fresh servers and ``workers`` worker processes for one benchmark; all stopped after."""
     with nats_server() as nats_url:
         env = await WorkflowEnvironment.start_local(
             dev_server_existing_path=find_binary("temporal"),
@@ -140,16 +179,22 @@ async def stack(name: str) -> AsyncIterator[Stack]:
             data_converter=pydantic_data_converter,
             dev_server_log_level="error",
         )
+        started: list[WorkerProcess] = []
         try:
             address = env.client.service_client.config.target_host
-            worker = await asyncio.to_thread(_start_worker, address, nats_url, name)
+            for number in range(workers):
+                label = name if workers == 1 else f"{name}-{number + 1}"
+                started.append(
+                    await asyncio.to_thread(_start_worker, address, nats_url, label, worker_args)
+                )
+            nc = await nats.connect(nats_url, name="bench", pending_size=256 * 2**20)
             try:
-                nc = await nats.connect(nats_url, name="bench", pending_size=256 * 2**20)
-                try:
-                    yield Stack(client=env.client, nc=nc, worker=worker)
-                finally:
-                    await nc.drain()
+                port = address.rsplit(":", 1)[1]
+                server = process_with(f"start-dev --port {port} ")
+                yield Stack(client=env.client, nc=nc, workers=started, server_pid=server)
             finally:
-                await asyncio.to_thread(worker.stop)
+                await nc.drain()
         finally:
+            for worker in started:
+                await asyncio.to_thread(worker.stop)
             await env.shutdown()

@@ -11,8 +11,9 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 
-from temporalio.client import WorkflowHandle
+from temporalio.client import Client, WorkflowHandle
 
+from activities.closings import Closings
 from bench.baseline import MINIMAL_WORKFLOW, install_body
 from bench.stack import Stack
 from durable_installs.contracts.install import InstallBackendInput, InstallBackendResult
@@ -84,6 +85,16 @@ async def burst(workload: Workload, stack: Stack, count: int, tag: str) -> float
     began = time.perf_counter()
     await asyncio.gather(*(workload(stack, f"{tag}-{i}") for i in range(count)))
     return time.perf_counter() - began
+
+
+async def all_closed(client: Client, workflow_ids: list[str], poll: float = 0.5) -> None:
+    """Until every one of ``workflow_ids`` has closed, asked of visibility every ``poll``
+    seconds: a benchmark waiting on thousands of installs holds no long poll per install
+    (the server caps a namespace's concurrent long polls; bench/README.md)."""
+    closings = Closings(client, workflow_ids)
+    while closings.pending:
+        await asyncio.sleep(poll)
+        await closings.closed()
 
 
 async def warm_up(stack: Stack, rounds: int = 5) -> None:

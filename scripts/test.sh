@@ -18,4 +18,5 @@ echo "== pytest"
 # Two pytest-xdist workers by default (TEST_WORKERS=0 for one process): most tests wait on
 # servers, nodes and timers rather than use a core, so two halve the wall time on two cores.
 # Each worker starts its own servers; tests/ports.py keeps their backend ports apart.
-.venv/bin/pytest -n "${TEST_WORKERS:-2}" --dist loadfile --cov --cov-report=term "$@"
+# The load tests (thousands of installs at once) run apart: make test-load.
+.venv/bin/pytest -n "${TEST_WORKERS:-2}" --dist loadfile --cov --cov-report=term -m "not load" "$@"

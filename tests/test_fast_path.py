@@ -15,8 +15,10 @@ from nats.aio.client import Client as NATS
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
 
-from durable_installs.contracts.activities import FastInstallResult
+from activities.fast_path import BUSY, BUSY_BOUND, FastPathActivities
+from durable_installs.contracts.activities import FastInstallResult, InstallActivityInput
 from durable_installs.contracts.install import InstallBackendInput, InstallPhase
 from durable_installs.contracts.search_attributes import INSTALL_PHASE, NODE_ID
 from durable_installs.orchestrator.worker import create_worker
@@ -252,3 +254,34 @@ async def test_the_fast_path_may_run_as_many_requests_at_once_as_the_install_act
     config = worker.config()
 
     assert config.get("max_concurrent_local_activities") == 700
+
+
+async def test_past_a_few_waiting_fast_paths_a_new_one_waits_a_tenth_of_a_second(
+    nc: NATS, node_id: str
+) -> None:
+    """Fast paths that wait are cold installs holding workflow-task slots: in a burst they
+    hand their request to the install activity at once instead of after the full bound."""
+    async with FakeNode(nc, node_id) as node:
+
+        async def silent(request: BackendInstallRequest, number: int) -> None:
+            return None
+
+        node.script = silent
+        fast = FastPathActivities(nc)
+        requests = [
+            InstallActivityInput(
+                node_id=node_id,
+                request=BackendInstallRequest(backend="llama-cpp", op_id=f"op-{i}"),
+                install_timeout_seconds=2.0,
+            )
+            for i in range(BUSY + 10)
+        ]
+        answers = await asyncio.gather(
+            *(ActivityEnvironment().run(fast.install_backend_fast, r) for r in requests)
+        )
+
+    waited = sorted(answer.elapsed_seconds for answer in answers)
+    assert all(not answer.answered and answer.request_sent for answer in answers)
+    assert waited[:10] == pytest.approx([BUSY_BOUND] * 10, abs=0.5)
+    assert min(waited[10:]) >= 1.9, "the first ones waited the bound they asked for"
+    assert fast.waiting == 0

@@ -73,7 +73,8 @@ def test_the_wheel_adds_only_the_product_package_and_the_specified_names(dist: P
 
 
 def test_the_sdist_builds_with_the_sources(dist: Path) -> None:
-    assert [path.name for path in dist.glob("*.tar.gz")] == ["durable_backend_installs-0.1.0.tar.gz"]
+    sdists = [path.name for path in dist.glob("*.tar.gz")]
+    assert sdists == ["durable_backend_installs-0.1.0.tar.gz"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -21,6 +21,7 @@ from tests.workflow_helpers import (
     heartbeat_with_events,
     install_input,
     start_install,
+    wait_for,
 )
 from workflows.install_backend import InstallBackendWorkflow
 
@@ -168,3 +169,44 @@ def test_unreachable_temporal_gives_a_one_line_error(nats_url: str) -> None:
     )
     assert code == 2
     assert len(errors) == 1 and "Temporal" in errors[0]
+
+
+async def test_two_workers_on_one_task_queue_share_the_installs(
+    client: Client, nc: NATS, nats_url: str, temporal_address: str
+) -> None:
+    """Past one worker: another process on the same task queue takes its share of the work."""
+    node_ids = [f"share-{uuid.uuid4().hex[:8]}" for _ in range(40)]
+    nodes = [await FakeNode(nc, node_id).start() for node_id in node_ids]
+    release = asyncio.Event()
+
+    async def held(request: BackendInstallRequest, number: int) -> BackendInstallReply:
+        await release.wait()
+        return BackendInstallReply(success=True, address="10.0.0.7:50051")
+
+    for node in nodes:
+        node.script = held
+    task_queue = f"shared-{uuid.uuid4().hex[:8]}"
+    with (
+        worker_process(temporal_address, nats_url, task_queue),
+        worker_process(temporal_address, nats_url, task_queue),
+    ):
+        handles = [
+            await start_install(
+                client, task_queue, install_input(node_id, install_timeout_seconds=60)
+            )
+            for node_id in node_ids
+        ]
+        await wait_for(lambda: all(node.install_bodies for node in nodes), what="40 requests")
+        release.set()
+        results = [await handle.result() for handle in handles]
+    for node in nodes:
+        await node.stop()
+
+    assert len(results) == 40 and all(r.address for r in results)
+    assert all(len(node.install_bodies) == 1 for node in nodes), "one request per install"
+    identities = set()
+    for handle in handles:
+        for event in (await handle.fetch_history()).events:
+            if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
+                identities.add(event.activity_task_started_event_attributes.identity)
+    assert len(identities) == 2, f"both workers ran install activities: {identities}"

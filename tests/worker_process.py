@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,24 +30,26 @@ def worker_process(
         "NATS_URL": nats_url,
         "PYTHONUNBUFFERED": "1",
     }
-    proc = subprocess.Popen(
-        worker_command("--graceful-shutdown-seconds", "1"),
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    # Output to a file, not a pipe read only until "polling": an unread pipe fills and
+    # blocks every writer in the worker (bench/README.md, "No cliff under load").
+    log = Path(tempfile.mkstemp(prefix="worker-", suffix=".log")[1])
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            worker_command("--graceful-shutdown-seconds", "1"),
+            env=env,
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
     try:
         deadline = time.monotonic() + ready_timeout
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if "worker polling" in line:
-                break
+        while "worker polling" not in log.read_text(errors="replace"):
+            if proc.poll() is not None:
+                raise RuntimeError(f"worker exited early with code {proc.returncode}; see {log}")
             if time.monotonic() > deadline:
-                raise TimeoutError("worker did not start polling")
-        else:
-            raise RuntimeError(f"worker exited early with code {proc.wait()}")
+                raise TimeoutError(f"worker did not start polling; see {log}")
+            time.sleep(0.1)
         yield proc
     finally:
         if proc.poll() is None:

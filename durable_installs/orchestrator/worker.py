@@ -45,6 +45,8 @@ from activities.replies import OpReplies
 from activities.upgrade import UpgradeActivities, check_slot_health
 from durable_installs.contracts.names import DEFAULT_TASK_QUEUE
 from durable_installs.contracts.search_attributes import SEARCH_ATTRIBUTES
+from durable_installs.orchestrator.capacity import CapacityMonitor
+from durable_installs.orchestrator.sizing import WorkerSizing
 from durable_installs.orchestrator.versioning import Versioning
 from durable_installs.protocol.context import DEV_STATE
 from durable_installs.telemetry import Telemetry
@@ -124,6 +126,9 @@ def create_worker(
     telemetry: Telemetry | None = None,
     *,
     versioning: Versioning | None = None,
+    budget: ForwardBudget | None = None,
+    sizing: WorkerSizing | None = None,
+    capacity: CapacityMonitor | None = None,
     **worker_options: object,
 ) -> Worker:
     """A worker with every workflow and activity of this project registered.
@@ -135,7 +140,7 @@ def create_worker(
     """
     telemetry = telemetry or Telemetry()
     replies = OpReplies(nc)  # the fast path hands each op's reply over to the install activity
-    budget = ForwardBudget()  # how often the installs in flight may heartbeat and report
+    budget = budget or ForwardBudget()  # how often the installs in flight may heartbeat, report
     install = InstallActivities(nc, telemetry, replies, budget)
     probe = ProbeActivities(nc, telemetry)
     fast = FastPathActivities(nc, telemetry, replies)
@@ -145,7 +150,12 @@ def create_worker(
     fleet = FleetActivities(nc, telemetry)
     if telemetry.tracing and not client_traces(client) and "interceptors" not in worker_options:
         worker_options["interceptors"] = temporal_interceptors(telemetry)
+    if capacity is not None:  # counts the activities running, for the capacity monitor
+        interceptors = list(worker_options.get("interceptors") or [])  # type: ignore[call-overload]
+        worker_options["interceptors"] = [*interceptors, capacity.activities]
     compile_workflow_modules(list(WORKFLOW_BEHAVIORS))
+    for option, value in (sizing.options() if sizing else {}).items():
+        worker_options.setdefault(option, value)
     if "max_concurrent_activities" in worker_options:
         # Every install's first request is the fast path's local activity: as many of those
         # may run at once as install activities (the SDK's own default is 100 of each).

@@ -8,11 +8,19 @@ tracing is on: with tracing off no interceptor runs at all.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 from temporalio.client import Client, Interceptor
 from temporalio.contrib.opentelemetry import TracingInterceptor
-from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
+from temporalio.runtime import (
+    LogForwardingConfig,
+    LoggingConfig,
+    PrometheusConfig,
+    Runtime,
+    TelemetryConfig,
+    TelemetryFilter,
+)
 
 from durable_installs.telemetry.setup import Telemetry
 
@@ -34,13 +42,31 @@ def client_traces(client: Client) -> bool:
     return has_tracing_interceptor(client.config()["interceptors"])
 
 
-def temporal_runtime(metrics_address: str) -> Runtime | None:
-    """A runtime serving Temporal's SDK metrics on ``metrics_address``; None when unset.
+CORE_LOGGER = "temporalio.core"
+"""The Python logger the SDK core's own log lines are forwarded to."""
+
+
+def temporal_runtime(metrics_address: str = "") -> Runtime:
+    """The worker's runtime: the SDK core's logs go through Python logging, and its metrics
+    are served on ``metrics_address`` when one is given.
+
+    By default the core writes its warnings straight to the process's stdout, from the
+    thread that runs workflow tasks. Where nobody reads that stdout (a pipe a supervisor
+    read only until "ready") the pipe fills after about 64 KiB of warnings, the write blocks,
+    and the worker stops running and polling workflow tasks for good: what stopped a worker
+    at 5,000 installs in flight (bench/README.md, "No cliff under load"). Forwarded, the
+    lines get the process's own log format and handler like every other line.
 
     Returns a new runtime (with its own thread pool): create one per process, before
     connecting the client that uses it.
     """
-    if not metrics_address:
-        return None
-    config = PrometheusConfig(bind_address=metrics_address)
-    return Runtime(telemetry=TelemetryConfig(metrics=config))
+    metrics = PrometheusConfig(bind_address=metrics_address) if metrics_address else None
+    return Runtime(telemetry=TelemetryConfig(logging=core_logging(), metrics=metrics))
+
+
+def core_logging() -> LoggingConfig:
+    """The SDK core's warnings (and errors of its other parts) to :data:`CORE_LOGGER`."""
+    return LoggingConfig(
+        filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
+        forwarding=LogForwardingConfig(logger=logging.getLogger(CORE_LOGGER)),
+    )
