@@ -1,9 +1,8 @@
 """Activities of ``UpgradeBackendWorkflow``: the upgrade request, inspection, health, clean-up.
 
-The upgrade request reuses the install activity's progress machinery (subscription confirmed
-before the request, a pump that turns the newest event into heartbeats and throttled progress
-reports): an upgrade publishes on the install progress subject (reference §3.3), so only the
-request and its reply differ.
+The upgrade request follows its op's progress exactly as an install does
+(``activities/following.py``): an upgrade publishes on the install progress subject
+(reference §3.3), so only the request and its reply differ.
 """
 
 from __future__ import annotations
@@ -13,24 +12,18 @@ import contextlib
 import importlib
 from typing import Any
 
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from pydantic import ValidationError
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
-from activities.install import (
-    InstallActivities,
-    ProgressTracker,
-    _stop,
-    stop_following,
-    workflow_asked_to_cancel,
-)
-from durable_installs.contracts.activities import (
-    InstallActivityInput,
-    InstallProgress,
-    progress_from_details,
-)
+from activities.budget import ForwardBudget
+from activities.following import Followers, NodeGone, ProgressTracker, stop_task, wait_watching
+from activities.install import workflow_asked_to_cancel
+from activities.liveness import Finding, Liveness
 from durable_installs.contracts.failures import (
     INSTALL_FAILED,
     NODE_UNREACHABLE,
@@ -69,6 +62,7 @@ from durable_installs.protocol.messages import (
     ModelsRunningReply,
     NodeSlotState,
 )
+from durable_installs.telemetry import InstallMetrics, Telemetry
 
 MAX_INSPECTED_SLOTS = 1_000
 """Running slots asked about one by one; a node's reply beyond this is cut (never trusted)."""
@@ -77,8 +71,14 @@ grpc_aio: Any = importlib.import_module("grpc.aio")
 HEALTH = "/backend.Backend/Health"
 
 
-class UpgradeActivities(InstallActivities):
+class UpgradeActivities:
     """Upgrade, inspect and clean-up activities on the worker's shared NATS connection."""
+
+    def __init__(self, nc: NATS, followers: Followers | None = None) -> None:
+        self._nc = nc
+        self._followers = followers or Followers(
+            nc, ForwardBudget(), InstallMetrics(Telemetry().meter())
+        )
 
     @activity.defn(name=UPGRADE_ACTIVITY)
     async def upgrade_backend(self, input: UpgradeActivityInput) -> UpgradeActivityResult:
@@ -89,28 +89,21 @@ class UpgradeActivities(InstallActivities):
         ``force:true`` and the same op id (workers older than the upgrade subject, reference
         §6), and a ``success:false`` reply is classified by the node's text like an install's.
         """
-        request = input.request
-        op_id = request.op_id
-        tracker = ProgressTracker(_resume_point(input))
-        pump_input = InstallActivityInput(
-            node_id=input.node_id,
-            request=BackendInstallRequest(backend=request.backend, op_id=op_id),
-            install_timeout_seconds=input.timeout_seconds,
-            heartbeat_interval_seconds=input.heartbeat_interval_seconds,
-            progress_report_interval_seconds=input.progress_report_interval_seconds,
+        op_id = input.request.op_id
+        following = self._followers.follow(
+            input.node_id,
+            op_id,
+            idle_heartbeat=input.heartbeat_interval_seconds,
+            report_every=input.progress_report_interval_seconds,
         )
-        subscription = await self._subscribe_progress(input.node_id, op_id, tracker)
-        pump = asyncio.create_task(self._pump(tracker, pump_input), name=f"upgrade-pump-{op_id}")
         try:
-            return await self._send(input, tracker)
+            async with following as tracker:
+                return await self._send(input, tracker)
         except asyncio.CancelledError:
             if op_id and workflow_asked_to_cancel():
                 with contextlib.suppress(Exception):
                     await self._nc.publish(subjects.cancel(input.node_id, op_id), b"{}")
             raise
-        finally:
-            tracker.stopped = True
-            await stop_following(pump, subscription)
 
     async def _send(
         self, input: UpgradeActivityInput, tracker: ProgressTracker
@@ -184,16 +177,20 @@ class UpgradeActivities(InstallActivities):
             self._nc.request(subject, body, timeout=input.timeout_seconds),
             name=f"upgrade-request-{request.op_id}",
         )
-        watched = InstallActivityInput(
-            node_id=input.node_id,
-            request=BackendInstallRequest(backend=request.backend, op_id=request.op_id),
-            install_timeout_seconds=input.timeout_seconds,
-            liveness_check_interval_seconds=input.liveness_check_interval_seconds,
-        )
+        status = InstallStatusRequest(op_id=request.op_id, backend=request.backend)
         try:
-            return await self._await_reply(reply, watched, tracker, f"{request.backend} (upgrade)")
+            return await wait_watching(
+                self._nc,
+                reply,
+                input.node_id,
+                status,
+                input.liveness_check_interval_seconds,
+                tracker,
+            )
+        except NodeGone as gone:
+            raise _node_gone(input, gone.finding, tracker) from gone
         finally:
-            await _stop(reply)
+            await stop_task(reply)
 
     def _result(
         self,
@@ -337,12 +334,21 @@ async def _healthy(address: str, call_timeout: float) -> bool:
     return reply[:4] == b"\x0a\x02OK"
 
 
-def _resume_point(input: UpgradeActivityInput) -> InstallProgress:
-    """The last heartbeat of a previous attempt at the same op, else a fresh start."""
-    info = activity.info()
-    op_id = input.request.op_id
-    fresh = InstallProgress(op_id=op_id, node_id=input.node_id, attempt=info.attempt)
-    previous = progress_from_details(info.heartbeat_details) if info.attempt > 1 else None
-    if previous is None or previous.op_id != op_id:
-        return fresh
-    return previous.model_copy(update={"attempt": info.attempt})
+def _node_gone(
+    input: UpgradeActivityInput, finding: Finding, tracker: ProgressTracker
+) -> ApplicationError:
+    """The failure that ends an upgrade's wait: the workflow inspects or backs off next."""
+    node_id, backend, op_id = input.node_id, input.request.backend, input.request.op_id
+    if finding.liveness is Liveness.UNREACHABLE:
+        return node_failure(
+            NODE_UNREACHABLE,
+            f"node {node_id} became unreachable during the upgrade of {backend}: {finding.reason}",
+            tracker.snapshot(),
+        )
+    return node_failure(
+        WORKER_STILL_INSTALLING,
+        f"node {node_id} no longer has op {op_id} for {backend} in flight: {finding.reason}; "
+        f"the workflow inspects before sending the upgrade again ({tracker.event_count} "
+        "progress events so far)",
+        tracker.snapshot(),
+    )

@@ -154,3 +154,20 @@ def test_the_worker_imports_no_tests() -> None:
 
 def _top_level_imports(tree: ast.AST) -> set[str]:
     return {name.split(".")[0] for name in _imports(tree)}
+
+
+def test_a_worker_replaces_only_an_activity_it_has() -> None:
+    """A test swaps one activity by name; a misspelt name must not add a second one."""
+    from durable_installs.orchestrator.worker import create_worker
+
+    with pytest.raises(ValueError, match="no activity named 'list_node'"):
+        create_worker(object(), object(), "q", replace={"list_node": lambda: None})  # type: ignore[arg-type]
+
+
+def test_no_activity_class_inherits_another() -> None:
+    """Activities share helpers by composition (``activities/following.py``), not by base class."""
+    for path in (ROOT / "activities").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and node.name.endswith("Activities"):
+                bases = {ast.unparse(base) for base in node.bases}
+                assert not any(base.endswith("Activities") for base in bases), path.name

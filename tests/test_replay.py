@@ -3,8 +3,8 @@
 The histories in ``tests/histories/<WorkflowType>/`` are real executions (recorded by
 ``python -m tests.histories.record``). An execution that is running in a cluster when a new
 worker is deployed is replayed by that worker; a change that no longer replays one of these
-fails here first, and must be versioned with ``workflow.patched`` (README, "Changing workflow
-code").
+fails here first, and must be versioned with ``workflow.patched`` (docs: contributing,
+"Changing workflow code").
 """
 
 from __future__ import annotations
@@ -16,26 +16,17 @@ from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
-from workflows.delete_backend import DeleteBackendWorkflow
-from workflows.drift import DriftCheckWorkflow
-from workflows.install_backend import InstallBackendWorkflow
-from workflows.rollout import RolloutBackendWorkflow
-from workflows.upgrade_backend import UpgradeBackendWorkflow
+from durable_installs.orchestrator.registry import WORKFLOW_BEHAVIORS
 
 HISTORIES = Path(__file__).resolve().parent / "histories"
 RECORDED = sorted(HISTORIES.glob("*/*.json"))
-WORKFLOWS = [
-    InstallBackendWorkflow,
-    RolloutBackendWorkflow,
-    UpgradeBackendWorkflow,
-    DeleteBackendWorkflow,
-    DriftCheckWorkflow,
-]
+WORKFLOWS = list(WORKFLOW_BEHAVIORS)
+"""What the worker registers: a new workflow type is here without anyone listing it."""
 
 
-def test_every_workflow_type_has_recorded_histories() -> None:
+def test_every_workflow_type_the_worker_runs_has_recorded_histories() -> None:
     recorded_types = {path.parent.name for path in RECORDED}
-    assert recorded_types == {w.__name__ for w in WORKFLOWS}
+    assert {w.__name__ for w in WORKFLOWS} == recorded_types
 
 
 def _load(path: Path) -> WorkflowHistory:

@@ -52,9 +52,7 @@ async def start_install(
 async def assert_replays(handle: WorkflowHandle[Any, Any]) -> None:
     """The closed workflow's history replays deterministically against today's code."""
     history = await handle.fetch_history()
-    from durable_installs.orchestrator.worker import (
-        WORKFLOW_BEHAVIORS,
-    )  # every registered type, new ones too
+    from durable_installs.orchestrator.registry import WORKFLOW_BEHAVIORS  # every type, new too
 
     replayer = Replayer(workflows=list(WORKFLOW_BEHAVIORS), data_converter=pydantic_data_converter)
     await replayer.replay_workflow(history)

@@ -15,7 +15,7 @@ import logging
 import os
 import py_compile
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -32,30 +32,16 @@ from temporalio.envconfig import ClientConfig
 from temporalio.runtime import Runtime
 from temporalio.worker import Worker
 
-from activities.attach import await_install
 from activities.budget import MIN_HEARTBEAT_INTERVAL, ForwardBudget
-from activities.cancel import CancelActivities
-from activities.fast_path import FastPathActivities
-from activities.fleet import FleetActivities
-from activities.install import InstallActivities
-from activities.install_slots import install_slots
-from activities.lifecycle import LifecycleActivities
-from activities.probe import ProbeActivities
-from activities.replies import OpReplies
-from activities.upgrade import UpgradeActivities, check_slot_health
 from durable_installs.contracts.names import DEFAULT_TASK_QUEUE
 from durable_installs.contracts.search_attributes import SEARCH_ATTRIBUTES
 from durable_installs.orchestrator.capacity import CapacityMonitor
+from durable_installs.orchestrator.registry import WORKFLOW_BEHAVIORS, Activity, activities
 from durable_installs.orchestrator.sizing import WorkerSizing
 from durable_installs.orchestrator.versioning import Versioning
 from durable_installs.protocol.context import DEV_STATE
 from durable_installs.telemetry import Telemetry
 from durable_installs.telemetry.temporal import client_traces, temporal_interceptors
-from workflows.delete_backend import DeleteBackendWorkflow
-from workflows.drift import DriftCheckWorkflow
-from workflows.install_backend import InstallBackendWorkflow
-from workflows.rollout import RolloutBackendWorkflow
-from workflows.upgrade_backend import UpgradeBackendWorkflow
 
 DEFAULT_TEMPORAL_ADDRESS = "localhost:7233"
 
@@ -63,25 +49,6 @@ HEARTBEAT_THROTTLE = timedelta(seconds=MIN_HEARTBEAT_INTERVAL)
 """Longest the SDK holds a heartbeat back; how often is the forwarding budget's business."""
 
 log = logging.getLogger(__name__)
-
-WORKFLOW_BEHAVIORS: dict[type[Any], VersioningBehavior] = {
-    InstallBackendWorkflow: VersioningBehavior.PINNED,
-    RolloutBackendWorkflow: VersioningBehavior.PINNED,
-    UpgradeBackendWorkflow: VersioningBehavior.PINNED,
-    DeleteBackendWorkflow: VersioningBehavior.PINNED,
-    DriftCheckWorkflow: VersioningBehavior.PINNED,
-}
-"""Every workflow type the worker runs, with its behavior on a versioned worker.
-
-PINNED: an execution stays on the version that started it until it finishes (continue-as-new
-included), so hours-long installs and rollouts never move to code they did not start on; see
-the classes' docstrings. Declared here, not with ``@workflow.defn(versioning_behavior=...)``:
-temporalio 1.35 sends a declared behavior with every workflow task, and the server refuses it
-from an unversioned worker ("versioning behavior cannot be specified without deployment
-options being set with versioned mode"), which would hang every workflow under
-``--no-versioning`` and on the tests' unversioned workers. A versioned worker applies the
-behavior as its default, one per worker, so every type listed here must share it.
-"""
 
 
 def default_behavior() -> VersioningBehavior:
@@ -129,6 +96,7 @@ def create_worker(
     budget: ForwardBudget | None = None,
     sizing: WorkerSizing | None = None,
     capacity: CapacityMonitor | None = None,
+    replace: Mapping[str, Activity] | None = None,
     **worker_options: object,
 ) -> Worker:
     """A worker with every workflow and activity of this project registered.
@@ -137,17 +105,14 @@ def create_worker(
     interceptor when it has one (workers inherit it), else by one added here. With
     ``versioning`` the worker polls as that Worker Deployment Version; without it, unversioned
     (what the in-process test workers use: each test's own task queue needs no deployment).
+    ``replace`` swaps activities by name (a test's own ``list_nodes``, say).
     """
     telemetry = telemetry or Telemetry()
-    replies = OpReplies(nc)  # the fast path hands each op's reply over to the install activity
-    budget = budget or ForwardBudget()  # how often the installs in flight may heartbeat, report
-    install = InstallActivities(nc, telemetry, replies, budget)
-    probe = ProbeActivities(nc, telemetry)
-    fast = FastPathActivities(nc, telemetry, replies)
-    cancel = CancelActivities(nc, replies)
-    upgrade = UpgradeActivities(nc, telemetry, budget=budget)
-    lifecycle = LifecycleActivities(nc, telemetry)
-    fleet = FleetActivities(nc, telemetry)
+    registered = activities(nc, telemetry, budget or ForwardBudget())
+    for name, activity_fn in (replace or {}).items():
+        if name not in registered:
+            raise ValueError(f"no activity named {name!r} to replace")
+        registered[name] = activity_fn
     if telemetry.tracing and not client_traces(client) and "interceptors" not in worker_options:
         worker_options["interceptors"] = temporal_interceptors(telemetry)
     if capacity is not None:  # counts the activities running, for the capacity monitor
@@ -172,23 +137,7 @@ def create_worker(
         client,
         task_queue=task_queue,
         workflows=list(WORKFLOW_BEHAVIORS),
-        activities=[
-            install.install_backend,
-            fast.install_backend_fast,
-            cancel.cancel_op,
-            probe.probe_slot,
-            await_install,
-            install_slots,
-            upgrade.upgrade_backend,
-            upgrade.inspect_backend,
-            upgrade.drop_previous_version,
-            check_slot_health,
-            lifecycle.node_inventory,
-            lifecycle.stop_backend,
-            lifecycle.delete_backend,
-            fleet.list_nodes,
-            fleet.check_drift,
-        ],
+        activities=list(registered.values()),
         **worker_options,  # type: ignore[arg-type]
     )
 

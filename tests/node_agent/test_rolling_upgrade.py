@@ -17,13 +17,8 @@ from nats.aio.client import Client as NATS
 from temporalio import activity
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import ApplicationError
-from temporalio.worker import Worker
 
-from activities.attach import await_install
-from activities.install import InstallActivities
-from activities.install_slots import install_slots
-from activities.probe import ProbeActivities
-from activities.upgrade import UpgradeActivities, check_slot_health
+from durable_installs.contracts.names import LIST_NODES_ACTIVITY
 from durable_installs.contracts.rollout import (
     NodeState,
     RollbackState,
@@ -33,7 +28,7 @@ from durable_installs.contracts.rollout import (
 )
 from durable_installs.devstack.sample_backend import Gallery, SampleBackend
 from durable_installs.node_agent import Agent
-from durable_installs.orchestrator.worker import WORKFLOW_BEHAVIORS
+from durable_installs.orchestrator.worker import create_worker
 from tests.node_agent.conftest import fast_config
 from tests.ports import AGENT_PORTS
 from tests.workflow_helpers import FAST, assert_replays
@@ -99,23 +94,8 @@ async def fleet_queue(
     client: Client, nc: NATS, fleet: tuple[Fleet, Gallery, Gallery]
 ) -> AsyncIterator[str]:
     queue = f"fleet-{uuid.uuid4().hex[:8]}"
-    install, probe, upgrade = InstallActivities(nc), ProbeActivities(nc), UpgradeActivities(nc)
-    worker = Worker(
-        client,
-        task_queue=queue,
-        workflows=list(WORKFLOW_BEHAVIORS),
-        activities=[
-            install.install_backend,
-            probe.probe_slot,
-            await_install,
-            install_slots,
-            upgrade.upgrade_backend,
-            upgrade.inspect_backend,
-            upgrade.drop_previous_version,
-            check_slot_health,
-            fleet[0].list_nodes,
-        ],
-    )
+    # The worker's own registry, the fleet's registry read standing in for list_nodes.
+    worker = create_worker(client, nc, queue, replace={LIST_NODES_ACTIVITY: fleet[0].list_nodes})
     async with worker:
         yield queue
 
