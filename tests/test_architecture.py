@@ -56,7 +56,13 @@ def test_the_worker_library_has_no_command_line() -> None:
     assert imported_packages("orchestrator") & {"argparse", "worker_main"} == set()
 
 
-PASSED_THROUGH_CORE = ["install_state.py", "install_steps.py", "summary.py"]
+PASSED_THROUGH_CORE = [
+    "install_state.py",
+    "install_steps.py",
+    "summary.py",
+    "rollout_state.py",
+    "rollout_steps.py",
+]
 """Workflow code the sandbox passes through (imported once per worker, not per run): it gets
 none of the sandbox's checks, so it must be deterministic by construction."""
 
@@ -72,6 +78,9 @@ CORE_MAY_IMPORT = {
     "uuid",
     "temporalio.common",
     "temporalio.exceptions",
+    "collections",
+    "collections.abc",
+    "urllib.parse",
 }
 
 NONDETERMINISTIC_NAMES = {
@@ -127,13 +136,15 @@ def test_passed_through_workflow_code_reads_no_clock_randomness_or_environment(
     assert used & NONDETERMINISTIC_NAMES == set()
 
 
-def test_the_install_workflow_passes_its_core_through_the_sandbox() -> None:
+def test_every_workflow_core_is_passed_through_the_sandbox() -> None:
     """Imported inside ``imports_passed_through``, so the sandbox does not re-import them."""
-    tree = ast.parse((ROOT / "workflows" / "install_backend.py").read_text())
     passed: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.With) and "imports_passed_through" in ast.unparse(node.items[0]):
-            passed |= _imports(ast.Module(body=node.body, type_ignores=[]))
+    for shell in (ROOT / "workflows").glob("*.py"):
+        for node in ast.walk(ast.parse(shell.read_text())):
+            if isinstance(node, ast.With) and "imports_passed_through" in ast.unparse(
+                node.items[0]
+            ):
+                passed |= _imports(ast.Module(body=node.body, type_ignores=[]))
     assert {f"workflows.{m.removesuffix('.py')}" for m in PASSED_THROUGH_CORE} <= passed
 
 

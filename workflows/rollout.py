@@ -1,27 +1,33 @@
-"""``RolloutBackendWorkflow``: install one backend on many slots, a bounded number at a time.
+"""``RolloutBackendWorkflow``: one backend across the fleet, a bounded number at a time.
 
-Every slot is an ``InstallBackendWorkflow`` whose id is derived from the slot
-(:func:`contracts.install.install_workflow_id`), so a re-run or an overlapping rollout can
-never install the same slot twice at once. The rollout does not start them as children: it
-hands slots in batches to the ``install_slots`` activity, which starts (or joins) each
+One workflow type, two drivers. An **install** rollout (:class:`SlotDriver`) installs a
+backend on many slots: every slot is an ``InstallBackendWorkflow`` whose id is derived from
+the slot (:func:`contracts.install.install_workflow_id`), so a re-run or an overlapping
+rollout can never install the same slot twice at once. It does not start them as children:
+it hands slots in batches to the ``install_slots`` activity, which starts (or joins) each
 install like any client would and sends the outcomes back a batch at a time. A child per slot
 put three events per slot into this one history, and Temporal updates one workflow's history
 serially: a 1,000-slot rollout took 2.4x the time of 1,000 independent starts. The installs
 carry the ``RolloutId`` search attribute instead of a parent link. Before the history grows
 too large the rollout stops starting slots, lets the batches in flight finish and continues as
 new with every slot's status.
+
+An **upgrade** or **delete** rollout (:class:`NodeDriver`) works node by node,
+``max_unavailable`` at a time, each node one ``UpgradeBackendWorkflow`` (or
+``DeleteBackendWorkflow``) child, health-gated, with rollback.
+
+This module is the shell (activities, children, timers, signals, patches); what the rollout
+knows and decides is ``workflows/rollout_state.py``, its steps' inputs and timeouts
+``workflows/rollout_steps.py``, both passed through the sandbox.
 """
 
 from __future__ import annotations
 
 import asyncio
-import urllib.parse
-from collections import Counter, deque
-from collections.abc import Iterable
-from datetime import timedelta
+from collections import deque
+from collections.abc import Callable
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import (
     ActivityError,
     ApplicationError,
@@ -39,11 +45,7 @@ with workflow.unsafe.imports_passed_through():
         missing_input_message,
     )
     from durable_installs.contracts.lifecycle import DeleteBackendInput
-    from durable_installs.contracts.limits import (
-        MAX_ROLLOUT_SLOTS,
-        MAX_SEARCH_ATTRIBUTE_BYTES,
-        utf8_problem,
-    )
+    from durable_installs.contracts.limits import MAX_SEARCH_ATTRIBUTE_BYTES, utf8_problem
     from durable_installs.contracts.names import (
         ADD_TARGETS_UPDATE,
         CANCEL_ROLLOUT_SIGNAL,
@@ -57,12 +59,10 @@ with workflow.unsafe.imports_passed_through():
         SLOTS_STARTED_SIGNAL,
         UPGRADE_WORKFLOW,
     )
+    from durable_installs.contracts.nodes import FleetView
     from durable_installs.contracts.rollout import (
-        FINISHED_STATES,
         MINIMAL_ROLLOUT_INPUT,
         AddTargetsResult,
-        FailurePolicy,
-        InstallSlotsInput,
         InstallSlotsResult,
         NodeOutcome,
         NodeState,
@@ -75,45 +75,35 @@ with workflow.unsafe.imports_passed_through():
         SlotsStarted,
         SlotState,
         SlotStatus,
-        expand_slots,
     )
     from durable_installs.contracts.upgrade import (
-        BACKEND_NOT_INSTALLED,
-        ROLLOUT_NODES_FAILED,
         DropPreviousInput,
         SlotRef,
         UpgradeBackendResult,
     )
-
-DETAIL_ROWS = 40
-"""Slots listed in the UI's current details; the query always has all of them."""
-
-BATCH_SIZE = 100
-"""Most slots one ``install_slots`` activity starts: big enough that a large rollout's
-history grows per batch, small enough that one activity's input stays a few kilobytes."""
-
-BATCH_MARGIN = timedelta(minutes=5)
-"""Slack beyond the installs' own deadline before a batch activity is presumed stuck."""
-
-BATCH_HEARTBEAT_TIMEOUT = timedelta(seconds=10)
-"""A batch heartbeats every second (also while its installs stop after a cancel); the
-cancellation reaches it with the next heartbeat's answer."""
-
-CANCELLED_ENDS_CANCELLED = "cancelled-rollout-ends-cancelled"
-"""Patch id: a rollout cancelled through Temporal (``backendctl cancel``) ends CANCELED once
-the installs, upgrades or deletes it started have stopped, its status query still answering
-with every slot. Executions started before completed with ``cancelled: true``. The
-``cancel_rollout`` signal still stops a rollout and completes it with its table."""
+    from workflows.rollout_state import NodeBook, SlotBook, counts, nodes_reporting
+    from workflows.rollout_steps import (
+        BATCH_HEARTBEAT_TIMEOUT,
+        BATCH_RETRY,
+        CANCELLED_ENDS_CANCELLED,
+        DROP_PREVIOUS_RETRY,
+        DROP_PREVIOUS_TIMEOUT,
+        LIST_NODES_RETRY,
+        LIST_NODES_TIMEOUT,
+        batch_deadline,
+        batch_input,
+        child_id,
+    )
 
 
 @workflow.defn(name=ROLLOUT_WORKFLOW, failure_exception_types=[pydantic.ValidationError])
 class RolloutBackendWorkflow:
-    """Install a backend on every target slot and report each slot's outcome.
+    """Install (or upgrade, or delete) a backend across targets; report each one's outcome.
 
-    Runs PINNED on a versioned worker (``worker_main.WORKFLOW_BEHAVIORS``), like each install:
-    a fleet rollout runs for hours and finishes on the worker version that started it
-    (continue-as-new keeps the version). The installs it starts are workflows of their own
-    and go to the version that is current when each one starts.
+    Runs PINNED on a versioned worker (``durable_installs.orchestrator.registry``), like
+    each install: a fleet rollout runs for hours and finishes on the worker version that
+    started it (continue-as-new keeps the version). The installs it starts are workflows of
+    their own and go to the version that is current when each one starts.
     """
 
     @workflow.init
@@ -134,169 +124,126 @@ class RolloutBackendWorkflow:
             input = RolloutInput(backend="")
         self._input = input
         node_mode = input.action is not RolloutAction.INSTALL
-        slots = (
-            [] if node_mode else input.carried_slots or expand_slots(input.targets, input.backend)
+        self._slots = SlotBook(input.model_copy(update={"targets": []}) if node_mode else input)
+        self._nodes = NodeBook(input)
+        self._driver: SlotDriver | NodeDriver = (
+            NodeDriver(input, self._nodes) if node_mode else SlotDriver(input, self._slots)
         )
-        self._nodes: dict[str, NodeOutcome] = {}
-        """Upgrade/delete: one row per target node, in the order they are worked on."""
-        self._slots = {slot.workflow_id: slot for slot in slots}
-        self._queue = deque(s.workflow_id for s in slots if s.state is SlotState.QUEUED)
-        self._in_flight: set[str] = set()
-        """Slots handed to a batch and not finished: what ``max_in_flight`` bounds."""
-        self._started: set[str] = set()
-        """Installs this run started itself; cancelling the rollout cancels these."""
-        self._batches: dict[str, asyncio.Task[None]] = {}
-        """Running ``install_slots`` activities, each named by its first slot's workflow id."""
-        self._cancelled = False
-        self._stopped = input.carried_stopped
-        self._runs = input.carried_runs + 1
-        self._changed = True
 
     @workflow.run
     async def run(self, input: RolloutInput | None = None) -> RolloutStatus:
-        """Install until every slot is finished, the policy stops it, or it is cancelled."""
+        """Until every target is finished, the policy stops it, or it is cancelled."""
         if self._invalid:
             raise ApplicationError(
                 self._invalid, self._problems, type=INVALID_INPUT, non_retryable=True
             )
-        if self._input.action is not RolloutAction.INSTALL:
-            return await self._run_nodes()
+        return await self._driver.run(self.status)
+
+    @workflow.query(name=ROLLOUT_STATUS_QUERY)
+    def status(self) -> RolloutStatus:
+        """Every slot (or node) with its state, address or error, and counts by state."""
+        slots, nodes = self._slots, self._nodes
+        return RolloutStatus(
+            backend=self._input.backend,
+            counts=counts(slots.slots.values()),
+            slots=list(slots.slots.values()),
+            in_flight=len(slots.in_flight),
+            action=self._input.action,
+            nodes=list(nodes.rows.values()),
+            cancelled=slots.cancelled or nodes.cancelled,
+            stopped=slots.stopped or nodes.stopped,
+            runs=slots.runs,
+        )
+
+    @workflow.update(name=ADD_TARGETS_UPDATE)
+    def add_targets(self, targets: list[RolloutTarget]) -> AddTargetsResult:
+        """Queue more slots; slots the rollout already knows are not installed twice."""
+        return self._slots.add_targets(targets)
+
+    @add_targets.validator
+    def _validate_targets(self, targets: list[RolloutTarget]) -> None:
+        if self._invalid and self._input.action is RolloutAction.INSTALL:
+            raise ValueError("the rollout no longer starts slots")
+        problem = self._slots.targets_problem(targets)
+        if problem:
+            raise ValueError(problem)
+
+    @workflow.signal(name=CANCEL_ROLLOUT_SIGNAL)
+    def cancel_rollout(self) -> None:
+        """Cancel in-flight work, start no more, and report what was done."""
+        self._slots.cancelled = self._nodes.cancelled = True
+        self._slots.changed = self._nodes.changed = True
+
+    @workflow.signal(name=SLOT_STATE_SIGNAL)
+    def slot_state_changed(self, reports: list[SlotReport]) -> None:
+        """Installs say they are (still) installing; the batch activities say how slots ended."""
+        for report in reports:
+            self._slots.apply(report)
+
+    @workflow.signal(name=SLOTS_STARTED_SIGNAL)
+    def slots_started(self, started: SlotsStarted) -> None:
+        """A batch's installs are running: those this rollout started, and those it joined."""
+        self._slots.slots_started(started)
+
+
+class SlotDriver:
+    """An install rollout: batches of slots through ``install_slots``, at most in flight."""
+
+    def __init__(self, input: RolloutInput, book: SlotBook) -> None:
+        self._input = input
+        self._book = book
+        self._batches: dict[str, asyncio.Task[None]] = {}
+        """Running ``install_slots`` activities, each named by its first slot's workflow id."""
+
+    async def run(self, status: Callable[[], RolloutStatus]) -> RolloutStatus:
+        book = self._book
         try:
             await self._drive()
         except asyncio.CancelledError:
             await self._cancel_everything()
             if workflow.patched(CANCELLED_ENDS_CANCELLED):
                 raise
-        if not self._cancelled and self._should_continue_as_new():
+        if not book.cancelled and self._should_continue_as_new():
             await workflow.wait_condition(workflow.all_handlers_finished)
-            workflow.continue_as_new(self._carry_over())
+            workflow.continue_as_new(book.carry_over())
         self._publish()
-        return self.status()
-
-    @workflow.query(name=ROLLOUT_STATUS_QUERY)
-    def status(self) -> RolloutStatus:
-        """Every slot with its state, address or error, and counts by state."""
-        return RolloutStatus(
-            backend=self._input.backend,
-            counts=_counts(self._slots.values()),
-            slots=list(self._slots.values()),
-            in_flight=len(self._in_flight),
-            action=self._input.action,
-            nodes=list(self._nodes.values()),
-            cancelled=self._cancelled,
-            stopped=self._stopped,
-            runs=self._runs,
-        )
-
-    @workflow.update(name=ADD_TARGETS_UPDATE)
-    def add_targets(self, targets: list[RolloutTarget]) -> AddTargetsResult:
-        """Queue more slots; slots the rollout already knows are not installed twice."""
-        added = already = 0
-        for slot in expand_slots(targets, self._input.backend):
-            if slot.workflow_id in self._slots:
-                already += 1
-                continue
-            self._slots[slot.workflow_id] = slot
-            self._queue.append(slot.workflow_id)
-            added += 1
-        self._changed = True
-        return AddTargetsResult(added=added, already_known=already)
-
-    @add_targets.validator
-    def _validate_targets(self, targets: list[RolloutTarget]) -> None:
-        if self._input.action is not RolloutAction.INSTALL:
-            raise ValueError("targets are added to install rollouts only")
-        if self._cancelled or self._stopped or self._invalid:
-            raise ValueError("the rollout no longer starts slots")
-        update = self._input.model_copy(update={"targets": targets})
-        if len(self._slots) + update.slot_count() > MAX_ROLLOUT_SLOTS:
-            raise ValueError(
-                f"targets: the rollout would track more than {MAX_ROLLOUT_SLOTS} slots"
-            )
-        problems = update.problems()
-        if problems:
-            raise ValueError(describe_problems(problems))
-
-    @workflow.signal(name=CANCEL_ROLLOUT_SIGNAL)
-    def cancel_rollout(self) -> None:
-        """Cancel in-flight installs, start no more, and report what was done."""
-        self._cancelled = True
-        self._changed = True
-
-    @workflow.signal(name=SLOT_STATE_SIGNAL)
-    def slot_state_changed(self, reports: list[SlotReport]) -> None:
-        """Installs say they are (still) installing; the batch activities say how slots ended."""
-        for report in reports:
-            self._apply(report)
-
-    @workflow.signal(name=SLOTS_STARTED_SIGNAL)
-    def slots_started(self, started: SlotsStarted) -> None:
-        """A batch's installs are running: those this rollout started, and those it joined."""
-        self._started.update(started.started)
-        for workflow_id in started.joined:
-            slot = self._slots.get(workflow_id)
-            if slot is not None and slot.state not in FINISHED_STATES:
-                slot.shared = True
-                self._changed = True
-
-    # --- driving the slots ---------------------------------------------------------------------
+        return status()
 
     async def _drive(self) -> None:
+        book = self._book
         while True:
-            if self._cancelled:
+            if book.cancelled:
                 await self._cancel_everything()
                 return
             draining = self._should_continue_as_new()
-            if not draining and not self._stopped:
-                self._start_queued()
-            if self._changed:
+            if not draining and not book.stopped:
+                while batch := book.next_batch():
+                    name = batch[0].workflow_id
+                    self._batches[name] = asyncio.create_task(self._install_batch(name, batch))
+            if book.changed:
                 self._publish()
-                self._changed = False
-            if not self._batches and (draining or self._stopped or not self._queue):
+                book.changed = False
+            if not self._batches and (draining or book.stopped or not book.queue):
                 return
-            await workflow.wait_condition(lambda: self._changed)
-
-    def _start_queued(self) -> None:
-        while self._queue and len(self._in_flight) < self._input.max_in_flight:
-            room = min(self._input.max_in_flight - len(self._in_flight), BATCH_SIZE)
-            batch = [self._slots[self._queue.popleft()] for _ in range(min(room, len(self._queue)))]
-            for slot in batch:
-                slot.state = SlotState.INSTALLING
-                self._in_flight.add(slot.workflow_id)
-            name = batch[0].workflow_id
-            self._batches[name] = asyncio.create_task(self._install_batch(name, batch))
-            self._changed = True
+            await workflow.wait_condition(lambda: book.changed)
 
     async def _install_batch(self, name: str, batch: list[SlotStatus]) -> None:
         """Run one ``install_slots`` activity; slots it did not report end with its failure."""
-        deadline = timedelta(seconds=self._input.install_input("", "", 0).deadline_seconds)
-        targets = [
-            RolloutTarget(node_id=s.node_id, model_id=s.model_id, replica_indexes=[s.replica_index])
-            for s in batch
-        ]
-        input = InstallSlotsInput(
-            rollout_id=workflow.info().workflow_id,
-            task_queue=workflow.info().task_queue,
-            batch=self._input.model_copy(
-                update={"targets": targets, "carried_slots": [], "carried_stopped": ""}
-            ),
-        )
+        info = workflow.info()
         state, error = SlotState.FAILED, "the batch ended without reporting this slot"
         try:
             result = await workflow.execute_activity(
                 INSTALL_SLOTS_ACTIVITY,
-                input,
+                batch_input(self._input, batch, info.workflow_id, info.task_queue),
                 result_type=InstallSlotsResult,
-                # Every install of the batch ends by its deadline, so retries (a dead worker,
-                # an unreachable frontend) are bounded by it too.
-                schedule_to_close_timeout=deadline + BATCH_MARGIN,
+                schedule_to_close_timeout=batch_deadline(self._input),
                 heartbeat_timeout=BATCH_HEARTBEAT_TIMEOUT,
-                retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=30)),
+                retry_policy=BATCH_RETRY,
                 cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
                 summary=f"install {len(batch)} slot(s) of {self._input.backend}",
             )
             for report in result.reports:
-                self._apply(report)
+                self._book.apply(report)
         except ActivityError as err:
             if is_cancelled_exception(err):
                 state, error = SlotState.CANCELLED, ""
@@ -305,37 +252,8 @@ class RolloutBackendWorkflow:
         except asyncio.CancelledError:
             state, error = SlotState.CANCELLED, ""
         finally:
-            for slot in batch:
-                self._apply(SlotReport(workflow_id=slot.workflow_id, state=state, error=error))
+            self._book.batch_ended(batch, state, error)
             self._batches.pop(name, None)
-            self._changed = True
-
-    def _apply(self, report: SlotReport) -> None:
-        """Take one slot's news; a finished slot never changes again."""
-        slot = self._slots.get(report.workflow_id)
-        if slot is None or slot.state in FINISHED_STATES:
-            return
-        slot.state = report.state
-        slot.detail = report.detail
-        if report.state in FINISHED_STATES:
-            slot.address = report.address
-            slot.error = report.error
-            self._in_flight.discard(slot.workflow_id)
-            if report.state is SlotState.FAILED:
-                self._apply_failure_policy()
-        self._changed = True
-
-    def _apply_failure_policy(self) -> None:
-        if self._input.effective_policy() is not FailurePolicy.STOP or self._stopped:
-            return
-        failed = sum(1 for s in self._slots.values() if s.state is SlotState.FAILED)
-        if failed >= self._input.max_failures:
-            self._stopped = f"stopped after {failed} failed slot(s) (failure policy: stop)"
-            self._skip_queued()
-
-    def _skip_queued(self) -> None:
-        while self._queue:
-            self._slots[self._queue.popleft()].state = SlotState.SKIPPED
 
     async def _cancel_everything(self) -> None:
         """Cancel the installs this rollout started, then the batches waiting for them.
@@ -344,9 +262,7 @@ class RolloutBackendWorkflow:
         cancellation at its next heartbeat, and then cancels whatever it started after the
         rollout last heard from it. Joined installs belong to someone else and keep running.
         """
-        self._cancelled = True
-        self._skip_queued()
-        own = sorted(self._started & self._in_flight)
+        own = self._book.cancel()
         if own:
             await asyncio.gather(
                 *(workflow.get_external_workflow_handle(w).cancel() for w in own),
@@ -359,9 +275,23 @@ class RolloutBackendWorkflow:
             await asyncio.gather(*batches, return_exceptions=True)
         self._publish()
 
-    # --- upgrade and delete: node by node -------------------------------------------------------
+    def _should_continue_as_new(self) -> bool:
+        return bool(self._book.queue) and workflow.info().is_continue_as_new_suggested()
 
-    async def _run_nodes(self) -> RolloutStatus:
+    def _publish(self) -> None:
+        workflow.set_current_details(self._book.details())
+
+
+class NodeDriver:
+    """An upgrade or delete rollout: node by node, ``max_unavailable`` at a time."""
+
+    def __init__(self, input: RolloutInput, book: NodeBook) -> None:
+        self._input = input
+        self._book = book
+        self._children: dict[str, asyncio.Task[None]] = {}
+        self._child_tag = ""
+
+    async def run(self, status: Callable[[], RolloutStatus]) -> RolloutStatus:
         """Upgrade (or delete) node by node, ``max_unavailable`` at a time, health-gated.
 
         Each node is one ``UpgradeBackendWorkflow`` child (or ``DeleteBackendWorkflow``), whose
@@ -372,98 +302,71 @@ class RolloutBackendWorkflow:
         kept are dropped at the end. Fails when any node failed, unless the policy is
         ``continue``.
         """
-        input = self._input
+        input, book = self._input, self._book
         cancel_requested = False
         # Replay-safe and unique to this execution: the workflow's seeded random, not its id
         # (a replayed history may carry another id).
         self._child_tag = workflow.uuid4().hex[:12]
-        nodes = input.node_ids() or await self._nodes_reporting_backend()
-        self._nodes = {node: NodeOutcome(node_id=node) for node in nodes}
-        queue = deque(nodes)
+        book.target(input.node_ids() or await self._nodes_reporting_backend())
+        queue = deque(book.rows)
         running: set[str] = set()
         self._publish()
         try:
             while queue or running:
-                while queue and len(running) < input.max_unavailable and not self._halted():
+                while queue and len(running) < input.max_unavailable and not book.halted():
                     node = queue.popleft()
                     running.add(node)
-                    self._nodes[node].state = NodeState.RUNNING
-                    self._batches[node] = asyncio.create_task(self._node(node, running))
-                if self._halted():
+                    book.rows[node].state = NodeState.RUNNING
+                    self._children[node] = asyncio.create_task(self._node(node, running))
+                if book.halted():
                     while queue:
-                        self._nodes[queue.popleft()].state = NodeState.SKIPPED
+                        book.rows[queue.popleft()].state = NodeState.SKIPPED
                 if not running:
                     break
-                self._changed = False
+                book.changed = False
                 self._publish()
-                await workflow.wait_condition(lambda: self._changed or self._cancelled)
-                if self._cancelled:
+                await workflow.wait_condition(lambda: book.changed or book.cancelled)
+                if book.cancelled:
                     break
         except asyncio.CancelledError:
-            self._cancelled = cancel_requested = True
-        if self._cancelled:
-            for task in self._batches.values():
+            book.cancelled = cancel_requested = True
+        if book.cancelled:
+            for task in self._children.values():
                 task.cancel()
-            await asyncio.gather(*self._batches.values(), return_exceptions=True)
-            for row in self._nodes.values():
-                if row.state in (NodeState.QUEUED, NodeState.RUNNING):
-                    row.state = (
-                        NodeState.SKIPPED if row.state is NodeState.QUEUED else NodeState.CANCELLED
-                    )
-        failed = [r for r in self._nodes.values() if r.state is NodeState.FAILED]
+            await asyncio.gather(*self._children.values(), return_exceptions=True)
+            book.cancel_rest()
         if input.action is RolloutAction.UPGRADE:
-            if failed and input.rollback and self._stopped and not self._cancelled:
+            if book.failures() and input.rollback and book.stopped and not book.cancelled:
                 await self._roll_back()
             await self._drop_previous()
         self._publish()
         if cancel_requested and workflow.patched(CANCELLED_ENDS_CANCELLED):
             raise asyncio.CancelledError("rollout cancelled")
-        status = self.status()
-        if failed and input.effective_policy() is not FailurePolicy.CONTINUE:
-            listed = "; ".join(f"{r.node_id}: {r.error}" for r in failed[:MAX_PROBLEMS_SHOWN])
-            more = (
-                f" (and {len(failed) - MAX_PROBLEMS_SHOWN} more)"
-                if len(failed) > MAX_PROBLEMS_SHOWN
-                else ""
-            )
-            rolled = sum(1 for r in self._nodes.values() if r.rollback is RollbackState.ROLLED_BACK)
-            raise ApplicationError(
-                f"{input.action.value} of {input.backend} failed on {len(failed)} node(s): "
-                f"{listed}{more}" + (f"; {rolled} node(s) rolled back" if rolled else ""),
-                status,
-                type=ROLLOUT_NODES_FAILED,
-                non_retryable=True,
-            )
-        return status
-
-    def _halted(self) -> bool:
-        return bool(self._stopped) or self._cancelled
+        result = status()
+        failure = book.failure_error(result)
+        if failure is not None:
+            raise failure
+        return result
 
     async def _nodes_reporting_backend(self) -> list[str]:
         """Every known node that reports the backend installed (the fleet registry)."""
         fleet = await workflow.execute_activity(
             LIST_NODES_ACTIVITY,
-            result_type=dict,
-            start_to_close_timeout=timedelta(minutes=1),
-            retry_policy=RetryPolicy(maximum_attempts=5),
+            result_type=FleetView,
+            start_to_close_timeout=LIST_NODES_TIMEOUT,
+            retry_policy=LIST_NODES_RETRY,
             summary="list the fleet's nodes",
         )
-        found: list[str] = []
-        for node in fleet.get("nodes") or []:
-            names = {b.get("name") for b in node.get("backends") or [] if isinstance(b, dict)}
-            node_id = node.get("node_id")
-            if isinstance(node_id, str) and self._input.backend in names:
-                found.append(node_id)
-        return list(dict.fromkeys(found))[:MAX_ROLLOUT_SLOTS]
+        return nodes_reporting(fleet, self._input.backend)
 
     async def _node(self, node: str, running: set[str]) -> None:
         """One node's upgrade (or delete); its row ends with the outcome and the node's words."""
-        row = self._nodes[node]
+        row = self._book.rows[node]
         input = self._input
         try:
             if input.action is RolloutAction.UPGRADE:
                 upgrade = input.upgrade_input(node, workflow.info().workflow_id)
-                row.workflow_id = self._child_id("upgrade", node)
+                row.workflow_id = child_id("upgrade", node, input.backend, self._child_tag)
                 result = await workflow.execute_child_workflow(
                     UPGRADE_WORKFLOW,
                     upgrade,
@@ -480,57 +383,25 @@ class RolloutBackendWorkflow:
                 row.before_uri = result.before.uri
                 row.after_version = result.after.version
             else:
-                row.workflow_id = self._child_id("delete", node)
+                row.workflow_id = child_id("delete", node, input.backend, self._child_tag)
                 await workflow.execute_child_workflow(
                     DELETE_WORKFLOW,
                     DeleteBackendInput(node_id=node, backend=input.backend, force=input.force),
                     id=row.workflow_id,
                     static_summary=f"delete {input.backend} on {node}",
                 )
-            row.state = NodeState.SUCCEEDED
+            self._book.succeeded(node)
         except (ChildWorkflowError, ApplicationError) as err:
             if is_cancelled_exception(err):
                 row.state = NodeState.CANCELLED
             else:
-                self._node_failed(row, err)
+                self._book.failed(node, err)
         except asyncio.CancelledError:
             row.state = NodeState.CANCELLED
         finally:
             running.discard(node)
-            self._batches.pop(node, None)
-            self._changed = True
-
-    def _node_failed(self, row: NodeOutcome, err: BaseException) -> None:
-        cause = _root_application_error(err)
-        row.error = root_message(err)
-        if cause is not None and cause.details:
-            detail = cause.details[0]
-            if isinstance(detail, dict):
-                before, after = detail.get("before") or {}, detail.get("after") or {}
-                row.before_version = str(before.get("version") or "")
-                row.before_uri = str(before.get("uri") or "")
-                row.after_version = str(after.get("version") or "")
-                row.repulled = bool(after.get("listed")) and after != before
-                row.slots = [
-                    SlotRef(
-                        model_id=str(o.get("model_id") or ""),
-                        replica_index=int(o.get("replica_index") or 0),
-                    )
-                    for o in detail.get("slots") or []
-                    if isinstance(o, dict)
-                ]
-        if cause is not None and cause.type == BACKEND_NOT_INSTALLED:
-            row.state = NodeState.NOT_INSTALLED
-            return
-        row.state = NodeState.FAILED
-        failed = sum(1 for r in self._nodes.values() if r.state is NodeState.FAILED)
-        if (
-            self._input.effective_policy() is FailurePolicy.STOP
-            and failed >= self._input.max_failures
-        ):
-            self._stopped = self._stopped or (
-                f"stopped after {failed} failed node(s) (failure policy: stop)"
-            )
+            self._children.pop(node, None)
+            self._book.changed = True
 
     async def _roll_back(self) -> None:
         """Return every node this rollout re-pulled to its previous version.
@@ -538,7 +409,7 @@ class RolloutBackendWorkflow:
         The nodes that succeeded, and the failed ones whose re-pull happened (their new
         version is on disk but did not pass the gate): both have a kept previous version.
         """
-        upgraded = [r for r in self._nodes.values() if r.repulled]
+        upgraded = self._book.rolled_back_candidates()
         limit = self._input.max_unavailable
         for start in range(0, len(upgraded), limit):
             await asyncio.gather(
@@ -561,7 +432,7 @@ class RolloutBackendWorkflow:
             await workflow.execute_child_workflow(
                 UPGRADE_WORKFLOW,
                 rollback,
-                id=self._child_id("rollback", row.node_id),
+                id=child_id("rollback", row.node_id, self._input.backend, self._child_tag),
                 result_type=UpgradeBackendResult,
                 static_summary=f"roll back {self._input.backend} on {row.node_id}",
             )
@@ -572,134 +443,26 @@ class RolloutBackendWorkflow:
 
     async def _drop_previous(self) -> None:
         """The rollout is over: the agents forget the versions kept for a rollback."""
-        touched = [
-            r.node_id
-            for r in self._nodes.values()
-            if r.state not in (NodeState.QUEUED, NodeState.SKIPPED, NodeState.NOT_INSTALLED)
-        ]
         await asyncio.gather(
             *(
                 workflow.execute_activity(
                     DROP_PREVIOUS_ACTIVITY,
                     DropPreviousInput(node_id=node, backend=self._input.backend),
                     result_type=bool,
-                    start_to_close_timeout=timedelta(minutes=1),
-                    retry_policy=RetryPolicy(maximum_attempts=3),
+                    start_to_close_timeout=DROP_PREVIOUS_TIMEOUT,
+                    retry_policy=DROP_PREVIOUS_RETRY,
                     summary=f"drop the previous version of {self._input.backend} on {node}",
                 )
-                for node in touched
+                for node in self._book.touched()
             ),
             return_exceptions=True,
         )
 
-    def _child_id(self, verb: str, node: str) -> str:
-        """A child id unique to this rollout and node, short whatever the rollout's id."""
-        parts = (verb, node, self._input.backend, self._child_tag)
-        return "/".join(urllib.parse.quote(part, safe="") for part in parts)
-
-    # --- history and presentation --------------------------------------------------------------
-
-    def _should_continue_as_new(self) -> bool:
-        return bool(self._queue) and workflow.info().is_continue_as_new_suggested()
-
-    def _carry_over(self) -> RolloutInput:
-        return self._input.model_copy(
-            update={
-                "targets": [],
-                "carried_slots": list(self._slots.values()),
-                "carried_runs": self._runs,
-                "carried_stopped": self._stopped,
-            }
-        )
-
     def _publish(self) -> None:
-        if self._input.action is not RolloutAction.INSTALL:
-            workflow.set_current_details(
-                _nodes_markdown(self._input, list(self._nodes.values()), self._stopped)
-            )
-            return
-        workflow.set_current_details(
-            _details_markdown(
-                self._input.backend, list(self._slots.values()), self._cancelled, self._stopped
-            )
-        )
+        workflow.set_current_details(self._book.details())
 
 
 def _workflow_id_problems() -> list[tuple[str, str]]:
     """The rollout's own id becomes every install's ``RolloutId`` search attribute."""
     problem = utf8_problem(workflow.info().workflow_id, MAX_SEARCH_ATTRIBUTE_BYTES)
     return [("workflow id", f"{problem} (it is every install's RolloutId)")] if problem else []
-
-
-def _counts(slots: Iterable[SlotStatus]) -> dict[str, int]:
-    """Slots per state, every state present, in the order of ``SlotState``."""
-    counted = Counter(slot.state.value for slot in slots)
-    return {state.value: counted[state.value] for state in SlotState}
-
-
-def _root_application_error(err: BaseException) -> ApplicationError | None:
-    """The innermost ``ApplicationError`` of a failure chain, if any."""
-    found: ApplicationError | None = None
-    cause: BaseException | None = err
-    while cause is not None:
-        if isinstance(cause, ApplicationError):
-            found = cause
-        cause = cause.__cause__ or getattr(cause, "cause", None)
-    return found
-
-
-def _nodes_markdown(input: RolloutInput, rows: list[NodeOutcome], stopped: str) -> str:
-    """An upgrade or delete rollout at a glance: one row per node, failures first."""
-    counted = Counter(row.state.value for row in rows)
-    summary = " · ".join(f"{state}: {n}" for state, n in counted.items())
-    lines = [
-        f"**{input.action.value.capitalize()} of `{input.backend}`** · {len(rows)} nodes · "
-        f"max unavailable {input.max_unavailable} · {summary}"
-    ]
-    if stopped:
-        lines.append(f"\n**{stopped}**")
-    order = {NodeState.FAILED: 0, NodeState.RUNNING: 1}
-    shown = sorted(rows, key=lambda r: order.get(r.state, 2))[:DETAIL_ROWS]
-    lines += [
-        "",
-        "| node | state | before | after | rollback | error |",
-        "|---|---|---|---|---|---|",
-    ]
-    for row in shown:
-        error = row.error + (f" · rollback: {row.rollback_error}" if row.rollback_error else "")
-        error = error.replace("|", "\\|").replace("\n", " ")[:160]
-        lines.append(
-            f"| {row.node_id} | {row.state.value.replace('_', ' ')} | {row.before_version or '-'} "
-            f"| {row.after_version or '-'} | {row.rollback.value.replace('_', ' ')} | {error} |"
-        )
-    if len(rows) > DETAIL_ROWS:
-        lines.append(f"\n… {len(rows) - DETAIL_ROWS} more nodes in the `status` query")
-    return "\n".join(lines)
-
-
-def _details_markdown(backend: str, slots: list[SlotStatus], cancelled: bool, stopped: str) -> str:
-    """The rollout at a glance: counts, then up to DETAIL_ROWS slots, unfinished first.
-
-    Built straight from the slot list (no status model) because it runs on every wake-up of
-    a rollout that may track thousands of slots.
-    """
-    summary = " · ".join(f"{state}: {n}" for state, n in _counts(slots).items() if n)
-    lines = [f"**Rollout of `{backend}`** · {len(slots)} slots · {summary}"]
-    if cancelled:
-        lines.append("\n**cancelled**")
-    if stopped:
-        lines.append(f"\n**{stopped}**")
-    shown = [s for s in slots if s.state is not SlotState.SUCCEEDED][:DETAIL_ROWS]
-    shown += [s for s in slots if s.state is SlotState.SUCCEEDED][: DETAIL_ROWS - len(shown)]
-    lines += ["", "| node | model | replica | state | address / error |", "|---|---|---|---|---|"]
-    for slot in shown:
-        outcome = slot.address or slot.error or slot.detail
-        outcome = outcome.replace("|", "\\|").replace("\n", " ")[:120]
-        state = slot.state.value.replace("_", " ") + (" (shared)" if slot.shared else "")
-        lines.append(
-            f"| {slot.node_id} | {slot.model_id or '-'} | {slot.replica_index} | {state} "
-            f"| {outcome} |"
-        )
-    if len(slots) > DETAIL_ROWS:
-        lines.append(f"\n… {len(slots) - DETAIL_ROWS} more slots in the `status` query")
-    return "\n".join(lines)

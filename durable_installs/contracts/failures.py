@@ -118,13 +118,20 @@ REGISTRY_UNAVAILABLE = "RegistryUnavailable"
 """The node registry bucket cannot be read (no JetStream, permissions); retried."""
 
 
-def root_message(err: BaseException) -> str:
-    """The innermost failure's message: the node's words, not the wrappers' (an activity or
-    child workflow failure wraps the ``ApplicationError`` that says what happened)."""
-    message = str(err)
+def root_application_error(err: BaseException) -> ApplicationError | None:
+    """The innermost ``ApplicationError`` of a failure chain (an activity or child workflow
+    failure wraps the one that says what happened), if any."""
+    found: ApplicationError | None = None
     cause: BaseException | None = err
     while cause is not None:
         if isinstance(cause, ApplicationError):
-            message = cause.message
+            found = cause
         cause = cause.__cause__ or getattr(cause, "cause", None)
-    return message
+    return found
+
+
+def root_message(err: BaseException) -> str:
+    """The innermost failure's message: the node's words, not the wrappers' (an activity or
+    child workflow failure wraps the ``ApplicationError`` that says what happened)."""
+    found = root_application_error(err)
+    return found.message if found is not None else str(err)

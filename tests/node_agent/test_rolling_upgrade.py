@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 
 from durable_installs.contracts.names import LIST_NODES_ACTIVITY
+from durable_installs.contracts.nodes import FleetView, NodeAnnouncement
 from durable_installs.contracts.rollout import (
     NodeState,
     RollbackState,
@@ -52,17 +54,26 @@ class Fleet:
         self.bystander = f"{prefix}-without-the-backend"
 
     @activity.defn(name="list_nodes")
-    async def list_nodes(self) -> dict[str, Any]:
-        """Stand-in for the fleet branch's activity: the same JSON shape as its FleetView."""
+    async def list_nodes(self) -> FleetView:
+        """This test's fleet only (the session's registry also holds other tests' agents),
+        plus a node that does not have the backend and must not be targeted."""
+        now = datetime.now(UTC)
         nodes = [
-            {
-                "node_id": node_id,
-                "backends": [r.model_dump() for r in agent.service.list_backends().backends or []],
-            }
+            NodeAnnouncement(
+                node_id=node_id,
+                instance_id=agent.service.instance_id,
+                started_at=now,
+                announced_at=now,
+                backends=agent.service.list_backends().backends or [],
+            )
             for node_id, agent in self.agents.items()
         ]
-        nodes.append({"node_id": self.bystander, "backends": []})
-        return {"nodes": nodes, "duplicates": []}
+        nodes.append(
+            NodeAnnouncement(
+                node_id=self.bystander, instance_id="x", started_at=now, announced_at=now
+            )
+        )
+        return FleetView(nodes=nodes)
 
 
 @pytest.fixture
