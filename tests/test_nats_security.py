@@ -31,7 +31,11 @@ from durable_installs.node_agent import Agent
 from durable_installs.orchestrator.worker import create_worker
 from durable_installs.protocol import nats_auth, subjects
 from durable_installs.protocol.connection import CREDENTIALS_HINT, NatsOptions, NatsStartupError
-from durable_installs.protocol.messages import BackendInstallReply, BackendInstallRequest
+from durable_installs.protocol.messages import (
+    BackendInstallReply,
+    BackendInstallRequest,
+    FilesSpaceReply,
+)
 from durable_installs.protocol.nats_auth import Fleet, TlsFiles, User
 from durable_installs.servers import find_binary, free_port, nats_server
 from tests.backendctl.cli import one_error_line, run_ctl
@@ -289,6 +293,29 @@ async def test_an_agent_announces_under_its_own_credentials_and_the_worker_reads
     assert [(n.node_id, n.instance_id) for n in view.nodes] == [
         ("node-1", agent.service.instance_id)
     ]
+
+
+async def test_the_worker_asks_a_real_agent_for_its_free_space_under_auth(
+    secured_nats: SecuredNats, tmp_path: Path
+) -> None:
+    worker_nc = await secured_nats.options(secured_nats.fleet.orchestrator).connect("worker")
+    gallery = Gallery(path=tmp_path / "gallery" / "index.yaml")
+    gallery.write()
+    config = fast_config("node-1", tmp_path / "backends", gallery, secured_nats.url, (52000, 52019))
+    agent = Agent(
+        dataclasses.replace(
+            config, nats=secured_nats.options(secured_nats.node("node-1")), announce_interval=0
+        )
+    )
+    try:
+        await agent.start()
+        msg = await worker_nc.request(subjects.files_space("node-1"), b"{}", timeout=10)
+    finally:
+        await agent.stop()
+        await worker_nc.close()
+
+    reply = FilesSpaceReply.model_validate_json(msg.data)
+    assert reply.total_disk > 0 and reply.error == ""
 
 
 async def test_a_node_cannot_announce_as_another_node_and_the_worker_cannot_announce_at_all(

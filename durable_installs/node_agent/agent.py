@@ -52,6 +52,7 @@ from durable_installs.node_agent.duplicates import (
     other_instances,
 )
 from durable_installs.node_agent.errors import AgentError
+from durable_installs.node_agent.files import FileServer, space_reply
 from durable_installs.node_agent.service import NodeService
 from durable_installs.protocol import subjects
 from durable_installs.protocol.connection import NatsStartupError, permissions_violation
@@ -130,6 +131,8 @@ class Agent:
         self._duplicate_watch: asyncio.Task[None] | None = None
         self.announcer: Announcer | None = None
         """This agent's node registry entry (after :meth:`start`, unless announcing is off)."""
+        self.files: FileServer | None = None
+        """The file-transfer HTTP server (after :meth:`start`; None without a files token)."""
 
     async def __aenter__(self) -> Agent:
         await self.start()
@@ -159,6 +162,7 @@ class Agent:
             )
         before = self.nc.last_error
         await self._refuse_if_taken()
+        await self._start_files()
         self._subscriptions.append(
             await self.nc.subscribe(instance_subject(node), cb=self._on_instance)
         )
@@ -175,6 +179,7 @@ class Agent:
             (subjects.previous_drop(node), self._on_previous_drop),
             (f"nodes.{node}.backend.install.*.cancel", self._on_cancel),
             (subjects.node_stop(node), self._on_node_stop),
+            (subjects.files_space(node), self._on_files_space),
         ]
         for subject, handler in routes:
             operation = subject.removeprefix(f"nodes.{node}.")
@@ -204,6 +209,31 @@ class Agent:
             )
             await self.announcer.start()
         log.info("node agent %s listening (%s)", node, self.instance.describe())
+
+    async def _start_files(self) -> None:
+        """Start the file-transfer server when a token is configured; refuse to start if the
+        server cannot listen (an operator asked for it, so a node without it would be wrong)."""
+        config = self.config
+        if not config.files.enabled:
+            log.info(
+                "file transfer is off (no --files-token); nodes.%s.files.space still answers",
+                config.node_id,
+            )
+            return
+        server = FileServer(
+            config.files,
+            config.file_roots,
+            config.files.listen_address(config.bind_host, config.port_range),
+            config.advertise_host,
+        )
+        try:
+            await server.start()
+        except Exception:
+            if self._owns_connection:
+                with contextlib.suppress(Exception):
+                    await self.nc.close()
+            raise
+        self.files = server
 
     async def _refuse_if_taken(self) -> None:
         others = await other_instances(
@@ -305,6 +335,8 @@ class Agent:
         for sub in self._subscriptions:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+        if self.files is not None:
+            await self.files.stop()
         self.left_running = await self.service.close(keep_backends=self.config.keep_backends)
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -422,6 +454,12 @@ class Agent:
         if not found:
             ack["error"] = f"no install or upgrade in flight for op {op_id}"
         await self._respond(msg, json.dumps(ack).encode())
+
+    async def _on_files_space(self, msg: Msg) -> None:
+        """Free space on the models filesystem; the body is ignored (there is nothing to ask)."""
+        address = self.files.advertised_address if self.files is not None else ""
+        reply = space_reply(self.config.files, self.config.file_roots, address)
+        await self._respond(msg, reply.to_wire())
 
     async def _on_node_stop(self, msg: Msg) -> None:
         """Publish-only: shut down, but only if started with ``--allow-remote-stop``.

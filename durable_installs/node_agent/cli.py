@@ -3,7 +3,8 @@
 Secrets can come from the environment instead of the command line (where ``ps`` shows them):
 ``NATS_URL``, ``NATS_TOKEN``, ``NATS_USER``, ``NATS_PASSWORD``, ``NATS_CREDS``. The trust
 options have environment forms too (``NODE_AGENT_ALLOW_REQUEST_GALLERIES``,
-``NODE_AGENT_ALLOW_REQUEST_URIS``: comma-separated; ``NODE_AGENT_ALLOW_REMOTE_STOP``: 1/true).
+``NODE_AGENT_ALLOW_REQUEST_URIS``: comma-separated; ``NODE_AGENT_ALLOW_REMOTE_STOP``: 1/true),
+and so has the file-transfer token (``NODE_AGENT_FILES_TOKEN``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from durable_installs.invoked import exit_now, invoked_as
 from durable_installs.node_agent.agent import Agent
 from durable_installs.node_agent.config import AgentConfig, detect_capability
 from durable_installs.node_agent.duplicates import DuplicateAgent
+from durable_installs.node_agent.files import FilesConfig, FilesStartupError
 from durable_installs.node_agent.trust import Trust
 from durable_installs.protocol.connection import NatsOptions, NatsStartupError
 from durable_installs.protocol.messages import decode_galleries
@@ -159,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
         "key-value bucket, the node registry (0: do not announce)",
     )
     _add_trust_arguments(parser)
+    _add_files_arguments(parser)
     NatsOptions.add_arguments(parser)
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     observability = parser.add_argument_group(
@@ -228,6 +231,85 @@ def _add_trust_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_files_arguments(parser: argparse.ArgumentParser) -> None:
+    env = os.environ.get
+    files = parser.add_argument_group(
+        "file transfer",
+        "LocalAI's worker file-transfer HTTP API (/v1/files/<key>): a controller stages model "
+        "files here before a backend loads them. Off unless a token is set: without one nothing "
+        "listens. Keys models/<...> go to --models-dir, data/<...> and anything else to data/ "
+        "and staging/ beside it.",
+    )
+    files.add_argument(
+        "--files-token",
+        default=None,
+        help="bearer token every request must carry (a LocalAI controller sends its "
+        "registration token); prefer the environment, where ps does not show it "
+        "(env NODE_AGENT_FILES_TOKEN; default: none, the server is off)",
+    )
+    files.add_argument(
+        "--files-address",
+        default=env("NODE_AGENT_FILES_ADDRESS", ""),
+        help="HOST:PORT to listen on (env NODE_AGENT_FILES_ADDRESS; default: --bind-host and "
+        "the port below the first --port-range port, LocalAI's base-1)",
+    )
+    files.add_argument(
+        "--models-dir",
+        type=Path,
+        default=env("NODE_AGENT_MODELS_DIR"),
+        help="where model files are staged (env NODE_AGENT_MODELS_DIR; default: models/ beside "
+        "--backends-dir)",
+    )
+    files.add_argument(
+        "--max-file-size",
+        type=parse_size,
+        default=env("NODE_AGENT_MAX_FILE_SIZE", "50GiB"),
+        help="largest file accepted (env NODE_AGENT_MAX_FILE_SIZE)",
+    )
+    files.add_argument(
+        "--files-reserve",
+        type=parse_size,
+        default=env("NODE_AGENT_FILES_RESERVE", "1GiB"),
+        help="free space an upload must leave on its filesystem; also reported on "
+        "nodes.<node-id>.files.space (env NODE_AGENT_FILES_RESERVE)",
+    )
+    files.add_argument(
+        "--files-max-uploads",
+        type=int,
+        default=4,
+        help="uploads received at once; more are answered 503 with Retry-After",
+    )
+    files.add_argument(
+        "--files-idle-timeout",
+        type=float,
+        default=60.0,
+        help="seconds without body bytes before an upload is cut (kept for a resume)",
+    )
+
+
+def files_config_from_args(args: argparse.Namespace) -> FilesConfig:
+    """The file-transfer part of the options; raises ValueError naming the flag."""
+    token = args.files_token or os.environ.get("NODE_AGENT_FILES_TOKEN", "")
+    if args.files_address and not token:
+        raise ValueError(
+            "--files-address needs --files-token (or NODE_AGENT_FILES_TOKEN): the file-transfer "
+            "server never runs without a token"
+        )
+    config = FilesConfig(
+        token=token,
+        address=args.files_address,
+        models_dir=args.models_dir.resolve() if args.models_dir else None,
+        max_file_bytes=args.max_file_size,
+        reserve_bytes=args.files_reserve,
+        max_uploads=args.files_max_uploads,
+        idle_timeout=args.files_idle_timeout,
+    )
+    problems = config.problems()
+    if problems:
+        raise ValueError("; ".join(problems))
+    return config
+
+
 def config_from_args(args: argparse.Namespace) -> AgentConfig:
     """Validate the parsed options into an :class:`AgentConfig`; raises ValueError."""
     env = os.environ
@@ -271,6 +353,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         allow_request_uris=allow_uris,
         allow_remote_stop=args.allow_remote_stop,
         keep_backends=args.keep_backends,
+        files=files_config_from_args(args),
     )
 
 
@@ -313,7 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         asyncio.run(run(replace(config, telemetry=telemetry)))
-    except (DuplicateAgent, NatsStartupError) as err:  # one line, never a traceback
+    except (DuplicateAgent, NatsStartupError, FilesStartupError) as err:  # one line, no traceback
         print(f"error: {err}", file=sys.stderr)
         return 2
     finally:

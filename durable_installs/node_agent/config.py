@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from durable_installs.node_agent import capability as capability_detection
+from durable_installs.node_agent.files import FilesConfig, Roots
 from durable_installs.protocol.connection import NatsOptions
 from durable_installs.protocol.messages import GalleryConfig
 from durable_installs.telemetry import Telemetry
@@ -76,3 +77,10 @@ class AgentConfig:
     restarting or upgrading the agent then costs no slot its process."""
     announce_interval: float = 10.0
     """Seconds between puts of this agent's entry in the node registry; 0 turns it off."""
+    files: FilesConfig = field(default_factory=FilesConfig)
+    """The file-transfer server and the models directory (off without a token)."""
+
+    @property
+    def file_roots(self) -> Roots:
+        """The models directory (default ``<backends dir>/../models``), staging and data."""
+        return Roots.beside(self.files.models_dir or self.backends_dir.parent / "models")

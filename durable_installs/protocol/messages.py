@@ -302,6 +302,49 @@ class InstallStatusReply(WireModel):
     instance_id: OmitEmpty[Annotated[str, Field(max_length=MAX_INSTANCE_ID_LENGTH)]] = ""
 
 
+# --- Free space for staged files (node agent extension) ---------------------------------------
+
+Bytes = Annotated[StrictInt, Field(ge=0, le=2**63 - 1)]
+"""A byte count: a non-negative integer that fits Go's int64."""
+
+MAX_FILES_ADDRESS_LENGTH = 512
+"""LocalAI's bound on a node's registered ``http_address``."""
+MAX_REPLY_ERROR_LENGTH = 1024
+
+
+class FilesSpaceRequest(WireModel):
+    """``files.space`` (agent extension): nothing to ask; any body, even an empty one."""
+
+
+class FilesSpaceReply(WireModel):
+    """Free space where the node keeps model files, and where to send them.
+
+    ``available_disk`` and ``total_disk`` mean what LocalAI's node registry means by them: the
+    filesystem that backs the node's *models* directory (``available_disk`` is what an
+    unprivileged writer may still use; 0 is a real reading, a full disk). ``total_disk`` 0 means
+    the node could not tell. ``reserved_disk`` is the headroom the node keeps for itself: it
+    refuses an upload that would leave less. ``max_file_size`` is the largest single file it
+    accepts. ``address`` is the routable ``host:port`` of its file-transfer HTTP server, empty
+    when that server is off (no token configured).
+    """
+
+    available_disk: Bytes = 0
+    total_disk: Bytes = 0
+    reserved_disk: OmitEmpty[Bytes] = 0
+    max_file_size: OmitEmpty[Bytes] = 0
+    address: OmitEmpty[Annotated[str, Field(max_length=MAX_FILES_ADDRESS_LENGTH)]] = ""
+    error: OmitEmpty[Annotated[str, Field(max_length=MAX_REPLY_ERROR_LENGTH)]] = ""
+
+    @property
+    def usable_disk(self) -> int:
+        """Bytes an upload may still take: the free space minus the node's reserve."""
+        return max(0, self.available_disk - self.reserved_disk)
+
+    def fits(self, required: int) -> bool:
+        """Whether ``required`` more bytes fit; a node that reports no disk is not ruled out."""
+        return self.total_disk == 0 or self.usable_disk >= required
+
+
 # --- Process keys ------------------------------------------------------------------------------
 
 

@@ -115,11 +115,17 @@ REGISTRY_READ = (
 """What reading the registry (an ordered consumer over the bucket) and creating it takes."""
 
 ORCHESTRATOR_PERMISSIONS = Permissions(
-    publish=("nodes.*.backend.>", "nodes.*.models.running", "nodes.*.model.>", *REGISTRY_READ),
+    publish=(
+        "nodes.*.backend.>",
+        "nodes.*.models.running",
+        "nodes.*.model.>",
+        "nodes.*.files.space",
+        *REGISTRY_READ,
+    ),
     publish_deny=("nodes.*.backend.install.*.progress", f"$KV.{NODE_REGISTRY_BUCKET}.>"),
     subscribe=("_INBOX.>", "nodes.*.backend.install.*.progress"),
 )
-"""The worker (install, probe, cancel, status, list requests, reading the node registry):
+"""The worker (install, probe, cancel, status, list, free-space requests, reading the registry):
 never ``nodes.*.stop``, never an entry of the registry (only nodes announce)."""
 
 

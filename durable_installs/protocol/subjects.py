@@ -108,6 +108,15 @@ def models_running(node_id: str) -> str:
     return f"{_node_prefix(node_id)}.models.running"
 
 
+def files_space(node_id: str) -> str:
+    """``nodes.<node>.files.space`` (agent extension): free space for staged model files.
+
+    Beside LocalAI's own ``files.ensure``, ``files.stage``, ``files.temp`` and
+    ``files.listdir`` (S3 staging), never one of them.
+    """
+    return f"{_node_prefix(node_id)}.files.space"
+
+
 def node_stop(node_id: str) -> str:
     """``nodes.<node>.stop``: publish only, the node deregisters and exits."""
     return f"{_node_prefix(node_id)}.stop"

@@ -36,6 +36,11 @@ OPTIONS = [
     "--allow-request-galleries",
     "--allow-request-uri",
     "--allow-remote-stop",
+    "--files-token",
+    "--files-address",
+    "--models-dir",
+    "--max-file-size",
+    "--files-reserve",
     "--nats-url",
     "--nats-creds",
     "--nats-token",
@@ -78,6 +83,8 @@ def test_help_explains_every_option() -> None:
         "NODE_AGENT_ALLOW_REQUEST_GALLERIES",
         "NODE_AGENT_ALLOW_REQUEST_URIS",
         "NODE_AGENT_ALLOW_REMOTE_STOP",
+        "NODE_AGENT_FILES_TOKEN",
+        "NODE_AGENT_MODELS_DIR",
     ):
         assert env in result.stdout, env
 
