@@ -1,4 +1,4 @@
-"""The demo gallery: real sample backends, one served slowly enough to watch its progress.
+"""The demo gallery: real sample backends, one downloaded and one loading slowly enough to watch.
 
 Archives are built once into the state directory and reused on the next run, so a restarted
 stack finds the same sha256 for the backends its nodes already installed.
@@ -23,6 +23,10 @@ FAST_BACKEND = SampleBackend("cpu-echo", version="1.0.0", alias="echo")
 
 LARGE_BACKEND = SampleBackend("cpu-large", version="1.0.0", padding_bytes=24 * MIB)
 """24 MiB served at :data:`THROTTLE_BYTES_PER_SECOND`: about 40 s of download progress."""
+
+SLOW_LOAD_BACKEND = SampleBackend("cpu-slow-load", version="1.0.0", load_seconds=20.0)
+"""Installs at once; its ``LoadModel`` takes 20 s (``Status`` says busy meanwhile), so the
+load-model phase can be watched."""
 
 THROTTLE_BYTES_PER_SECOND = 600 * 1024
 """Slow enough that the sample install of ``make run`` can be opened in the UI and watched
@@ -64,7 +68,8 @@ def _archive(archives: Path, spec: SampleBackend) -> tuple[Path, str]:
 def prepare_gallery(
     gallery_dir: Path, server: ThrottledFileServer, extra: list[dict[str, Any]] | None = None
 ) -> GalleryConfig:
-    """Write the demo index: ``cpu-echo`` (alias ``echo``) and the slow ``cpu-large``."""
+    """Write the demo index: ``cpu-echo`` (alias ``echo``), the slow ``cpu-large`` and the
+    slow-loading ``cpu-slow-load``."""
     archives = server.root
     archives.mkdir(parents=True, exist_ok=True)
     gallery = Gallery(path=gallery_dir / "index.yaml", name="demo")
@@ -87,6 +92,16 @@ def prepare_gallery(
             "sha256": large_sha,
             "version": LARGE_BACKEND.version,
             "description": "sample backend with 24 MiB of weights, served slowly",
+        }
+    )
+    slow_path, slow_sha = _archive(archives, SLOW_LOAD_BACKEND)
+    gallery.add(
+        {
+            "name": SLOW_LOAD_BACKEND.name,
+            "uri": slow_path.resolve().as_uri(),
+            "sha256": slow_sha,
+            "version": SLOW_LOAD_BACKEND.version,
+            "description": "sample backend whose LoadModel takes 20 s",
         }
     )
     for entry in extra or []:  # e.g. the OCI image backend of devstack.demo_registry

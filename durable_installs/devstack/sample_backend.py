@@ -2,10 +2,15 @@
 
 A sample backend is a directory with ``run.sh`` that starts a tiny Python gRPC server
 implementing ``/backend.Backend/Health`` (answers ``OK``) and ``/backend.Backend/Free`` on the
-``--addr`` it is given — exactly the run contract of docs/protocol.md. ``run.sh`` names the absolute
-path of the interpreter that built it, so the backend runs without network access or a
-separate installation. :func:`build_gallery` packs backends as ``.tar.gz`` archives and writes
-a gallery index (YAML or JSON) with their sha256, ready for a node agent to install.
+``--addr`` it is given — exactly the run contract of docs/protocol.md — and, for the load-model
+phase, ``LoadModel`` (succeeds when the model file named in ``ModelOptions`` exists and is
+readable, else answers ``success: false`` with the reason; optionally slowly) and ``Status``
+(``UNINITIALIZED``, ``BUSY`` while loading, ``READY``, ``ERROR``). ``ModelOptions`` is decoded
+by hand with backend.proto's field numbers, as the server has nothing but ``grpcio``.
+``run.sh`` names the absolute path of the interpreter that built it, so the backend runs
+without network access or a separate installation. :func:`build_gallery` packs backends as
+``.tar.gz`` archives and writes a gallery index (YAML or JSON) with their sha256, ready for a
+node agent to install.
 """
 
 from __future__ import annotations
@@ -25,18 +30,25 @@ import yaml
 from durable_installs.protocol.messages import GalleryConfig
 
 SERVER_SOURCE = '''\
-"""Sample backend: serves Health and Free of backend.Backend on --addr."""
+"""Sample backend: Health, Free, LoadModel and Status of backend.Backend on --addr."""
 import argparse
 import os
 import signal
+import struct
 import sys
 import threading
+import time
 from concurrent import futures
 
 import grpc
 
 VERSION = {version!r}
+LOAD_SECONDS = {load_seconds!r}
 TOKEN = os.environ.get("LOCALAI_GRPC_AUTH_TOKEN", "")
+
+UNINITIALIZED, BUSY, READY, ERROR = 0, 1, 2, -1
+state = UNINITIALIZED
+load_lock = threading.Lock()
 
 
 def _authorised(context):
@@ -46,15 +58,125 @@ def _authorised(context):
     return metadata.get("authorization") == "Bearer " + TOKEN
 
 
-def health(request, context):
+def _check(context):
     if not _authorised(context):
         context.abort(grpc.StatusCode.UNAUTHENTICATED, "bad token")
+
+
+def _varint(value):
+    if value < 0:
+        value += 1 << 64
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _read_varint(data, pos):
+    result = shift = 0
+    while pos < len(data):
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+    raise ValueError("truncated varint")
+
+
+def _fields(message):
+    """Field number -> last value: bytes when length-delimited, int for varints."""
+    found = dict()
+    pos = 0
+    while pos < len(message):
+        tag, pos = _read_varint(message, pos)
+        number, wire_type = tag >> 3, tag & 7
+        if wire_type == 0:
+            value, pos = _read_varint(message, pos)
+        elif wire_type == 2:
+            length, pos = _read_varint(message, pos)
+            value, pos = message[pos : pos + length], pos + length
+        elif wire_type == 5:
+            value, pos = struct.unpack("<f", message[pos : pos + 4])[0], pos + 4
+        elif wire_type == 1:
+            value, pos = message[pos : pos + 8], pos + 8
+        else:
+            raise ValueError("wire type " + str(wire_type))
+        if pos > len(message):
+            raise ValueError("truncated field")
+        found[number] = value
+    return found
+
+
+def _int32(value):
+    value &= (1 << 64) - 1
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def _result(success, message):
+    text = message.encode()
+    return b"\\x0a" + _varint(len(text)) + text + (b"\\x10\\x01" if success else b"")
+
+
+def health(request, context):
+    _check(context)
     return b"\\x0a\\x02OK"
 
 
 def free(request, context):
     print("free called", file=sys.stderr, flush=True)
     return b"\\x0a\\x05freed\\x10\\x01"
+
+
+def status(request, context):
+    _check(context)
+    return b"" if state == UNINITIALIZED else b"\\x08" + _varint(state)
+
+
+def _text(options, number):
+    value = options.get(number, b"")
+    return value.decode(errors="replace") if isinstance(value, bytes) else ""
+
+
+def load_model(request, context):
+    """ModelOptions: Model 1, ContextSize 2, NGPULayers 12, Threads 15, ModelFile 21,
+    ModelPath 59. Loads ModelFile, else Model (under ModelPath when relative)."""
+    global state
+    _check(context)
+    try:
+        options = _fields(request)
+    except ValueError as err:
+        return _result(False, "invalid ModelOptions: " + str(err))
+    model, model_file, model_path = _text(options, 1), _text(options, 21), _text(options, 59)
+    path = model_file or (os.path.join(model_path, model) if model_path and model else model)
+    with load_lock:
+        state = BUSY
+        print("loading " + repr(path), file=sys.stderr, flush=True)
+        time.sleep(LOAD_SECONDS)
+        if not path:
+            state = ERROR
+            return _result(False, "no model given: ModelFile and Model are empty")
+        if not os.path.isfile(path):
+            state = ERROR
+            return _result(False, "model file " + path + " not found (or not a regular file)")
+        try:
+            with open(path, "rb") as handle:
+                handle.read(4)
+        except OSError as err:
+            state = ERROR
+            return _result(False, "model file " + path + " is not readable: " + str(err.strerror))
+        state = READY
+        numbers = [_int32(options.get(n, 0)) for n in (2, 15, 12)]
+        return _result(
+            True,
+            "loaded " + os.path.basename(path) + " (context " + str(numbers[0])
+            + ", threads " + str(numbers[1]) + ", gpu layers " + str(numbers[2]) + ")",
+        )
 
 
 def main():
@@ -66,6 +188,8 @@ def main():
         {{
             "Health": grpc.unary_unary_rpc_method_handler(health),
             "Free": grpc.unary_unary_rpc_method_handler(free),
+            "LoadModel": grpc.unary_unary_rpc_method_handler(load_model),
+            "Status": grpc.unary_unary_rpc_method_handler(status),
         }},
     )
     server = grpc.server(
@@ -91,6 +215,12 @@ def main():
 if __name__ == "__main__":
     main()
 '''
+
+
+def server_source(spec: SampleBackend) -> str:
+    """``server.py`` of ``spec``."""
+    return SERVER_SOURCE.format(version=spec.version, load_seconds=float(spec.load_seconds))
+
 
 CRASH_SCRIPT = """\
 #!/bin/sh
@@ -118,6 +248,8 @@ class SampleBackend:
     """False: the archive lacks ``run.sh`` (not a valid backend)."""
     padding_bytes: int = 0
     """Size of an incompressible ``weights.bin``: makes the download long enough to watch."""
+    load_seconds: float = 0.0
+    """How long ``LoadModel`` takes (``Status`` says ``BUSY`` meanwhile): a load to watch."""
 
 
 @dataclass(frozen=True)
@@ -136,7 +268,7 @@ class BuiltArtifact:
 def backend_files(spec: SampleBackend) -> dict[str, tuple[bytes, int]]:
     """Relative path → (content, mode) of the backend's files."""
     files: dict[str, tuple[bytes, int]] = {
-        "server.py": (SERVER_SOURCE.format(version=spec.version).encode(), 0o644),
+        "server.py": (server_source(spec).encode(), 0o644),
         "VERSION": (f"{spec.version}\n".encode(), 0o644),
     }
     if spec.with_run_file:

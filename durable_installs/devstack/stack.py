@@ -288,7 +288,7 @@ def next_steps(config: StackConfig, sample_id: str | None, oci_note: str = "") -
         f"  NATS              {config.nats_url}"
         + ("   users and permissions on" if config.nats_auth else "   open: no auth"),
         f"  nodes             {', '.join(config.node_ids())}   backends: cpu-echo (alias echo), "
-        "cpu-large (slow download)",
+        "cpu-large (slow download), cpu-slow-load (slow LoadModel)",
         f"  client settings   {config.state_dir / TEMPORAL_PROFILE_FILE} (Temporal env config), "
         f"{config.nats_dir / NATS_CONTEXT_FILE} (NATS context)",
     ]
