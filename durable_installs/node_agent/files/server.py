@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import errno
 import hashlib
 import hmac
 import json
@@ -439,7 +440,16 @@ class FileServer:
             span.total,
         )
         hasher = hashlib.sha256() if span.start == 0 else None
-        outcome = await self._receive_body(exchange, data, hasher)
+        try:
+            outcome = await self._receive_body(exchange, data, hasher)
+        except OSError as err:  # the disk refused (full, quota, I/O): bytes so far stay
+            log.error("file transfer: writing %r failed: %s", target.relative, err)
+            full = err.errno in (errno.ENOSPC, errno.EDQUOT)
+            return Response.text(
+                507 if full else 500,
+                f"writing the file failed: {err.strerror or 'I/O error'}",
+                close=True,
+            )
         if outcome == "cut":
             exchange.cut = True
             log.info("file transfer: %r cut by the client; kept for a resume", target.relative)
