@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import json
 import os
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from durable_installs.node_agent.files import PARTIAL_DIR, FilesConfig
+from durable_installs.node_agent.files import PARTIAL_DIR, FilesConfig, FilesStartupError
 from tests.node_agent.conftest import AgentFactory
 from tests.node_agent.helpers import NodeClient, eventually
 
@@ -541,6 +542,21 @@ async def test_other_paths_and_methods(files: FileNode) -> None:
 async def test_without_a_token_nothing_is_served(start_agent: AgentFactory) -> None:
     node = await start_agent(files=FilesConfig(address="127.0.0.1:0"))
     assert node.agent.files is None
+
+
+async def test_an_agent_whose_file_port_is_taken_refuses_to_start(
+    start_agent: AgentFactory,
+) -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        with pytest.raises(FilesStartupError, match="cannot listen"):
+            await start_agent(
+                files=FilesConfig(token=TOKEN, address=f"127.0.0.1:{taken.getsockname()[1]}")
+            )
+    finally:
+        taken.close()
 
 
 def test_an_address_without_a_token_is_a_configuration_error(

@@ -280,6 +280,11 @@ class FileServer:
             return Response.text(400, str(err))
         except HttpError as err:
             return Response.text(err.status, err.message, headers=err.headers, close=err.close)
+        except OSError as err:  # the disk refused something outside a body (permissions, I/O)
+            log.error("file transfer: %s %s failed: %s", request.method, request.path[:200], err)
+            return Response.text(
+                500, f"file system error: {err.strerror or 'I/O error'}", close=True
+            )
 
     # --- HEAD and GET ---------------------------------------------------------------------
 
