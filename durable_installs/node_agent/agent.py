@@ -153,6 +153,7 @@ class Agent:
 
         Returns once the server knows the subscriptions. Raises :class:`DuplicateAgent`
         (before touching the backends directory) when another agent answers for the node id,
+        ``FilesStartupError`` (before that too) when the file-transfer server cannot listen,
         and :class:`NatsStartupError` when the server denies one of the node's subjects.
         """
         node = self.config.node_id
@@ -163,6 +164,17 @@ class Agent:
         before = self.nc.last_error
         await self._refuse_if_taken()
         await self._start_files()
+        try:
+            await self._serve_subjects(before)
+        except BaseException:
+            if self.files is not None:  # a failed start leaves nothing listening
+                await self.files.stop()
+                self.files = None
+            raise
+
+    async def _serve_subjects(self, before: Exception | None) -> None:
+        """Recover, subscribe, confirm, then watch for duplicates and announce."""
+        node = self.config.node_id
         self._subscriptions.append(
             await self.nc.subscribe(instance_subject(node), cb=self._on_instance)
         )

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import errno
 import hashlib
 import hmac
 import json
@@ -279,6 +280,11 @@ class FileServer:
             return Response.text(400, str(err))
         except HttpError as err:
             return Response.text(err.status, err.message, headers=err.headers, close=err.close)
+        except OSError as err:  # the disk refused something outside a body (permissions, I/O)
+            log.error("file transfer: %s %s failed: %s", request.method, request.path[:200], err)
+            return Response.text(
+                500, f"file system error: {err.strerror or 'I/O error'}", close=True
+            )
 
     # --- HEAD and GET ---------------------------------------------------------------------
 
@@ -439,7 +445,16 @@ class FileServer:
             span.total,
         )
         hasher = hashlib.sha256() if span.start == 0 else None
-        outcome = await self._receive_body(exchange, data, hasher)
+        try:
+            outcome = await self._receive_body(exchange, data, hasher)
+        except OSError as err:  # the disk refused (full, quota, I/O): bytes so far stay
+            log.error("file transfer: writing %r failed: %s", target.relative, err)
+            full = err.errno in (errno.ENOSPC, errno.EDQUOT)
+            return Response.text(
+                507 if full else 500,
+                f"writing the file failed: {err.strerror or 'I/O error'}",
+                close=True,
+            )
         if outcome == "cut":
             exchange.cut = True
             log.info("file transfer: %r cut by the client; kept for a resume", target.relative)
