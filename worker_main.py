@@ -25,11 +25,13 @@ from collections.abc import Sequence
 from datetime import timedelta
 
 from activities.budget import ForwardBudget
+from activities.staging import default_cache_dir
 from durable_installs.contracts.names import DEFAULT_TASK_QUEUE
 from durable_installs.contracts.search_attributes import SEARCH_ATTRIBUTES
 from durable_installs.invoked import exit_now, invoked_as
 from durable_installs.orchestrator.capacity import CapacityMonitor, monitoring
 from durable_installs.orchestrator.sizing import WorkerSizing
+from durable_installs.orchestrator.staging_options import staging_config
 from durable_installs.orchestrator.versioning import (
     DEFAULT_DEPLOYMENT_NAME,
     SetCurrent,
@@ -123,6 +125,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         + " (Keyword; create them by hand on Temporal Cloud)",
     )
     add_versioning_arguments(parser)
+    add_staging_arguments(parser)
     NatsOptions.add_arguments(parser)
     parser.add_argument(
         "--log-level",
@@ -160,6 +163,46 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 OFF = ("0", "off", "false", "no")
 ON = ("1", "on", "true", "yes")
 """Values of ``TEMPORAL_WORKER_VERSIONING``; anything else stops the worker at start-up."""
+
+
+def add_staging_arguments(parser: argparse.ArgumentParser) -> None:
+    env = os.environ.get
+    group = parser.add_argument_group(
+        "model staging (LoadModelWorkflow)",
+        "Where model files may come from, and how the worker reaches the nodes' file-transfer API.",
+    )
+    group.add_argument(
+        "--allow-model-source",
+        action="append",
+        default=None,
+        metavar="PREFIX",
+        help="a URL or file:// prefix model files may be read from; repeat for more "
+        "(env MODEL_SOURCES, space-separated; default: none, every source refused)",
+    )
+    group.add_argument(
+        "--node-files-token-file",
+        default=env("NODE_FILES_TOKEN_FILE"),
+        metavar="PATH",
+        help="file holding the bearer token of the nodes' file-transfer API "
+        "(env NODE_FILES_TOKEN_FILE, or the token itself in NODE_FILES_TOKEN)",
+    )
+    group.add_argument(
+        "--model-cache-dir",
+        default=env("MODEL_CACHE_DIR", str(default_cache_dir())),
+        help="where model files fetched over http(s) are kept, by sha256 "
+        "(env MODEL_CACHE_DIR; default %(default)s)",
+    )
+    group.add_argument(
+        "--model-cache-bytes",
+        default=env("MODEL_CACHE_BYTES", "50G"),
+        help="bound on that cache (env MODEL_CACHE_BYTES; default %(default)s)",
+    )
+    group.add_argument(
+        "--staging-rate-limit",
+        default=env("STAGING_RATE_LIMIT", "0"),
+        help="bytes per second per file transfer, 0 for none (like 100M; "
+        "env STAGING_RATE_LIMIT; default %(default)s)",
+    )
 
 
 def add_versioning_arguments(parser: argparse.ArgumentParser) -> None:
@@ -243,6 +286,17 @@ async def run(args: argparse.Namespace) -> int:
         print(f"error: worker versioning: {err}", file=sys.stderr)
         return 2
     try:
+        staging = staging_config(
+            args.allow_model_source,
+            args.node_files_token_file,
+            args.model_cache_dir,
+            args.model_cache_bytes,
+            args.staging_rate_limit,
+        )
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
         client = await connect_temporal(
             args.temporal_address,
             args.namespace,
@@ -284,6 +338,7 @@ async def run(args: argparse.Namespace) -> int:
         budget=budget,
         sizing=sizing,
         capacity=capacity,
+        staging=staging,
         graceful_shutdown_timeout=timedelta(seconds=args.graceful_shutdown_seconds),
     )
     async with worker, monitoring(capacity):

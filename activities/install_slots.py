@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
@@ -25,9 +26,11 @@ from activities.attach import install_result
 from activities.closings import Closings
 from durable_installs.contracts.failures import INSTALL_CANCELLED, ROLLOUT_GONE
 from durable_installs.contracts.install import InstallBackendResult
+from durable_installs.contracts.load import LoadModelResult
 from durable_installs.contracts.names import (
     INSTALL_SLOTS_ACTIVITY,
     INSTALL_WORKFLOW,
+    LOAD_WORKFLOW,
     SLOT_STATE_SIGNAL,
     SLOTS_STARTED_SIGNAL,
 )
@@ -35,6 +38,7 @@ from durable_installs.contracts.rollout import (
     InstallSlotsInput,
     InstallSlotsProgress,
     InstallSlotsResult,
+    RolloutAction,
     SlotReport,
     SlotsStarted,
     SlotState,
@@ -54,7 +58,9 @@ CANCEL_GRACE = 300.0
 the op) before it gives up on them; it keeps heartbeating meanwhile, so the rollout sees
 it alive, and ends only once they have stopped."""
 
-InstallHandle = WorkflowHandle[object, InstallBackendResult]
+InstallHandle = WorkflowHandle[object, Any]
+"""An install's (``InstallBackendResult``) or a load's (``LoadModelResult``): both have the
+slot's ``address``."""
 
 
 class _RolloutGone(Exception):
@@ -86,9 +92,10 @@ class InstallSlotsRun:
         self._handles: dict[str, InstallHandle] = {}
 
     async def run(self) -> InstallSlotsResult:
+        batch = self._input.batch
         slots = [
             slot
-            for slot in expand_slots(self._input.batch.targets, self._input.batch.backend)
+            for slot in expand_slots(batch.targets, batch.backend, batch.action)
             if slot.workflow_id not in self._reported
         ]
         try:
@@ -144,38 +151,40 @@ class InstallSlotsRun:
         await self._collect(slots)
 
     async def _start(self, slot: SlotStatus) -> bool:
-        """Start the slot's install; False when another requester's install was joined."""
+        """Start the slot's install (or load); False when another requester's was joined."""
         batch = self._input.batch
-        install = batch.install_input(
-            slot.node_id, slot.model_id, slot.replica_index, self._input.rollout_id
-        )
+        rollout_id = self._input.rollout_id
+        node, model, replica = slot.node_id, slot.model_id, slot.replica_index
+        workflow_type: str
+        workflow_input: object
+        result_type: type[object]
+        if batch.action is RolloutAction.LOAD:
+            workflow_type, result_type = LOAD_WORKFLOW, LoadModelResult
+            workflow_input = batch.load_input(node, model, replica, rollout_id)
+            summary = f"load {model} into {batch.backend} {model}#{replica} on {node}"
+            details = f"{summary}, for rollout `{rollout_id}`"
+        else:
+            workflow_type, result_type = INSTALL_WORKFLOW, InstallBackendResult
+            workflow_input = batch.install_input(node, model, replica, rollout_id)
+            summary = install_summary(batch.backend, node, model, replica, rollout_id)
+            details = install_details(
+                batch.backend, node, model, replica, f"rollout `{rollout_id}`"
+            )
         try:
             self._handles[slot.workflow_id] = await self._client.start_workflow(
-                INSTALL_WORKFLOW,
-                install,
+                workflow_type,
+                workflow_input,
                 id=slot.workflow_id,
                 task_queue=self._input.task_queue,
-                result_type=InstallBackendResult,
-                static_summary=install_summary(
-                    batch.backend,
-                    slot.node_id,
-                    slot.model_id,
-                    slot.replica_index,
-                    self._input.rollout_id,
-                ),
-                static_details=install_details(
-                    batch.backend,
-                    slot.node_id,
-                    slot.model_id,
-                    slot.replica_index,
-                    f"rollout `{self._input.rollout_id}`",
-                ),
+                result_type=result_type,
+                static_summary=summary,
+                static_details=details,
             )
             self._started.add(slot.workflow_id)
             return True
         except WorkflowAlreadyStartedError:
             self._handles[slot.workflow_id] = self._client.get_workflow_handle(
-                slot.workflow_id, result_type=InstallBackendResult
+                slot.workflow_id, result_type=result_type
             )
             # A retried attempt finds its own earlier start running: still the rollout's.
             return slot.workflow_id in self._started

@@ -62,6 +62,8 @@ PASSED_THROUGH_CORE = [
     "summary.py",
     "rollout_state.py",
     "rollout_steps.py",
+    "load_state.py",
+    "load_steps.py",
 ]
 """Workflow code the sandbox passes through (imported once per worker, not per run): it gets
 none of the sandbox's checks, so it must be deterministic by construction."""

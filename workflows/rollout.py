@@ -123,7 +123,7 @@ class RolloutBackendWorkflow:
         if self._invalid or input is None:
             input = RolloutInput(backend="")
         self._input = input
-        node_mode = input.action is not RolloutAction.INSTALL
+        node_mode = not input.action.per_slot
         self._slots = SlotBook(input.model_copy(update={"targets": []}) if node_mode else input)
         self._nodes = NodeBook(input)
         self._driver: SlotDriver | NodeDriver = (
@@ -162,7 +162,7 @@ class RolloutBackendWorkflow:
 
     @add_targets.validator
     def _validate_targets(self, targets: list[RolloutTarget]) -> None:
-        if self._invalid and self._input.action is RolloutAction.INSTALL:
+        if self._invalid and self._input.action.per_slot:
             raise ValueError("the rollout no longer starts slots")
         problem = self._slots.targets_problem(targets)
         if problem:

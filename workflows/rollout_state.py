@@ -27,7 +27,6 @@ from durable_installs.contracts.rollout import (
     NodeOutcome,
     NodeState,
     RollbackState,
-    RolloutAction,
     RolloutInput,
     RolloutStatus,
     RolloutTarget,
@@ -52,7 +51,7 @@ class SlotBook:
 
     def __init__(self, input: RolloutInput) -> None:
         self.input = input
-        slots = input.carried_slots or expand_slots(input.targets, input.backend)
+        slots = input.carried_slots or expand_slots(input.targets, input.backend, input.action)
         self.slots = {slot.workflow_id: slot for slot in slots}
         self.queue = deque(s.workflow_id for s in slots if s.state is SlotState.QUEUED)
         self.in_flight: set[str] = set()
@@ -131,7 +130,7 @@ class SlotBook:
     def add_targets(self, targets: list[RolloutTarget]) -> AddTargetsResult:
         """Queue more slots; slots the rollout already knows are not installed twice."""
         added = already = 0
-        for slot in expand_slots(targets, self.input.backend):
+        for slot in expand_slots(targets, self.input.backend, self.input.action):
             if slot.workflow_id in self.slots:
                 already += 1
                 continue
@@ -143,8 +142,8 @@ class SlotBook:
 
     def targets_problem(self, targets: list[RolloutTarget]) -> str | None:
         """Why ``targets`` may not be added now, or None."""
-        if self.input.action is not RolloutAction.INSTALL:
-            return "targets are added to install rollouts only"
+        if not self.input.action.per_slot:
+            return "targets are added to install and load rollouts only"
         if self.cancelled or self.stopped:
             return "the rollout no longer starts slots"
         update = self.input.model_copy(update={"targets": targets})

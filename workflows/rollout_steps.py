@@ -13,6 +13,7 @@ from temporalio.common import RetryPolicy
 
 from durable_installs.contracts.rollout import (
     InstallSlotsInput,
+    RolloutAction,
     RolloutInput,
     RolloutTarget,
     SlotStatus,
@@ -66,7 +67,10 @@ def batch_input(
 
 def batch_deadline(input: RolloutInput) -> timedelta:
     """Every install of a batch ends by its deadline, so a batch's retries are bounded by it."""
-    return timedelta(seconds=input.install_input("", "", 0).deadline_seconds) + BATCH_MARGIN
+    seconds = input.install_input("", "", 0).deadline_seconds
+    if input.action is RolloutAction.LOAD:
+        seconds = max(seconds, input.load_input("", "", 0).deadline_seconds)
+    return timedelta(seconds=seconds) + BATCH_MARGIN
 
 
 def child_id(verb: str, node: str, backend: str, tag: str) -> str:

@@ -117,6 +117,36 @@ NODE_SILENT = "NodeSilent"
 REGISTRY_UNAVAILABLE = "RegistryUnavailable"
 """The node registry bucket cannot be read (no JetStream, permissions); retried."""
 
+# --- the cold path: LoadModelWorkflow -------------------------------------------------------------
+
+NODE_CANNOT_STORE_MODEL = "NodeCannotStoreModel"
+"""The node has too little free space for the model's files; nothing was written."""
+
+SOURCE_NOT_TRUSTED = "SourceNotTrusted"
+"""A model file's source is not under a prefix the worker was configured to trust."""
+
+STAGING_REFUSED = "StagingRefused"
+"""The node refused a file for good: its token, a path outside its directories, a size."""
+
+STAGING_FAILED = "StagingFailed"
+"""A file could not be staged: its source or the node stayed unreachable. Retried (each
+retry resumes), then fails the load."""
+
+SOURCE_MISMATCH = "SourceMismatch"
+"""A model file's source delivered other bytes than the load promised: more or fewer than
+``size``, or content whose sha256 is not ``sha256``. Nothing is put in place; not retried."""
+
+NO_FILES_ENDPOINT = "NoFilesEndpoint"
+"""Nothing says where the node's file-transfer API listens (a stock worker needs
+``files_url`` in the input)."""
+
+LOAD_FAILED = "LoadFailed"
+"""The backend answered ``LoadModel`` with ``success: false`` (its message is the text), or
+stalled past the load's stall bound."""
+
+LOAD_DEADLINE_EXCEEDED = "LoadDeadlineExceeded"
+"""The load did not finish within its deadline."""
+
 
 def root_application_error(err: BaseException) -> ApplicationError | None:
     """The innermost ``ApplicationError`` of a failure chain (an activity or child workflow

@@ -107,3 +107,21 @@ STOP_BACKEND_ACTIVITY = "stop_backend"
 
 NODE_INVENTORY_ACTIVITY = "node_inventory"
 """One node's ``backend.list`` and ``models.running``, as a :class:`NodeInventory`."""
+
+# --- the cold path: LoadModelWorkflow -------------------------------------------------------------
+
+LOAD_WORKFLOW = "LoadModelWorkflow"
+"""One slot's model: backend installed (or joined), files staged to the node, model loaded."""
+
+LOAD_STATUS_QUERY = "progress"
+"""Load workflow: :class:`contracts.load.LoadStatus`, per phase and per file."""
+
+NODE_FILES_ACTIVITY = "node_files"
+"""The node's ``files.space`` answer: free space for model files and where its file-transfer
+API listens (:class:`contracts.load.NodeFiles`)."""
+
+STAGE_FILE_ACTIVITY = "stage_model_file"
+"""Puts one model file on a node over its file-transfer API, resuming, heartbeating."""
+
+LOAD_MODEL_ACTIVITY = "load_model"
+"""``LoadModel`` on the slot's backend process, its deadline scaled by the model's size."""

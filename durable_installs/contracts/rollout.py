@@ -21,6 +21,7 @@ from durable_installs.contracts.limits import (
     number_problem,
     text_problem,
 )
+from durable_installs.contracts.load import LoadModelInput, load_workflow_id
 from durable_installs.contracts.upgrade import SlotRef, UpgradeBackendInput
 from durable_installs.protocol.messages import GalleryConfig
 
@@ -56,6 +57,14 @@ class RolloutAction(StrEnum):
     """Upgrade the backend node by node, health-gated, with optional rollback."""
     DELETE = "delete"
     """Delete the backend node by node."""
+    LOAD = "load"
+    """Load a model into every target slot: a ``LoadModelWorkflow`` per slot, which installs
+    (or joins the install of) the backend first."""
+
+    @property
+    def per_slot(self) -> bool:
+        """Slots are the unit (install, load), not nodes (upgrade, delete)."""
+        return self in (RolloutAction.INSTALL, RolloutAction.LOAD)
 
 
 class NodeState(StrEnum):
@@ -191,6 +200,9 @@ class RolloutInput(BaseModel):
     """Upgrade: extra ``UpgradeBackendWorkflow`` input fields for every node (timeouts)."""
     install_options: dict[str, Any] = Field(default_factory=dict)
     """Extra ``InstallBackendWorkflow`` input fields for every slot (timeouts, intervals)."""
+    load: dict[str, Any] = Field(default_factory=dict)
+    """Load: ``LoadModelWorkflow`` input fields for every slot (``files``, ``load_options``,
+    deadlines); the rollout sets the slot's own."""
     carried_slots: list[SlotStatus] = Field(default_factory=list)
     """Set by continue-as-new only: every slot known so far, finished or not."""
     carried_runs: int = 0
@@ -217,6 +229,30 @@ class RolloutInput(BaseModel):
             }
         )
 
+    def load_input(
+        self, node_id: str, model_id: str, replica_index: int, rollout_id: str = ""
+    ) -> LoadModelInput:
+        """The load's input for one slot; its install gets the rollout's install fields."""
+        install = self.install_input(node_id, model_id, replica_index, rollout_id)
+        install_fields = install.model_dump(
+            mode="json", include={*self.install_options, *SHARED_FIELDS} - {"backend"}
+        )
+        return LoadModelInput.model_validate(
+            {
+                **self.load,
+                "node_id": node_id,
+                "backend": self.backend,
+                "model_id": model_id,
+                "replica_index": replica_index,
+                "rollout_id": rollout_id,
+                "install_options": install_fields,
+            }
+        )
+
+    def slot_workflow_id(self, node_id: str, model_id: str, replica_index: int) -> str:
+        """The workflow one slot of this rollout runs: its install, or its load."""
+        return slot_workflow_id(self.action, node_id, self.backend, model_id, replica_index)
+
     def slot_count(self) -> int:
         """Slots the targets name, duplicates included (what bounds the work to check)."""
         return sum(len(target.replica_indexes) or 1 for target in self.targets)
@@ -227,7 +263,7 @@ class RolloutInput(BaseModel):
         The fields every slot shares (what to install, ``install_options``) are checked once
         on a template install input, then each target's slot identity and derived workflow id.
         """
-        if self.action is not RolloutAction.INSTALL:
+        if not self.action.per_slot:
             return self._node_problems()
         found: list[tuple[str, str]] = []
         slots = self.slot_count()
@@ -252,6 +288,10 @@ class RolloutInput(BaseModel):
         if stopped_problem:
             found.append(("carried_stopped", stopped_problem))
         found += self._shared_problems()
+        if self.action is RolloutAction.LOAD and not found:
+            found += self._load_problems()
+        elif self.load:
+            found.append(("load", "is for the load action only"))
         if found:
             return found
         for position, target in enumerate(self.targets):
@@ -260,14 +300,12 @@ class RolloutInput(BaseModel):
                 found += [(f"targets[{position}].{field}", reason) for field, reason in slot]
                 if slot:
                     break
-                workflow_id = install_workflow_id(
-                    target.node_id, self.backend, target.model_id, replica
-                )
+                workflow_id = self.slot_workflow_id(target.node_id, target.model_id, replica)
                 if len(workflow_id) > MAX_WORKFLOW_ID_LENGTH:
                     found.append(
                         (
                             f"targets[{position}]",
-                            f"its install workflow id would be {len(workflow_id)} characters "
+                            f"its slot's workflow id would be {len(workflow_id)} characters "
                             f"long; the server's limit is {MAX_WORKFLOW_ID_LENGTH}",
                         )
                     )
@@ -336,6 +374,24 @@ class RolloutInput(BaseModel):
             ]
         return template.problems()
 
+    def _load_problems(self) -> list[tuple[str, str]]:
+        """The fields every slot's load shares, checked once on a template slot."""
+        for key in sorted(self.load):
+            if key in LOAD_SET_FIELDS:
+                return [(f"load.{key}", "is set by the rollout for each slot")]
+        try:
+            template = self.load_input(TEMPLATE_NODE, TEMPLATE_NODE, 0)
+        except pydantic.ValidationError as err:
+            return [
+                (f"load.{'.'.join(str(p) for p in e['loc'])}", e["msg"])
+                for e in err.errors(include_url=False, include_input=False)
+            ]
+        return [
+            (f"load.{field}", reason)
+            for field, reason in template.problems()
+            if not field.startswith(("node_id", "model_id", "install_options"))
+        ]
+
     def _shared_problems(self) -> list[tuple[str, str]]:
         """What is wrong with the fields every slot's install shares."""
         found: list[tuple[str, str]] = []
@@ -393,6 +449,11 @@ progress); ``install_options`` may not set them."""
 SHARED_FIELDS = frozenset({"backend", "backend_galleries", "uri", "name", "alias"})
 """Install input fields the rollout's own fields set for every slot."""
 
+LOAD_SET_FIELDS = frozenset(
+    {"node_id", "backend", "model_id", "replica_index", "rollout_id", "install_options"}
+)
+"""Load input fields the rollout sets per slot; ``load`` may not set them."""
+
 TEMPLATE_NODE = "template"
 """A valid node id for checking the shared fields once, before any target's own."""
 
@@ -403,12 +464,25 @@ def _option_field(location: tuple[int | str, ...]) -> str:
     return f"install_options.{path}" if path else "install_options"
 
 
-def expand_slots(targets: list[RolloutTarget], backend: str) -> list[SlotStatus]:
+def slot_workflow_id(
+    action: RolloutAction, node_id: str, backend: str, model_id: str, replica_index: int
+) -> str:
+    """A slot's install workflow id, or its load's for the ``load`` action."""
+    if action is RolloutAction.LOAD:
+        return load_workflow_id(node_id, backend, model_id, replica_index)
+    return install_workflow_id(node_id, backend, model_id, replica_index)
+
+
+def expand_slots(
+    targets: list[RolloutTarget], backend: str, action: RolloutAction = RolloutAction.INSTALL
+) -> list[SlotStatus]:
     """One queued slot per (node, model, replica), duplicates removed, order kept."""
     slots: dict[str, SlotStatus] = {}
     for target in targets:
         for replica in target.replica_indexes or [0]:
-            workflow_id = install_workflow_id(target.node_id, backend, target.model_id, replica)
+            workflow_id = slot_workflow_id(
+                action, target.node_id, backend, target.model_id, replica
+            )
             slots.setdefault(
                 workflow_id,
                 SlotStatus(

@@ -25,14 +25,17 @@ from activities.following import Followers
 from activities.install import InstallActivities
 from activities.install_slots import install_slots
 from activities.lifecycle import LifecycleActivities
+from activities.loading import load_model
 from activities.probe import ProbeActivities
 from activities.replies import OpReplies
+from activities.staging import StagingActivities, StagingConfig
 from activities.upgrade import UpgradeActivities, check_slot_health
 from durable_installs.contracts import names
 from durable_installs.telemetry import InstallMetrics, Telemetry
 from workflows.delete_backend import DeleteBackendWorkflow
 from workflows.drift import DriftCheckWorkflow
 from workflows.install_backend import InstallBackendWorkflow
+from workflows.load_model import LoadModelWorkflow
 from workflows.rollout import RolloutBackendWorkflow
 from workflows.upgrade_backend import UpgradeBackendWorkflow
 
@@ -42,6 +45,7 @@ WORKFLOW_BEHAVIORS: dict[type[Any], VersioningBehavior] = {
     UpgradeBackendWorkflow: VersioningBehavior.PINNED,
     DeleteBackendWorkflow: VersioningBehavior.PINNED,
     DriftCheckWorkflow: VersioningBehavior.PINNED,
+    LoadModelWorkflow: VersioningBehavior.PINNED,
 }
 """Every workflow type the worker runs, with its behavior on a versioned worker.
 
@@ -58,8 +62,17 @@ behavior as its default, one per worker, so every type listed here must share it
 Activity = Callable[..., Any]
 
 
-def activities(nc: NATS, telemetry: Telemetry, budget: ForwardBudget) -> dict[str, Activity]:
-    """Every activity by its registered name, built on the worker's shared parts."""
+def activities(
+    nc: NATS,
+    telemetry: Telemetry,
+    budget: ForwardBudget,
+    staging: StagingConfig | None = None,
+) -> dict[str, Activity]:
+    """Every activity by its registered name, built on the worker's shared parts.
+
+    ``staging`` says which model sources the worker trusts and the nodes' file-transfer
+    token; without it every source is refused (closed by default).
+    """
     replies = OpReplies(nc)  # the fast path hands each op's reply over to the install activity
     followers = Followers(nc, budget, InstallMetrics(telemetry.meter()))
     install = InstallActivities(nc, telemetry, replies, followers)
@@ -69,6 +82,7 @@ def activities(nc: NATS, telemetry: Telemetry, budget: ForwardBudget) -> dict[st
     upgrade = UpgradeActivities(nc, followers)
     lifecycle = LifecycleActivities(nc, telemetry)
     fleet = FleetActivities(nc, telemetry)
+    files = StagingActivities(nc, staging or StagingConfig())
     return {
         names.INSTALL_ACTIVITY: install.install_backend,
         names.FAST_INSTALL_ACTIVITY: fast.install_backend_fast,
@@ -85,4 +99,7 @@ def activities(nc: NATS, telemetry: Telemetry, budget: ForwardBudget) -> dict[st
         names.DELETE_ACTIVITY: lifecycle.delete_backend,
         names.LIST_NODES_ACTIVITY: fleet.list_nodes,
         names.CHECK_DRIFT_ACTIVITY: fleet.check_drift,
+        names.NODE_FILES_ACTIVITY: files.node_files,
+        names.STAGE_FILE_ACTIVITY: files.stage_model_file,
+        names.LOAD_MODEL_ACTIVITY: load_model,
     }

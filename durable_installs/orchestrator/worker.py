@@ -3,7 +3,7 @@
 Importable without argparse or a command line: ``create_worker`` registers every workflow and
 activity (with each workflow type's versioning behavior), ``connect_temporal`` connects the
 way the worker does (Temporal's env config, the pydantic data converter, tracing), and
-``ensure_search_attributes`` registers the five search attributes where it may.
+``ensure_search_attributes`` registers the search attributes where it may.
 ``worker_main.py`` is the command line around it; tests, the dev stack, benchmarks and
 ``backendctl`` use this module directly.
 """
@@ -33,6 +33,7 @@ from temporalio.runtime import Runtime
 from temporalio.worker import Worker
 
 from activities.budget import MIN_HEARTBEAT_INTERVAL, ForwardBudget
+from activities.staging import StagingConfig
 from durable_installs.contracts.names import DEFAULT_TASK_QUEUE
 from durable_installs.contracts.search_attributes import SEARCH_ATTRIBUTES
 from durable_installs.orchestrator.capacity import CapacityMonitor
@@ -97,6 +98,7 @@ def create_worker(
     sizing: WorkerSizing | None = None,
     capacity: CapacityMonitor | None = None,
     replace: Mapping[str, Activity] | None = None,
+    staging: StagingConfig | None = None,
     **worker_options: object,
 ) -> Worker:
     """A worker with every workflow and activity of this project registered.
@@ -108,7 +110,7 @@ def create_worker(
     ``replace`` swaps activities by name (a test's own ``list_nodes``, say).
     """
     telemetry = telemetry or Telemetry()
-    registered = activities(nc, telemetry, budget or ForwardBudget())
+    registered = activities(nc, telemetry, budget or ForwardBudget(), staging)
     for name, activity_fn in (replace or {}).items():
         if name not in registered:
             raise ValueError(f"no activity named {name!r} to replace")

@@ -31,12 +31,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import sys
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,7 @@ class Stack:
     nc: NATS
     queue: str
     small_queue: str
+    nats_url: str = ""
 
     async def node(self) -> FakeNode:
         return await FakeNode(self.nc, f"node-{uuid.uuid4().hex[:8]}").start()
@@ -736,6 +738,87 @@ async def drift_starts_upgrades(stack: Stack) -> list[WorkflowHandle[Any, Any]]:
 
 
 @contextlib.asynccontextmanager
+async def _loading_node(stack: Stack) -> AsyncIterator[tuple[str, Path, str]]:
+    """A real node agent serving files and a sample backend that loads models, and a worker
+    that trusts a sources directory: (node id, sources directory, task queue)."""
+    from activities.sources import TrustedSources
+    from activities.staging import StagingConfig
+    from durable_installs.devstack.sample_backend import SampleBackend
+    from durable_installs.node_agent import Agent
+    from durable_installs.node_agent.files import FilesConfig
+    from tests.node_agent.conftest import fast_config
+    from tests.ports import AGENT_PORTS
+
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch)
+        gallery = Gallery(path=root / "gallery" / "index.yaml")
+        gallery.add_backend(SampleBackend("cpu-load"), root / "archives")
+        gallery.write()
+        node_id = f"node-{uuid.uuid4().hex[:8]}"
+        config = fast_config(
+            node_id, root / "backends", gallery, stack.nats_url, AGENT_PORTS.block()
+        )
+        files = FilesConfig(token="record", address="127.0.0.1:0", reserve_bytes=0)
+        agent = Agent(replace(config, files=files))
+        await agent.start()
+        staging = StagingConfig(
+            sources=TrustedSources(((root / "sources").as_uri() + "/",)),
+            files_token="record",
+            cache_dir=root / "cache",
+        )
+        queue = f"record-load-{uuid.uuid4().hex[:6]}"
+        try:
+            async with create_worker(stack.client, stack.nc, queue, staging=staging):
+                yield node_id, root / "sources", queue
+        finally:
+            await agent.stop()
+
+
+def _model_file(directory: Path, name: str, content: bytes) -> dict[str, Any]:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / name).write_bytes(content)
+    return {
+        "uri": (directory / name).as_uri(),
+        "sha256": hashlib.sha256(content).hexdigest(),
+        "size": len(content),
+        "path": f"qwen3/{name}",
+    }
+
+
+@scenario
+async def model_loaded(stack: Stack) -> list[WorkflowHandle[Any, Any]]:
+    """Two files staged to a real agent and loaded; then the same load answers at once."""
+    from durable_installs.contracts.load import LoadModelInput
+    from workflows.load_model import LoadModelWorkflow
+
+    async with _loading_node(stack) as (node_id, sources, queue):
+        files = [
+            _model_file(sources, "model.gguf", b"weights" * 50_000),
+            _model_file(sources, "tokenizer.json", b'{"tokens": []}'),
+        ]
+        input = LoadModelInput.model_validate(
+            {
+                "node_id": node_id,
+                "backend": "cpu-load",
+                "model_id": "qwen3",
+                "files": files,
+                "install_options": dict(FAST),
+            }
+        )
+        handles = []
+        for _ in range(2):
+            handle = await stack.client.start_workflow(
+                LoadModelWorkflow.run,
+                input,
+                id=f"load-record-{uuid.uuid4().hex[:8]}",
+                task_queue=queue,
+            )
+            await handle.result()
+            handles.append(handle)
+    return handles
+
+
+@contextlib.asynccontextmanager
 async def running_stack() -> AsyncIterator[Stack]:
     """Two dev servers (one with a small history limit), nats-server, in-process workers."""
 
@@ -759,7 +842,7 @@ async def running_stack() -> AsyncIterator[Stack]:
                 create_worker(env.client, nc, "record") as _,
                 create_worker(small.client, nc, "record-small") as _,
             ):
-                yield Stack(env.client, small.client, nc, "record", "record-small")
+                yield Stack(env.client, small.client, nc, "record", "record-small", url)
         finally:
             await small.shutdown()
             await env.shutdown()
