@@ -14,6 +14,11 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from durable_installs.contracts.activities import InstallProgress, liveness_interval_problem
+from durable_installs.contracts.failures import BACKEND_NOT_INSTALLED as BACKEND_NOT_INSTALLED
+from durable_installs.contracts.failures import ROLLBACK_UNAVAILABLE as ROLLBACK_UNAVAILABLE
+from durable_installs.contracts.failures import ROLLOUT_NODES_FAILED as ROLLOUT_NODES_FAILED
+from durable_installs.contracts.failures import SLOTS_NOT_RESTORED as SLOTS_NOT_RESTORED
+from durable_installs.contracts.failures import UPGRADE_NOT_APPLIED as UPGRADE_NOT_APPLIED
 from durable_installs.contracts.install import describe_problems, gallery_problems, slot_problems
 from durable_installs.contracts.limits import (
     MAX_DEADLINE_SECONDS,
@@ -39,17 +44,6 @@ MINIMAL_UPGRADE_INPUT = {"node_id": "node-1", "backend": "llama-cpp"}
 MAX_UPGRADE_SLOTS = 1_000
 """Most slots of one backend on one node that an upgrade brings back; a node's ports bound
 it far lower in practice."""
-
-BACKEND_NOT_INSTALLED = "BackendNotInstalled"
-"""The node does not list the backend: an upgrade is never sent to it (reference §6)."""
-UPGRADE_NOT_APPLIED = "UpgradeNotApplied"
-"""The node said success, but ``backend.list`` still shows the old version."""
-SLOTS_NOT_RESTORED = "SlotsNotRestored"
-"""A slot that ran before the upgrade did not come back healthy (the health gate)."""
-ROLLBACK_UNAVAILABLE = "RollbackUnavailable"
-"""Neither a kept previous version on the node nor a recorded previous uri."""
-ROLLOUT_NODES_FAILED = "RolloutNodesFailed"
-"""A node-level rollout (upgrade/delete) ended with failed nodes."""
 
 
 class BackendVersion(BaseModel):
