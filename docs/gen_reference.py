@@ -37,6 +37,8 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
+from durable_installs.protocol.wire import OMIT_EMPTY
+
 # --- what the reference covers ------------------------------------------------------------------
 
 MODEL_MODULES = (
@@ -204,15 +206,16 @@ def describe_bounds(schema: dict[str, Any]) -> str:
         parts.append(f"≥ {number(low)}")
     elif high is not None:
         parts.append(f"≤ {number(high)}")
-    for keyword, unit in (("minLength", "characters"), ("minItems", "items")):
+    for keyword, unit in (("minLength", "character"), ("minItems", "item")):
         if schema.get(keyword, 0) > 0:
-            parts.append(f"at least {number(schema[keyword])} {unit}")
+            plural = "" if schema[keyword] == 1 else "s"
+            parts.append(f"at least {number(schema[keyword])} {unit}{plural}")
     for keyword, unit in (("maxLength", "characters"), ("maxItems", "items")):
         if keyword in schema:
             parts.append(f"≤ {number(schema[keyword])} {unit}")
     if "x-max-bytes" in schema:
         parts.append(f"≤ {number(schema['x-max-bytes'])} bytes")
-    for choice in schema.get("anyOf", []):
+    for choice in schema.get("oneOf", []) + schema.get("anyOf", []):
         if "const" in choice:
             parts.insert(0, f"`{json.dumps(choice['const'])}` (off), or")
         elif choice.get("type") != "null":
@@ -250,9 +253,12 @@ def model_section(model: type[BaseModel], links: dict[str, str], level: int = 3)
     for name, info in model.model_fields.items():
         key = info.alias or name
         prop = properties.get(key, {})
+        description = info.description or ""
+        if OMIT_EMPTY in info.metadata:
+            description += " *Left out of the JSON when zero (Go's `omitempty`).*"
         lines.append(
             f"| `{key}` | {describe_type(prop, links)} | {default_of(model, name)} "
-            f"| {cell(describe_bounds(prop))} | {cell(info.description or '')} |"
+            f"| {cell(describe_bounds(prop))} | {cell(description)} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -465,8 +471,7 @@ def messages_page() -> str:
         + "# Wire messages\n\n"
         + "The JSON bodies on the NATS subjects of the [node protocol](../protocol.md) "
         + "(`durable_installs/protocol/messages.py`), and the node registry's entries "
-        + "(`durable_installs/protocol/announce.py`). Fields marked *omit* in the protocol are "
-        + "left out when they hold their zero value.\n\n"
+        + "(`durable_installs/protocol/announce.py`).\n\n"
         + type_sections(classes, links, level=2)
     )
 
