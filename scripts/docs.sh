@@ -8,4 +8,5 @@ cd "$(dirname "$0")/.."
 source scripts/venv.sh
 ensure_venv docs
 
+export NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true  # the theme's and a plugin's banners
 .venv/bin/mkdocs build --strict "$@"

@@ -110,8 +110,8 @@ with every slot. Executions started before completed with ``cancelled: true``. T
 class RolloutBackendWorkflow:
     """Install a backend on every target slot and report each slot's outcome.
 
-    Runs PINNED on a versioned worker (``worker_main.WORKFLOW_BEHAVIORS``), like each install:
-    a fleet rollout runs for hours and finishes on the worker version that started it
+    Runs PINNED on a versioned worker (``orchestrator.worker.WORKFLOW_BEHAVIORS``), like each
+    install: a fleet rollout runs for hours and finishes on the worker version that started it
     (continue-as-new keeps the version). The installs it starts are workflows of their own
     and go to the version that is current when each one starts.
     """

@@ -80,7 +80,8 @@ class DriftCheckInput(ContractModel):
     start_upgrades: bool = False
     """Start an upgrade rollout for every outdated backend (off: report only)."""
     upgrade_options: dict[str, Any] = Field(default_factory=dict)
-    """Extra ``RolloutBackendWorkflow`` input fields (e.g. ``max_unavailable``, ``rollback``)."""
+    """Extra ``RolloutBackendWorkflow`` input fields (e.g. ``max_unavailable``, ``rollback``);
+    ``backend``, ``action``, ``targets`` and ``backend_galleries`` are refused (drift decides)."""
     upgrade_task_queue: str = ""
     """Task queue of the upgrade rollouts; empty uses the drift check's own."""
     request_timeout_seconds: float = 10.0

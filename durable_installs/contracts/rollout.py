@@ -200,8 +200,8 @@ class RolloutInput(ContractModel):
     backend: str
     """Gallery name (concrete, meta or alias) or the name of an external install."""
     targets: list[RolloutTarget] = Field(default_factory=list)
-    """Slots per node (install), or nodes (upgrade, delete; empty: every node the registry knows
-    with the backend installed)."""
+    """Slots per node (install; at most 10,000 slots in all, ``add_targets`` included), or nodes
+    (upgrade, delete; empty: every node the registry knows with the backend installed)."""
     backend_galleries: list[GalleryConfig] | None = None
     """Galleries that replace the nodes' own, as for one install."""
     uri: str = ""
