@@ -381,7 +381,11 @@ def activities() -> list[ActivityDoc]:
                 continue
             if inspect.isclass(value):
                 members = inspect.getmembers(value, inspect.isfunction)
-                candidates += [member for _, member in members]
+                candidates += [  # defined in this class, not inherited
+                    member
+                    for _, member in members
+                    if member.__qualname__.split(".")[0] == value.__name__
+                ]
             elif inspect.isfunction(value):
                 candidates.append(value)
         for fn in candidates:

@@ -74,7 +74,9 @@ def test_every_workflow_and_activity_is_documented() -> None:
     found = {entry.name for entry in gen.workflows()}
     assert set(gen.WORKFLOW_PAGES) == found
     assert len(found) == len(WORKFLOW_BEHAVIORS)
-    assert {activity.name for activity in gen.activities()} >= {
+    names = [activity.name for activity in gen.activities()]
+    assert len(names) == len(set(names)), names
+    assert set(names) >= {
         "install_backend",
         "install_backend_fast",
         "probe_slot",
