@@ -1,4 +1,4 @@
-.PHONY: run test test-load lint bench bench-quick
+.PHONY: run test test-load lint docs bench bench-quick
 
 run:  ## create/reuse .venv and run the whole embedded stack in the foreground (ARGS=... for flags)
 	scripts/run.sh $(ARGS)
@@ -8,6 +8,9 @@ test:  ## create .venv, install, lint, type-check and run every test
 
 test-load:  ## the load tests (thousands of installs, one worker killed; about 5 min)
 	.venv/bin/pytest -m load -p no:cacheprovider tests/chaos
+
+docs:  ## create/reuse .venv and build the documentation site into site/ (strict: a broken link fails)
+	scripts/docs.sh
 
 lint:
 	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy .

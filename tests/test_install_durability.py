@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
-import threading
 import uuid
 from typing import Any
 
@@ -28,7 +26,7 @@ from durable_installs.orchestrator.worker import create_worker
 from durable_installs.protocol import subjects
 from durable_installs.protocol.messages import BackendInstallReply, BackendInstallRequest
 from tests.fake_node import FakeNode
-from tests.worker_process import worker_process
+from tests.worker_process import output_of, worker_process
 from tests.workflow_helpers import (
     assert_replays,
     heartbeat_with_events,
@@ -40,20 +38,6 @@ from tests.workflow_helpers import (
 
 HEARTBEAT_TIMEOUT = 3.0
 PAUSE = 3 * HEARTBEAT_TIMEOUT
-
-
-class OutputLines:
-    """Reads a process's output in a thread, so the test can wait for a line and the pipe
-    never fills up."""
-
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
-        self.lines: list[str] = []
-        assert proc.stdout is not None
-        stream = proc.stdout
-        threading.Thread(target=lambda: self.lines.extend(stream), daemon=True).start()
-
-    def saw(self, text: str) -> bool:
-        return any(text in line for line in self.lines)
 
 
 async def first_attempt_superseded(handle: WorkflowHandle[Any, Any]) -> bool:
@@ -91,7 +75,6 @@ async def test_a_worker_paused_past_its_heartbeat_timeout_never_cancels_the_node
         deadline_seconds=600,
     )
     with worker_process(temporal_address, nats_url, task_queue) as paused:
-        output = OutputLines(paused)
         handle = await start_install(client, task_queue, input)
         await heartbeat_with_events(client, handle, at_least=3)
         op_id = node.install_requests[0].op_id
@@ -111,7 +94,7 @@ async def test_a_worker_paused_past_its_heartbeat_timeout_never_cancels_the_node
                 finally:
                     paused.send_signal(signal.SIGCONT)
                 await wait_for(
-                    lambda: output.saw("install request cancelled"),
+                    lambda: "install request cancelled" in output_of(paused),
                     within=60,
                     what="the thawed worker gave up its stale attempt",
                 )

@@ -3,7 +3,7 @@
 The histories in ``tests/histories/<WorkflowType>/`` are real executions (recorded by
 ``python -m tests.histories.record``). An execution that is running in a cluster when a new
 worker is deployed is replayed by that worker; a change that no longer replays one of these
-fails here first, and must be versioned with ``workflow.patched`` (docs: contributing,
+fails here first, and must be versioned with ``workflow.patched`` (docs/contributing.md,
 "Changing workflow code").
 """
 

@@ -25,7 +25,7 @@ from durable_installs.telemetry import (
 from durable_installs.telemetry.logs import install_handler
 from durable_installs.telemetry.prometheus import parse_address
 from durable_installs.telemetry.propagation import workflow_id_of
-from durable_installs.telemetry.temporal import temporal_interceptors, temporal_runtime
+from durable_installs.telemetry.temporal import CORE_LOGGER, core_logging, temporal_interceptors
 from worker_main import parse_args
 
 
@@ -43,7 +43,13 @@ def test_without_configuration_everything_is_the_no_op_implementation() -> None:
     assert isinstance(telemetry.meter_provider, NoOpMeterProvider)
     assert not telemetry.tracing
     assert temporal_interceptors(telemetry) == []
-    assert temporal_runtime("") is None
+
+
+def test_the_sdk_cores_logs_are_forwarded_to_python_logging_not_to_stdout() -> None:
+    config = core_logging()
+
+    assert config.forwarding is not None
+    assert config.forwarding.logger.name == CORE_LOGGER
 
 
 def test_console_exporter_turns_tracing_on() -> None:

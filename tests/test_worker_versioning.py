@@ -78,7 +78,8 @@ def temporal_cli(temporal_address: str, *args: str) -> subprocess.CompletedProce
 
 
 async def set_current_with_cli(temporal_address: str, deployment: str, build_id: str) -> None:
-    """What the operator runs (README): retried until the server has seen the new pollers."""
+    """What the operator runs (docs/operating/versioning.md): retried until the server has seen
+    the new pollers."""
 
     async def done() -> bool:
         out = await asyncio.to_thread(

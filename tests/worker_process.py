@@ -14,6 +14,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+_LOGS: dict[int, Path] = {}
+
+
+def output_of(proc: subprocess.Popen[str]) -> str:
+    """Everything a worker started by :func:`worker_process` has printed so far."""
+    return _LOGS[proc.pid].read_text(errors="replace")
+
+
 def worker_command(*args: str) -> list[str]:
     return [sys.executable, str(ROOT / "worker_main.py"), *args]
 
@@ -31,7 +39,7 @@ def worker_process(
         "PYTHONUNBUFFERED": "1",
     }
     # Output to a file, not a pipe read only until "polling": an unread pipe fills and
-    # blocks every writer in the worker (bench/README.md, "No cliff under load").
+    # blocks every writer in the worker (docs/operating/scale.md, "At capacity").
     log = Path(tempfile.mkstemp(prefix="worker-", suffix=".log")[1])
     with log.open("w") as out:
         proc = subprocess.Popen(
@@ -42,6 +50,7 @@ def worker_process(
             stderr=subprocess.STDOUT,
             text=True,
         )
+    _LOGS[proc.pid] = log
     try:
         deadline = time.monotonic() + ready_timeout
         while "worker polling" not in log.read_text(errors="replace"):

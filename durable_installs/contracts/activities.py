@@ -7,8 +7,9 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field, ValidationError
 
+from durable_installs.contracts.model import ContractModel
 from durable_installs.protocol.messages import (
     BackendInstallProgressEvent,
     BackendInstallRequest,
@@ -28,7 +29,7 @@ def liveness_interval_problem(seconds: float) -> str | None:
     return f"must be 0 (off) or between {low:g} and {high:g}"
 
 
-class _Model(BaseModel):
+class _Model(ContractModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
 
@@ -36,8 +37,11 @@ class InstallActivityInput(_Model):
     """One ``backend.install`` request to one node, and how long to wait for its reply."""
 
     node_id: str
+    """Node to send the request to."""
     request: BackendInstallRequest
+    """The ``backend.install`` body, with the op id the node joins on."""
     install_timeout_seconds: float = 900.0
+    """How long to wait for the node's reply before ``WorkerStillInstalling``."""
     heartbeat_interval_seconds: float = 5.0
     """Heartbeat at least this often even when the node sends no progress event."""
     progress_report_interval_seconds: float = 5.0
@@ -58,24 +62,36 @@ class InstallProgress(_Model):
     """
 
     op_id: str
+    """The op whose progress this is."""
     node_id: str = ""
+    """The node working on the op."""
     attempt: int = 1
+    """The activity attempt that saw the progress (1 for the first)."""
     event_count: int = 0
+    """Valid progress events received so far."""
     malformed_events: int = 0
     """Events that were not valid JSON progress events and were dropped."""
     last_event: BackendInstallProgressEvent | None = None
+    """The newest progress event, as the node sent it."""
     last_event_at: datetime | None = None
+    """When the newest progress event arrived."""
 
 
 class InstallActivityResult(_Model):
     """A ``success:true`` reply: the slot runs at ``address``."""
 
     node_id: str
+    """The node that installed the slot."""
     op_id: str
+    """The op the node answered."""
     address: str
+    """Routable ``host:port`` of the slot's backend process."""
     attempt: int
+    """The activity attempt that got the reply."""
     progress: InstallProgress
+    """Progress seen while waiting for the reply."""
     elapsed_seconds: float
+    """Time from the start of this attempt to the reply."""
 
 
 class FastInstallResult(_Model):
@@ -89,22 +105,29 @@ class FastInstallResult(_Model):
     """
 
     node_id: str
+    """The node asked."""
     op_id: str
+    """The op sent."""
     answered: bool
+    """The node answered ``success:true`` within the bound."""
     address: str = ""
+    """Routable ``host:port`` of the slot's process when answered."""
     reason: str = ""
     """Why the node gave no immediate answer (``timeout``, ``no responders``, ...)."""
     request_sent: bool = False
     """No answer in time, but the node got the request: the install activity waits for its
     reply instead of sending the op again."""
     elapsed_seconds: float = 0.0
+    """Time the fast path waited."""
 
 
 class CancelOpInput(_Model):
     """Which op a node should stop."""
 
     node_id: str
+    """The node working on the op."""
     op_id: str
+    """The op to stop."""
 
 
 class ProbeState(StrEnum):
@@ -121,37 +144,52 @@ class ProbeInput(_Model):
     """Which slot (and op) to ask a node about."""
 
     node_id: str
+    """The node to ask."""
     backend: str
+    """The backend as requested (meta and alias names are mapped through the galleries)."""
     model_id: str = ""
+    """The slot's model id; empty for an admin install."""
     replica_index: int = 0
+    """The slot's replica index."""
     op_id: str = ""
+    """The install's op id, to ask about and to listen for its progress; empty for none."""
     galleries_json: str = ""
     """The request's ``backend_galleries`` string, used to map meta and alias names."""
     listen_seconds: float = 2.0
     """How long to listen on the op's progress subject for signs of an install in flight."""
     status_timeout_seconds: float = 2.0
+    """How long the status extension may take to answer."""
     running_timeout_seconds: float = 10.0
+    """How long ``models.running`` may take to answer."""
     list_timeout_seconds: float = 30.0
+    """How long ``backend.list`` may take to answer."""
 
 
 class ProbeResult(_Model):
     """The probe's conclusion and the evidence it rests on."""
 
     state: ProbeState
+    """What the probe concluded about the slot."""
     source: str
     """``status`` (the node agent's status extension) or ``stock`` (running + list + listen)."""
     address: str = ""
     """Routable address from the status extension; node-local address from ``models.running``."""
     node_answered: bool = False
+    """The node answered at least one of the probe's requests."""
     node_offline: bool = False
     """Nothing subscribes to the node's subjects (no responders): back off, do not poll."""
     running_slot: RunningModelInfo | None = None
+    """The ``models.running`` entry of the slot, when it runs."""
     installed_backend: str = ""
     """The backend name on the node's disk that matched (may be the concrete of a meta name)."""
     events_seen: int = 0
+    """Progress events of the op heard while listening."""
     last_event: BackendInstallProgressEvent | None = None
+    """The newest progress event heard, if any."""
     notes: list[str] = Field(default_factory=list)
+    """What the probe observed on the way, for logs and the UI."""
     probed_at: datetime | None = None
+    """When the probe ran."""
 
     def summary(self) -> str:
         """One line for logs, timers and the UI."""

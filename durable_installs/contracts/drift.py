@@ -19,16 +19,23 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from durable_installs.contracts.install import describe_problems, gallery_problems
 from durable_installs.contracts.limits import (
+    MAX_GALLERIES,
     MAX_INTERVAL_SECONDS,
     MAX_NAME_LENGTH,
     MIN_DURATION_SECONDS,
+    Keywords,
+    between,
+    items_bounds,
     number_problem,
+    text_bounds,
     text_problem,
+    with_bounds,
 )
+from durable_installs.contracts.model import ContractModel
 from durable_installs.protocol.messages import GalleryConfig
 from durable_installs.protocol.subjects import token_problem
 
@@ -55,10 +62,12 @@ class DriftState(StrEnum):
     NOT_IN_GALLERY = "not_in_gallery"
 
 
-class DriftCheckInput(BaseModel):
+class DriftCheckInput(ContractModel):
     """Which nodes, which gallery, and whether to act on what is outdated."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", json_schema_extra=with_bounds(lambda: DRIFT_INPUT_BOUNDS)
+    )
 
     backend_galleries: list[GalleryConfig]
     """The galleries whose entries are "current" (the first gallery naming a backend wins)."""
@@ -71,7 +80,8 @@ class DriftCheckInput(BaseModel):
     start_upgrades: bool = False
     """Start an upgrade rollout for every outdated backend (off: report only)."""
     upgrade_options: dict[str, Any] = Field(default_factory=dict)
-    """Extra ``RolloutBackendWorkflow`` input fields (e.g. ``max_unavailable``, ``rollback``)."""
+    """Extra ``RolloutBackendWorkflow`` input fields (e.g. ``max_unavailable``, ``rollback``);
+    ``backend``, ``action``, ``targets`` and ``backend_galleries`` are refused (drift decides)."""
     upgrade_task_queue: str = ""
     """Task queue of the upgrade rollouts; empty uses the drift check's own."""
     request_timeout_seconds: float = 10.0
@@ -126,62 +136,99 @@ class DriftCheckInput(BaseModel):
         return f"invalid input: {describe_problems(problems)}" if problems else ""
 
 
-class BackendDrift(BaseModel):
+DRIFT_INPUT_BOUNDS: dict[str, Keywords] = {
+    "backend_galleries": {"minItems": 1} | items_bounds(MAX_GALLERIES),
+    "nodes": items_bounds(MAX_DRIFT_NODES),
+    "backends": items_bounds(MAX_DRIFT_BACKENDS),
+    "upgrade_options": {"x-max-bytes": MAX_UPGRADE_OPTIONS_BYTES},
+    "upgrade_task_queue": text_bounds(MAX_NAME_LENGTH),
+    "request_timeout_seconds": between(MIN_DURATION_SECONDS, MAX_INTERVAL_SECONDS),
+}
+"""The bounds ``problems()`` checks, as JSON Schema keywords (the generated reference)."""
+
+
+class BackendDrift(ContractModel):
     """One installed backend on one node, compared with the gallery."""
 
     name: str
+    """The backend as ``backend.list`` shows it."""
     state: DriftState
+    """How it compares with the gallery's current entry."""
     reason: str
+    """Why it is in that state, in words."""
     installed_version: str = ""
+    """Version the node reports; empty when it reports none."""
     installed_uri: str = ""
+    """Source the node installed it from."""
     installed_digest: str = ""
+    """Digest the node recorded (OCI manifest or archive sha256)."""
     gallery_version: str = ""
+    """Version of the gallery's current entry."""
     gallery_uri: str = ""
+    """Source of the gallery's current entry."""
 
 
-class NodeDrift(BaseModel):
+class NodeDrift(ContractModel):
     """Every installed backend of one node, or why the node could not be asked."""
 
     node_id: str
+    """The node."""
     answered: bool
+    """The node answered ``backend.list``; an unreachable node is never up to date."""
     error: str = ""
+    """Why the node could not be asked, when it did not answer."""
     backends: list[BackendDrift] = Field(default_factory=list)
+    """Each installed backend compared with the gallery."""
 
 
-class CheckDriftInput(BaseModel):
+class CheckDriftInput(ContractModel):
     """One ``check_drift`` batch: these nodes against these galleries."""
 
     node_ids: list[str]
+    """The nodes of this batch."""
     backend_galleries: list[GalleryConfig]
+    """The galleries whose entries are current."""
     backends: list[str] = Field(default_factory=list)
+    """Only these backend names; empty checks every installed backend."""
     timeout_seconds: float = 10.0
+    """How long each node's ``backend.list`` may take."""
 
 
-class CheckDriftResult(BaseModel):
+class CheckDriftResult(ContractModel):
     """One batch's findings, and the gallery problems met while reading the indexes."""
 
     nodes: list[NodeDrift]
+    """Each node of the batch with its backends."""
     gallery_notes: list[str] = Field(default_factory=list)
+    """Problems met while reading the gallery indexes."""
 
 
-class UpgradeStarted(BaseModel):
+class UpgradeStarted(ContractModel):
     """An upgrade rollout the drift check started (or found already running)."""
 
     backend: str
+    """The outdated backend."""
     workflow_id: str
+    """The upgrade rollout's workflow id."""
     targets: list[str]
+    """The nodes where the backend is outdated: the rollout's targets."""
     already_running: bool = False
+    """A rollout with that id was already running; it was not started again."""
 
 
-class DriftReport(BaseModel):
+class DriftReport(ContractModel):
     """The whole check: per node, per backend; counts; what was started."""
 
     checked_at: datetime
+    """When the check ran."""
     nodes: list[NodeDrift] = Field(default_factory=list)
+    """Every node checked, with each backend's state."""
     duplicates: list[str] = Field(default_factory=list)
     """Node ids announced by more than one agent process."""
     gallery_notes: list[str] = Field(default_factory=list)
+    """Problems met while reading the gallery indexes."""
     upgrades: list[UpgradeStarted] = Field(default_factory=list)
+    """The upgrade rollouts started (with ``start_upgrades``)."""
 
     def counts(self) -> dict[str, int]:
         """How many node/backend pairs are in each state, plus ``unreachable`` nodes."""

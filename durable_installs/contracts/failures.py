@@ -1,11 +1,14 @@
 """Failure types of the install and probe activities, and how a node's error text maps to them.
 
 One type per idea, the same names in code, the UI and the docs. The workflow routes on these
-types; the retryable flag says whether trying again can help at all.
+types; the retryable flag says whether trying again can help at all. :data:`FAILURE_TYPES` is
+the catalogue of every type with its meaning; the documentation site's failure reference is
+generated from it.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
@@ -158,6 +161,229 @@ def root_application_error(err: BaseException) -> ApplicationError | None:
             found = cause
         cause = cause.__cause__ or getattr(cause, "cause", None)
     return found
+
+
+# --- upgrades and node-level rollouts (issue 13) ----------------------------------------------
+
+BACKEND_NOT_INSTALLED = "BackendNotInstalled"
+"""The node does not list the backend: an upgrade is never sent to it (docs/protocol.md §6)."""
+
+UPGRADE_NOT_APPLIED = "UpgradeNotApplied"
+"""The node said success, but ``backend.list`` still shows the old version."""
+
+SLOTS_NOT_RESTORED = "SlotsNotRestored"
+"""A slot that ran before the upgrade did not come back healthy (the health gate)."""
+
+ROLLBACK_UNAVAILABLE = "RollbackUnavailable"
+"""Neither a kept previous version on the node nor a recorded previous uri."""
+
+ROLLOUT_NODES_FAILED = "RolloutNodesFailed"
+"""A node-level rollout (upgrade/delete) ended with failed nodes."""
+
+
+@dataclass(frozen=True)
+class FailureType:
+    """One failure type: the ``type`` of the ``ApplicationError`` and what it means."""
+
+    name: str
+    """The string in the failure (``ApplicationError.type``), the UI and the logs."""
+    meaning: str
+    """What happened, in a sentence or two."""
+    raised_by: str
+    """Which workflows or activities raise it."""
+    retried: str
+    """Whether and by whom it is retried, or what happens next."""
+
+
+FAILURE_TYPES: dict[str, FailureType] = {
+    failure.name: failure
+    for failure in (
+        FailureType(
+            INVALID_INPUT,
+            "The workflow input is invalid (a bound, a token, a missing input); the message "
+            "names each field and bound, never echoing the value. Nothing was written or sent.",
+            "every workflow",
+            "never: fix the input and start again",
+        ),
+        FailureType(
+            WORKER_STILL_INSTALLING,
+            "The node did not reply within the install timeout; it is probably still pulling. "
+            "Benign: not a failure of the install.",
+            "the install activity",
+            "the workflow probes the node before anything is sent again",
+        ),
+        FailureType(
+            NODE_UNREACHABLE,
+            "No responders: nothing subscribes to the node's subject (the node is down, "
+            "offline or does not exist).",
+            "the install and upgrade activities, and the delete's node requests",
+            "backs off 30 s doubling to 15 min, and probes before any re-send",
+        ),
+        FailureType(
+            INSTALL_REJECTED,
+            "The node answered `success:false` with a cause no retry can fix: an unknown "
+            "backend, an integrity failure, a missing `run.sh`, a source the node does not "
+            "trust. The message is the node's text.",
+            "the install and upgrade activities",
+            "never: the workflow fails at once",
+        ),
+        FailureType(
+            INSTALL_FAILED,
+            "The node answered `success:false` with a cause that may pass: a download failed, "
+            "no free port, the backend was not ready in time.",
+            "the install and upgrade activities, `await_install`",
+            "after a probe, at most `max_failed_attempts` times (timeouts never count)",
+        ),
+        FailureType(
+            INSTALL_CANCELLED,
+            "The node reports that the op was cancelled, or the awaited install was cancelled.",
+            "the install activity, `await_install`",
+            "never",
+        ),
+        FailureType(
+            INSTALL_DEADLINE_EXCEEDED,
+            "The overall deadline (`deadline_seconds`) passed before the slot was running, or "
+            "before an upgrade's re-pull finished; the failure carries the last progress.",
+            "`InstallBackendWorkflow`, `UpgradeBackendWorkflow`",
+            "never",
+        ),
+        FailureType(
+            ROLLOUT_GONE,
+            "A rollout's batch activity found the rollout no longer running (terminated); it "
+            "cancelled the installs it had started.",
+            "the `install_slots` activity",
+            "never",
+        ),
+        FailureType(
+            DELETE_REFUSED,
+            "Slots run the backend and `force` was not set; the message names the slots. "
+            "Nothing was stopped or deleted.",
+            "`DeleteBackendWorkflow`",
+            "never: stop the slots, or delete with `force`",
+        ),
+        FailureType(
+            DELETE_FAILED,
+            'The node answered `backend.delete` with `success:false` other than "not found" '
+            "(which counts as already gone); the message is the node's text.",
+            "the delete activity",
+            "never",
+        ),
+        FailureType(
+            DELETE_INCOMPLETE,
+            "After the delete the node still lists the backend or runs a slot of it.",
+            "`DeleteBackendWorkflow`",
+            "never",
+        ),
+        FailureType(
+            NODE_SILENT,
+            "The node has responders but did not answer within the request timeout.",
+            "the delete's node requests (inventory, stop, delete activities)",
+            "retried by the activity's retry policy, then the workflow fails naming the node",
+        ),
+        FailureType(
+            REGISTRY_UNAVAILABLE,
+            "The node registry bucket (`backend-nodes`) cannot be read: the server has no "
+            "JetStream, or the user may not read it.",
+            "the `list_nodes` activity",
+            "retried by the activity's retry policy",
+        ),
+        FailureType(
+            BACKEND_NOT_INSTALLED,
+            "The node does not list the backend, so an upgrade is never sent to it; in a "
+            "rollout the node is `not_installed`, which is not a failure.",
+            "`UpgradeBackendWorkflow`",
+            "never",
+        ),
+        FailureType(
+            UPGRADE_NOT_APPLIED,
+            "The node replied success to the upgrade, but `backend.list` still shows the old "
+            "install (or not the expected version, uri or digest).",
+            "`UpgradeBackendWorkflow`",
+            "never; in a rollout the node is failed and not rolled back (nothing changed)",
+        ),
+        FailureType(
+            SLOTS_NOT_RESTORED,
+            "A slot that ran before the upgrade did not come back healthy within "
+            "`health_gate_seconds` (the health gate); the message names each slot.",
+            "`UpgradeBackendWorkflow`",
+            "never; in a rollout the gate fails: stop, and roll back when asked",
+        ),
+        FailureType(
+            ROLLBACK_UNAVAILABLE,
+            "Neither a previous version kept on the node nor a recorded previous uri: nothing "
+            "to roll back to.",
+            "the upgrade activity, for `UpgradeBackendWorkflow` with `rollback`",
+            "never; shown in the rollout's rollback column",
+        ),
+        FailureType(
+            ROLLOUT_NODES_FAILED,
+            "A node-level rollout (upgrade or delete) ended with failed nodes; the message "
+            "lists every failed node with its error and how many were rolled back.",
+            "`RolloutBackendWorkflow` with `action` `upgrade` or `delete`",
+            "never; `failure_policy: continue` reports the failures without failing",
+        ),
+        FailureType(
+            NODE_CANNOT_STORE_MODEL,
+            "The node's `files.space` answer leaves too little room for the model (its size "
+            "plus 5 %, at least 1 GiB, beyond the node's reserve), a file is larger than the "
+            "node takes, or the node ran out of room mid-upload (HTTP 507). Nothing was put "
+            "in place.",
+            "`LoadModelWorkflow` (before staging) and the staging activity",
+            "never: free space on the node or load elsewhere",
+        ),
+        FailureType(
+            SOURCE_NOT_TRUSTED,
+            "A model file's `uri` is not under a prefix the worker trusts "
+            "(`--allow-model-source`; none by default).",
+            "the staging activity",
+            "never: trust the prefix on the worker, or name another source",
+        ),
+        FailureType(
+            SOURCE_MISMATCH,
+            "A model file's source delivered other bytes than the load promised: more or "
+            "fewer than `size`, or content whose sha256 is not `sha256`, or it answered "
+            "404/403 or a redirect. Nothing was put in place.",
+            "the staging activity",
+            "never: fix the load's `files` or the source",
+        ),
+        FailureType(
+            STAGING_REFUSED,
+            "The node refused a file for good: the worker's files token (HTTP 401/403), a "
+            "path outside its directories (400), a file too large (413), no file-transfer "
+            "API at the address.",
+            "the staging activity",
+            "never: configure the token (`NODE_FILES_TOKEN`) or fix the path",
+        ),
+        FailureType(
+            STAGING_FAILED,
+            "A transfer broke (connection reset, a stall, the node busy) or the source was "
+            "unreachable, and kept breaking.",
+            "the staging activity",
+            "up to 10 attempts, each resuming from what the node has committed",
+        ),
+        FailureType(
+            NO_FILES_ENDPOINT,
+            "Nothing says where the node takes files: it did not answer `files.space` with "
+            "an address (a stock LocalAI worker, or an agent without `--files-token`).",
+            "`LoadModelWorkflow`",
+            "never: give the load `files_url`, or start the agent with a files token",
+        ),
+        FailureType(
+            LOAD_FAILED,
+            "The backend answered `LoadModel` with `success: false` (the message carries its "
+            "reason), gave no answer, or stopped answering `Status` for `load_stall_seconds`.",
+            "the load-model activity",
+            "never: the load fails with the backend's words",
+        ),
+        FailureType(
+            LOAD_DEADLINE_EXCEEDED,
+            "The load did not finish within `deadline_seconds`; the message names the phase.",
+            "`LoadModelWorkflow`",
+            "never",
+        ),
+    )
+}
+"""Every failure type this project raises, by name: the generated failure reference."""
 
 
 def root_message(err: BaseException) -> str:

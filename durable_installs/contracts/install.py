@@ -13,9 +13,10 @@ from collections.abc import Mapping
 from datetime import datetime
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
 
 from durable_installs.contracts.activities import (
+    LIVENESS_INTERVAL_RANGE,
     InstallProgress,
     ProbeResult,
     liveness_interval_problem,
@@ -35,17 +36,24 @@ from durable_installs.contracts.limits import (
     MAX_VERIFICATION_LENGTH,
     MAX_WORKFLOW_ID_LENGTH,
     MIN_DURATION_SECONDS,
+    Keywords,
+    between,
+    items_bounds,
     number_problem,
+    off_or_between,
+    text_bounds,
     text_problem,
     utf8_problem,
+    with_bounds,
 )
+from durable_installs.contracts.model import ContractModel
 from durable_installs.protocol.messages import (
     BackendInstallProgressEvent,
     GalleryConfig,
     encode_galleries,
     process_key,
 )
-from durable_installs.protocol.subjects import token_problem
+from durable_installs.protocol.subjects import MAX_TOKEN_LENGTH, token_problem
 
 MAX_REPLICA_INDEX = 2**31 - 1
 
@@ -97,22 +105,33 @@ class InstallPhase(StrEnum):
     CANCELLED = "cancelled"
 
 
-class InstallCarryOver(BaseModel):
+class InstallCarryOver(ContractModel):
     """State a continued-as-new run takes over from its predecessor. Not for callers."""
 
     model_config = ConfigDict(frozen=True)
 
     op_id: str
+    """The op id every run of the install sends."""
     started_at: datetime
+    """When the first run started."""
     deadline_at: datetime
+    """When the overall deadline passes."""
     attempts: int
+    """Install requests sent so far."""
     probes: int
+    """Probes run so far."""
     failed_attempts: int
+    """Transient failures so far (the ``max_failed_attempts`` budget)."""
     backoff_streak: int
+    """Back-offs in a row so far (the next one doubles)."""
     found_running: bool = False
+    """A probe found the slot already running."""
     progress: InstallProgress | None = None
+    """The newest progress of the op."""
     last_probe: ProbeResult | None = None
+    """The last probe's result."""
     last_error: str = ""
+    """The last failure's message."""
 
     def problems(self) -> list[tuple[str, str]]:
         """What would break a resumed run: the op id's routing, and the deadline's arithmetic.
@@ -139,24 +158,35 @@ class InstallCarryOver(BaseModel):
         return found
 
 
-class InstallBackendInput(BaseModel):
+class InstallBackendInput(ContractModel):
     """Install ``backend`` on node ``node_id`` and get a running process for one slot.
 
     The slot is ``(model_id, replica_index)``; an admin install leaves ``model_id`` empty.
     Durations are seconds.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", json_schema_extra=with_bounds(lambda: INSTALL_INPUT_BOUNDS)
+    )
 
     node_id: str
+    """Node to install on: a NATS subject token (no ``.``, ``*``, ``>``, whitespace or control
+    characters)."""
     backend: str
+    """Gallery name (concrete, meta or alias) or the name of an external install."""
     model_id: str = ""
+    """Model the slot serves; empty for an admin install."""
     replica_index: int = 0
+    """Slot index on the node."""
     backend_galleries: list[GalleryConfig] | None = None
     """Galleries that replace the node's own for this install; None uses the node's."""
     uri: str = ""
+    """External install source (an http(s) archive or an OCI image); empty installs from a
+    gallery."""
     name: str = ""
+    """Name of an external install."""
     alias: str = ""
+    """Alias of an external install."""
     op_id: str = ""
     """Progress op id; empty derives a stable one from the workflow id."""
     install_timeout_seconds: float = 900.0
@@ -170,6 +200,7 @@ class InstallBackendInput(BaseModel):
     retry_backoff_seconds: float = 30.0
     """First wait after ``NodeUnreachable`` or a transient failure; doubles up to the cap."""
     retry_backoff_max_seconds: float = 900.0
+    """Cap of the doubling back-off."""
     max_failed_attempts: int = 10
     """Budget of transient install failures (timeouts never count against it)."""
     probe_listen_seconds: float = 2.0
@@ -272,6 +303,25 @@ DURATION_BOUNDS: dict[str, tuple[float, float]] = {
 workflow cuts every wait and request to the time left, so a short deadline with the default
 install timeout is valid and means what it says."""
 
+INSTALL_INPUT_BOUNDS: dict[str, Keywords] = {
+    "node_id": text_bounds(MAX_TOKEN_LENGTH, required=True),
+    "backend": text_bounds(MAX_NAME_LENGTH, required=True),
+    "model_id": text_bounds(MAX_NAME_LENGTH),
+    "replica_index": between(0, MAX_REPLICA_INDEX),
+    "backend_galleries": items_bounds(MAX_GALLERIES) | {"x-max-bytes": MAX_GALLERIES_JSON_BYTES},
+    "uri": text_bounds(MAX_URI_LENGTH),
+    "name": text_bounds(MAX_NAME_LENGTH),
+    "alias": text_bounds(MAX_NAME_LENGTH),
+    "op_id": text_bounds(MAX_TOKEN_LENGTH),
+    **{field: between(low, high) for field, (low, high) in DURATION_BOUNDS.items()},
+    "max_failed_attempts": between(1, MAX_FAILED_ATTEMPTS),
+    "progress_report_interval_seconds": off_or_between(MIN_DURATION_SECONDS, MAX_INTERVAL_SECONDS),
+    "liveness_check_interval_seconds": off_or_between(*LIVENESS_INTERVAL_RANGE),
+    "fast_path_seconds": off_or_between(MIN_DURATION_SECONDS, MAX_FAST_PATH_SECONDS),
+    "rollout_id": text_bounds(MAX_WORKFLOW_ID_LENGTH, max_bytes=MAX_SEARCH_ATTRIBUTE_BYTES),
+}
+"""The bounds ``problems()`` checks, as JSON Schema keywords (the generated reference)."""
+
 
 def slot_problems(node_id: str, model_id: str, replica_index: int) -> list[tuple[str, str]]:
     """What is wrong with a slot's identity: the node token, the model id, the replica."""
@@ -335,51 +385,82 @@ def gallery_problems(galleries: list[GalleryConfig] | None) -> list[tuple[str, s
     return found
 
 
-class InstallStatus(BaseModel):
+class InstallStatus(ContractModel):
     """What the ``progress`` query returns: the install as a person would want to see it."""
 
     node_id: str
+    """The node installing."""
     backend: str
+    """The backend as requested."""
     model_id: str
+    """The slot's model id; empty for an admin install."""
     replica_index: int
+    """The slot's replica index."""
     slot: str
+    """The node's process key of the slot, ``<model_id or backend>#<replica>``."""
     op_id: str
+    """The op id every request of this install carries."""
     phase: InstallPhase
+    """Where the install stands; also the ``InstallPhase`` search attribute."""
     attempts: int = 0
+    """Install requests sent so far."""
     probes: int = 0
+    """Probes run so far."""
     failed_attempts: int = 0
+    """Transient failures so far, out of ``max_failed_attempts``."""
     progress_events: int = 0
+    """Progress events received from the node so far."""
     last_progress: BackendInstallProgressEvent | None = None
+    """The newest progress event."""
     last_progress_at: datetime | None = None
+    """When the newest progress event arrived."""
     last_probe: ProbeResult | None = None
+    """The last probe's result."""
     last_error: str = ""
+    """The last failure's message, if any."""
     address: str = ""
+    """Routable address of the slot's process, once installed."""
     started_at: datetime
+    """When the install started (its first run)."""
     updated_at: datetime
+    """When this status last changed."""
     deadline_at: datetime
+    """When the overall deadline passes."""
     next_attempt_at: datetime | None = None
     """While waiting or backing off: when the install probes or tries again."""
 
 
-class InstallBackendResult(BaseModel):
+class InstallBackendResult(ContractModel):
     """A running process for the slot, and how the install got there."""
 
     node_id: str
+    """The node the slot runs on."""
     backend: str
+    """The backend as requested."""
     model_id: str
+    """The slot's model id; empty for an admin install."""
     replica_index: int
+    """The slot's replica index."""
     slot: str
+    """The node's process key of the slot, ``<model_id or backend>#<replica>``."""
     op_id: str
+    """The op id the install's requests carried."""
     address: str
+    """Routable ``host:port`` of the slot's running backend process."""
     attempts: int
     """Install requests sent."""
     probes: int
+    """Probes run."""
     found_running: bool = False
     """A probe found the slot already running before the final request."""
     fast_path: bool = False
     """The node answered the first request at once, inside the first workflow task (a local
     activity): no heartbeating install activity ran."""
     progress_events: int = 0
+    """Progress events received from the node."""
     started_at: datetime
+    """When the install started."""
     completed_at: datetime
+    """When the node's success reply arrived."""
     duration_seconds: float
+    """From start to completion."""

@@ -10,18 +10,25 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from durable_installs.contracts.install import describe_problems, gallery_problems
 from durable_installs.contracts.limits import (
+    MAX_GALLERIES,
     MAX_INTERVAL_SECONDS,
     MAX_NAME_LENGTH,
     MIN_DURATION_SECONDS,
+    Keywords,
+    between,
+    items_bounds,
     number_problem,
+    text_bounds,
     text_problem,
+    with_bounds,
 )
+from durable_installs.contracts.model import ContractModel
 from durable_installs.protocol.messages import GalleryConfig, RunningModelInfo, encode_galleries
-from durable_installs.protocol.subjects import token_problem
+from durable_installs.protocol.subjects import MAX_TOKEN_LENGTH, token_problem
 
 MINIMAL_DELETE_INPUT = {"node_id": "node-1", "backend": "llama-cpp"}
 """The smallest valid input, shown to whoever starts a delete without one."""
@@ -35,13 +42,18 @@ def delete_workflow_id(node_id: str, backend: str) -> str:
     return f"delete/{node_id}/{backend}"
 
 
-class DeleteBackendInput(BaseModel):
+class DeleteBackendInput(ContractModel):
     """Remove ``backend`` from node ``node_id``. Durations are seconds."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", json_schema_extra=with_bounds(lambda: DELETE_INPUT_BOUNDS)
+    )
 
     node_id: str
+    """Node to delete from: a NATS subject token."""
     backend: str
+    """The backend as ``backend.list`` shows it (or a meta or alias name with
+    ``backend_galleries``)."""
     force: bool = False
     """Stop the slots running the backend first; without it a running backend is refused."""
     backend_galleries: list[GalleryConfig] | None = None
@@ -84,6 +96,17 @@ class DeleteBackendInput(BaseModel):
         return encode_galleries(self.backend_galleries or [])
 
 
+DELETE_INPUT_BOUNDS: dict[str, Keywords] = {
+    "node_id": text_bounds(MAX_TOKEN_LENGTH, required=True),
+    "backend": text_bounds(MAX_NAME_LENGTH, required=True),
+    "backend_galleries": items_bounds(MAX_GALLERIES),
+    "request_timeout_seconds": between(MIN_DURATION_SECONDS, MAX_INTERVAL_SECONDS),
+    "stop_wait_seconds": between(MIN_DURATION_SECONDS, MAX_STOP_WAIT_SECONDS),
+    "poll_interval_seconds": between(MIN_DURATION_SECONDS, MAX_INTERVAL_SECONDS),
+}
+"""The bounds ``problems()`` checks, as JSON Schema keywords (the generated reference)."""
+
+
 class DeleteOutcome(StrEnum):
     """What a delete found and did."""
 
@@ -92,13 +115,17 @@ class DeleteOutcome(StrEnum):
     """Nothing of the backend was on the node; nothing was sent but the checks."""
 
 
-class DeleteBackendResult(BaseModel):
+class DeleteBackendResult(ContractModel):
     """What was removed, what was stopped first, and the proof that nothing remains."""
 
     node_id: str
+    """The node."""
     backend: str
+    """The backend as requested."""
     outcome: DeleteOutcome
+    """``deleted``, or ``absent`` when nothing of it was there."""
     message: str
+    """What was done, in a sentence."""
     removed: list[str] = Field(default_factory=list)
     """Names ``backend.list`` showed for the backend before the delete."""
     stopped_slots: list[str] = Field(default_factory=list)
@@ -108,49 +135,64 @@ class DeleteBackendResult(BaseModel):
 # --- activities ------------------------------------------------------------------------------
 
 
-class NodeInventoryInput(BaseModel):
+class NodeInventoryInput(ContractModel):
     """Which node to ask and which backend its answer is matched against."""
 
     node_id: str
+    """The node to ask."""
     backend: str
+    """The backend the answers are matched against."""
     galleries_json: str = ""
+    """The galleries as the protocol's JSON string, to map meta and alias names; empty for none."""
     timeout_seconds: float = 30.0
+    """How long each request may take."""
 
 
-class NodeInventory(BaseModel):
+class NodeInventory(ContractModel):
     """What one node has of one backend: listed names and running slots."""
 
     node_id: str
+    """The node asked."""
     backend: str
+    """The backend matched."""
     installed: list[str] = Field(default_factory=list)
     """Names from ``backend.list`` that mean the backend (itself, or its concrete build)."""
     running: list[RunningModelInfo] = Field(default_factory=list)
     """Slots from ``models.running`` that run it (see :func:`runs_backend`)."""
     notes: list[str] = Field(default_factory=list)
+    """What the node could not tell (e.g. a stock worker's slots that cannot be attributed)."""
 
     def running_keys(self) -> list[str]:
         """``model#replica`` of each running slot, sorted."""
         return sorted(f"{m.model_id}#{m.replica_index}" for m in self.running)
 
 
-class StopSlotsInput(BaseModel):
+class StopSlotsInput(ContractModel):
     """``backend.stop`` for these exact process keys on one node."""
 
     node_id: str
+    """The node."""
     process_keys: list[str]
+    """The slots to stop, as process keys ``<model>#<replica>``."""
 
 
-class DeleteActivityInput(BaseModel):
+class DeleteActivityInput(ContractModel):
     """One ``backend.delete`` request."""
 
     node_id: str
+    """The node."""
     backend: str
+    """The backend to delete, as the node lists it."""
     timeout_seconds: float = 30.0
+    """How long the request may take."""
 
 
-class DeleteActivityResult(BaseModel):
+class DeleteActivityResult(ContractModel):
     """The node's answer: deleted, or already absent (``backend not found``)."""
 
     deleted: bool
+    """The node deleted the backend."""
     already_absent: bool = False
+    """The node answered "backend not found": it was already gone."""
     stopped_process_keys: list[str] = Field(default_factory=list)
+    """Processes the node stopped to delete it."""

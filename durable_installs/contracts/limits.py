@@ -14,6 +14,8 @@ Reasons never repeat the value itself: it may be huge, and it is the caller's an
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
+from typing import Any
 
 DAY = 86_400.0
 
@@ -95,3 +97,52 @@ def utf8_problem(value: str, limit: int) -> str | None:
     if size > limit:
         return f"it is {size} bytes long in UTF-8; the limit is {limit}"
     return None
+
+
+# --- the bounds as JSON Schema, for the documentation -------------------------------------
+#
+# Each workflow input model checks its bounds in ``problems()`` (so a bad value fails as
+# ``InvalidInput`` naming the field, never as a decoding error) and describes the same bounds
+# in its JSON Schema with the keywords below, from which the reference is generated.
+# tests/test_docs.py checks every documented bound against ``problems()``.
+
+Keywords = dict[str, Any]
+
+
+def between(low: float, high: float) -> Keywords:
+    """A number in ``[low, high]``."""
+    return {"minimum": low, "maximum": high}
+
+
+def off_or_between(low: float, high: float) -> Keywords:
+    """``0`` (off), or a number in ``[low, high]``."""
+    return {"oneOf": [{"const": 0}, between(low, high)]}
+
+
+def text_bounds(limit: int, *, required: bool = False, max_bytes: int = 0) -> Keywords:
+    """A printable string of at most ``limit`` characters (and ``max_bytes`` of UTF-8)."""
+    keywords: Keywords = {"maxLength": limit}
+    if required:
+        keywords["minLength"] = 1
+    if max_bytes:
+        keywords["x-max-bytes"] = max_bytes
+    return keywords
+
+
+def items_bounds(limit: int) -> Keywords:
+    """A list of at most ``limit`` items."""
+    return {"maxItems": limit}
+
+
+def with_bounds(bounds: Callable[[], Mapping[str, Keywords]]) -> Callable[[dict[str, Any]], None]:
+    """A ``json_schema_extra`` that adds each field's bound keywords to its property.
+
+    ``bounds`` is called when the schema is built, so the table may be defined after the model
+    (next to the checks that use the same limits)."""
+
+    def add(schema: dict[str, Any]) -> None:
+        properties = schema.get("properties", {})
+        for name, keywords in bounds().items():
+            properties[name].update(keywords)
+
+    return add

@@ -17,9 +17,10 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from durable_installs.contracts.install import (
+    MAX_REPLICA_INDEX,
     MINIMAL_INSTALL_INPUT,
     InstallBackendInput,
     describe_problems,
@@ -33,11 +34,18 @@ from durable_installs.contracts.limits import (
     MAX_URI_LENGTH,
     MAX_WORKFLOW_ID_LENGTH,
     MIN_DURATION_SECONDS,
+    Keywords,
+    between,
+    items_bounds,
     number_problem,
+    text_bounds,
     text_problem,
     utf8_problem,
+    with_bounds,
 )
+from durable_installs.contracts.model import ContractModel
 from durable_installs.protocol.messages import process_key
+from durable_installs.protocol.subjects import MAX_TOKEN_LENGTH
 
 MAX_MODEL_FILES = 64
 """Files of one model (a checkpoint split in shards, a tokenizer, a config...)."""
@@ -84,7 +92,7 @@ class LoadPhase(StrEnum):
     CANCELLED = "cancelled"
 
 
-class ModelFile(BaseModel):
+class ModelFile(ContractModel):
     """One file of the model: where it comes from and where it must be on the node."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -129,7 +137,7 @@ def path_problem(path: str) -> str | None:
     return None
 
 
-class LoadOptions(BaseModel):
+class LoadOptions(ContractModel):
     """The ``ModelOptions`` LocalAI sends with ``LoadModel``, passed through with bounds.
 
     ``model`` defaults to the first file's path; paths are resolved on the node against its
@@ -187,23 +195,42 @@ LOAD_DURATION_BOUNDS: dict[str, tuple[float, float]] = {
 }
 
 
-class LoadModelInput(BaseModel):
+LOAD_INPUT_BOUNDS: dict[str, Keywords] = {
+    "node_id": text_bounds(MAX_TOKEN_LENGTH, required=True),
+    "backend": text_bounds(MAX_NAME_LENGTH, required=True),
+    "model_id": text_bounds(MAX_NAME_LENGTH, required=True),
+    "replica_index": between(0, MAX_REPLICA_INDEX),
+    "files": items_bounds(MAX_MODEL_FILES) | {"minItems": 1},
+    **{field: between(low, high) for field, (low, high) in LOAD_DURATION_BOUNDS.items()},
+    "rollout_id": text_bounds(MAX_WORKFLOW_ID_LENGTH, max_bytes=MAX_SEARCH_ATTRIBUTE_BYTES),
+}
+"""The bounds ``problems()`` checks, as JSON Schema keywords (the generated reference)."""
+
+
+class LoadModelInput(ContractModel):
     """Load ``files`` on node ``node_id`` into the slot's ``backend`` process.
 
     The slot is ``(model_id, replica_index)``; the backend is installed (or joined) through
     the slot's ``InstallBackendWorkflow``. Durations are seconds.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", json_schema_extra=with_bounds(lambda: LOAD_INPUT_BOUNDS)
+    )
 
     node_id: str
+    """The node to load on (its NATS subjects ``nodes.<node_id>.*``)."""
     backend: str
+    """The backend the slot runs (installed, or joined, through the slot's install)."""
     model_id: str
+    """The slot's model: one backend process per ``(model_id, replica_index)``."""
     replica_index: int = 0
+    """The slot's replica."""
     files: list[ModelFile] = Field(default_factory=list)
     """The model's files, staged in this order; the first is the model unless
     ``load_options.model`` names another."""
     load_options: LoadOptions = Field(default_factory=LoadOptions)
+    """The ``ModelOptions`` ``LoadModel`` is given (context size, threads, GPU layers...)."""
     install_options: dict[str, Any] = Field(default_factory=dict)
     """Any ``InstallBackendWorkflow`` input field for the slot's install (galleries, timeouts)."""
     files_url: str = ""
@@ -216,13 +243,17 @@ class LoadModelInput(BaseModel):
     load_base_seconds: float = 120.0
     """``LoadModel``'s deadline: this, plus ``load_seconds_per_gib`` per GiB of model."""
     load_seconds_per_gib: float = 60.0
+    """Seconds of ``LoadModel`` deadline per GiB of model."""
     load_stall_seconds: float = 300.0
-    """A load whose backend reports no progress for this long is a stalled load."""
+    """A load whose backend stops answering ``Status`` for this long is a stalled load."""
     heartbeat_timeout_seconds: float = 30.0
+    """The staging and loading activities' heartbeat timeout: how soon a worker that died
+    mid-transfer is noticed and the transfer resumed elsewhere."""
     reload: bool = False
     """Send ``LoadModel`` even when every file is there and the backend reports a model
     loaded (to apply other ``load_options`` to the same files)."""
     rollout_id: str = ""
+    """The rollout this load belongs to (set by the rollout; a search attribute)."""
 
     @property
     def slot(self) -> str:
@@ -302,13 +333,17 @@ class FileState(StrEnum):
     STAGED = "staged"
 
 
-class FileStatus(BaseModel):
+class FileStatus(ContractModel):
     """One file on its way to the node."""
 
     path: str
+    """Where the file goes, relative to the node's models directory."""
     sha256: str
+    """The file's SHA-256."""
     size: int | None = None
+    """Bytes, once known."""
     state: FileState = FileState.WAITING
+    """Waiting, sending, staged, or present (already there)."""
     committed: int = 0
     """Bytes the node has of it."""
     bytes_sent: int = 0
@@ -317,22 +352,35 @@ class FileStatus(BaseModel):
     """Where the node keeps it (what ``LoadModel`` is given)."""
 
 
-class LoadStatus(BaseModel):
+class LoadStatus(ContractModel):
     """The load as a person sees it: the ``progress`` query."""
 
     node_id: str
+    """The node."""
     backend: str
+    """The backend."""
     model_id: str
+    """The slot's model."""
     replica_index: int
+    """The slot's replica."""
     slot: str
+    """The slot's process key (``backend:model#replica``)."""
     phase: LoadPhase = LoadPhase.PENDING
+    """Where the load stands."""
     install_workflow_id: str = ""
+    """The slot's install this load started or joined."""
     address: str = ""
+    """The backend process's address, once installed."""
     files: list[FileStatus] = Field(default_factory=list)
+    """Each file's state."""
     load_message: str = ""
+    """What the backend said when it loaded the model."""
     last_error: str = ""
+    """The last failure, when there is one."""
     started_at: datetime | None = None
+    """When the load started."""
     updated_at: datetime | None = None
+    """The last change."""
     phase_seconds: dict[str, float] = Field(default_factory=dict)
     """Seconds spent in each phase so far."""
 
@@ -341,19 +389,25 @@ class LoadStatus(BaseModel):
         return sum(f.bytes_sent for f in self.files)
 
 
-class LoadModelResult(BaseModel):
+class LoadModelResult(ContractModel):
     """A loaded model: where it answers, what is on the node, what it took."""
 
     node_id: str
+    """The node."""
     backend: str
+    """The backend."""
     model_id: str
+    """The slot's model."""
     replica_index: int
+    """The slot's replica."""
     slot: str
+    """The slot's process key."""
     address: str
     """The backend process's routable address (from the slot's install)."""
     files: list[FileStatus]
     """Each file's node-local path and sha256, and the bytes sent for it."""
     bytes_sent: int
+    """Bytes sent to the node for this load, resent bytes counted again."""
     phase_seconds: dict[str, float]
     """Seconds spent installing, staging and loading."""
     load_message: str = ""
@@ -365,18 +419,20 @@ class LoadModelResult(BaseModel):
 # --- the activities' inputs and results -----------------------------------------------------------
 
 
-class NodeFilesInput(BaseModel):
+class NodeFilesInput(ContractModel):
     """Ask node ``node_id`` where it takes files and how much it can store."""
 
     node_id: str
+    """The node asked."""
 
 
-class NodeFiles(BaseModel):
+class NodeFiles(ContractModel):
     """The node's answer to ``files.space``; ``known`` is False from a node without that
     extension (a stock LocalAI worker), which is staged to as LocalAI does: without a check,
     at the ``files_url`` the load names."""
 
     known: bool
+    """The node answered ``files.space``."""
     available_disk: int = 0
     """Free bytes on the filesystem of the node's models directory."""
     total_disk: int = 0
@@ -389,21 +445,28 @@ class NodeFiles(BaseModel):
     """``http://<address>`` of its file-transfer API, empty when that is off."""
 
 
-class StageFileInput(BaseModel):
+class StageFileInput(ContractModel):
     """One file to put on one node."""
 
     node_id: str
+    """The node."""
     files_url: str
+    """The node's file-transfer base URL."""
     file: ModelFile
+    """The file, its source and its place."""
     stall_seconds: float = 120.0
+    """A transfer that moves no byte for this long is cut and resumed."""
 
 
-class StageFileResult(BaseModel):
+class StageFileResult(ContractModel):
     """The file is on the node with the right hash."""
 
     path: str
+    """The file's place under the models directory."""
     sha256: str
+    """Its SHA-256, verified by the node."""
     size: int
+    """Its bytes."""
     local_path: str
     """Where the node keeps it (what ``LoadModel`` is given)."""
     present: bool = False
@@ -412,35 +475,45 @@ class StageFileResult(BaseModel):
     """Bytes this activity sent, resends after a cut connection included."""
 
 
-class StageProgress(BaseModel):
+class StageProgress(ContractModel):
     """The staging activity's heartbeat: how far the node has the file."""
 
     path: str
+    """The file being sent."""
     committed: int = 0
+    """Bytes of it the node has (as far as the worker knows)."""
     size: int | None = None
+    """Its size, when known."""
     bytes_sent: int = 0
+    """Bytes sent for it by every attempt so far."""
 
 
-class LoadModelActivityInput(BaseModel):
+class LoadModelActivityInput(ContractModel):
     """``LoadModel`` on the slot's backend process."""
 
     address: str
+    """The slot's backend process (``host:port``)."""
     options: LoadOptions
+    """The load's ``ModelOptions``."""
     model_path: str
     """The node-local path of the model file (the staged file's ``local_path``)."""
     model_relative: str
     """The same file relative to the node's models directory (LocalAI's ``Model``)."""
     timeout_seconds: float
+    """``LoadModel``'s deadline, scaled to the model's size."""
     stall_seconds: float
+    """A backend silent for this long is a stalled load."""
     reuse_loaded: bool = False
     """Every file was already on the node: a backend that reports ``ready`` has this model
     loaded, and is not asked again."""
 
 
-class LoadModelActivityResult(BaseModel):
+class LoadModelActivityResult(ContractModel):
     """The backend loaded the model; what it said."""
 
     message: str = ""
+    """The backend's message."""
     seconds: float = 0.0
+    """How long the load took."""
     already_loaded: bool = False
     """The backend had the model loaded: no ``LoadModel`` was sent."""

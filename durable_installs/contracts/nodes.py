@@ -7,8 +7,9 @@ shared model from :mod:`contracts`.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
+from durable_installs.contracts.model import ContractModel
 from durable_installs.protocol.announce import (
     NODE_ANNOUNCE_INTERVAL_SECONDS,
     NODE_ANNOUNCE_TTL_SECONDS,
@@ -25,7 +26,7 @@ __all__ = [
 ]
 
 
-class FleetView(BaseModel):
+class FleetView(ContractModel):
     """Every live announcement, and the node ids announced by more than one agent process.
 
     A duplicate node id means two agents answer the same subjects: installs may land on
@@ -34,7 +35,9 @@ class FleetView(BaseModel):
     """
 
     nodes: list[NodeAnnouncement] = Field(default_factory=list)
+    """Every live announcement in the registry."""
     duplicates: list[str] = Field(default_factory=list)
+    """Node ids announced by more than one agent process."""
     skipped_entries: int = 0
     """Entries that were unreadable or larger than allowed; never echoed."""
 

@@ -6,7 +6,7 @@ from enum import StrEnum
 from typing import Any
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from durable_installs.contracts.install import (
     InstallBackendInput,
@@ -14,14 +14,23 @@ from durable_installs.contracts.install import (
     slot_problems,
 )
 from durable_installs.contracts.limits import (
+    MAX_DEADLINE_SECONDS,
+    MAX_GALLERIES,
+    MAX_NAME_LENGTH,
     MAX_ROLLOUT_RUNS,
     MAX_ROLLOUT_SLOTS,
     MAX_URI_LENGTH,
     MAX_WORKFLOW_ID_LENGTH,
+    Keywords,
+    between,
+    items_bounds,
     number_problem,
+    text_bounds,
     text_problem,
+    with_bounds,
 )
 from durable_installs.contracts.load import LoadModelInput, load_workflow_id
+from durable_installs.contracts.model import ContractModel
 from durable_installs.contracts.upgrade import SlotRef, UpgradeBackendInput
 from durable_installs.protocol.messages import GalleryConfig
 
@@ -29,14 +38,17 @@ MINIMAL_ROLLOUT_INPUT = {"backend": "llama-cpp", "targets": [{"node_id": "node-1
 """The smallest useful rollout input, shown to whoever starts a rollout without one."""
 
 
-class RolloutTarget(BaseModel):
+class RolloutTarget(ContractModel):
     """Slots on one node: a model id and the replica indexes to install it for."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     node_id: str
+    """The node: a NATS subject token."""
     model_id: str = ""
+    """The model the slots serve; empty for admin installs. Ignored by upgrades and deletes."""
     replica_indexes: list[int] = Field(default_factory=lambda: [0])
+    """The slots' replica indexes on the node. Ignored by upgrades and deletes."""
 
 
 class FailurePolicy(StrEnum):
@@ -90,15 +102,21 @@ class RollbackState(StrEnum):
     FAILED = "failed"
 
 
-class NodeOutcome(BaseModel):
+class NodeOutcome(ContractModel):
     """One row of an upgrade or delete rollout's table."""
 
     node_id: str
+    """The node."""
     state: NodeState = NodeState.QUEUED
+    """Where the node's upgrade or delete stands."""
     workflow_id: str = ""
+    """The node's ``UpgradeBackendWorkflow`` or ``DeleteBackendWorkflow``."""
     before_version: str = ""
+    """The version ``backend.list`` showed before."""
     after_version: str = ""
+    """The version ``backend.list`` showed after."""
     before_uri: str = ""
+    """The source ``backend.list`` showed before (a stock worker's rollback re-pulls it)."""
     error: str = ""
     """The node's own words when its upgrade (or delete) failed."""
     slots: list[SlotRef] = Field(default_factory=list)
@@ -107,7 +125,9 @@ class NodeOutcome(BaseModel):
     repulled: bool = False
     """The node re-pulled the backend (so it has a previous version to go back to)."""
     rollback: RollbackState = RollbackState.NONE
+    """Whether the node was rolled back."""
     rollback_error: str = ""
+    """Why the rollback failed, if it did."""
 
 
 class SlotState(StrEnum):
@@ -128,19 +148,22 @@ FINISHED_STATES = frozenset(
 )
 
 
-class SlotReport(BaseModel):
+class SlotReport(ContractModel):
     """News of one slot for its rollout: a state change or, when finished, the outcome."""
 
     workflow_id: str
+    """The slot's install workflow id."""
     state: SlotState
+    """The slot's new state."""
     detail: str = ""
+    """The last progress or probe the install reported."""
     address: str = ""
     """Set when the slot succeeded: where its backend process listens."""
     error: str = ""
     """Set when the slot failed: the node's (or the workflow's) words."""
 
 
-class SlotsStarted(BaseModel):
+class SlotsStarted(ContractModel):
     """A batch's slots once their installs are running: started by the rollout or joined.
 
     The rollout cancels only installs it started itself; a joined install belongs to whoever
@@ -148,37 +171,56 @@ class SlotsStarted(BaseModel):
     """
 
     started: list[str] = Field(default_factory=list)
+    """Install workflow ids the rollout started itself (it may cancel them)."""
     joined: list[str] = Field(default_factory=list)
+    """Install workflow ids someone else had started (only waited for)."""
 
 
-class SlotStatus(BaseModel):
+class SlotStatus(ContractModel):
     """Where one slot of a rollout stands."""
 
     node_id: str
+    """The slot's node."""
     model_id: str
+    """The slot's model id; empty for an admin install."""
     replica_index: int
+    """The slot's replica index."""
     workflow_id: str
+    """The slot's install workflow id."""
     state: SlotState = SlotState.QUEUED
+    """Where the slot stands."""
     address: str = ""
+    """Where the slot's process listens, once it succeeded."""
     error: str = ""
+    """Why the slot failed, in the node's (or the workflow's) words."""
     detail: str = ""
     """The last progress or probe the install reported."""
     shared: bool = False
     """Another requester was already installing this slot; this rollout waited for it."""
 
 
-class RolloutInput(BaseModel):
+class RolloutInput(ContractModel):
     """Install ``backend`` on every slot of ``targets``, at most ``max_in_flight`` at once."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", json_schema_extra=with_bounds(lambda: ROLLOUT_INPUT_BOUNDS)
+    )
 
     backend: str
+    """Gallery name (concrete, meta or alias) or the name of an external install."""
     targets: list[RolloutTarget] = Field(default_factory=list)
+    """Slots per node (install; at most 10,000 slots in all, ``add_targets`` included), or nodes
+    (upgrade, delete; empty: every node the registry knows with the backend installed)."""
     backend_galleries: list[GalleryConfig] | None = None
+    """Galleries that replace the nodes' own, as for one install."""
     uri: str = ""
+    """External install source, as for one install."""
     name: str = ""
+    """Name of an external install."""
     alias: str = ""
+    """Alias of an external install."""
     max_in_flight: int = 10
+    """Install: slots installing at once."""
     failure_policy: FailurePolicy | None = None
     """Unset: ``continue`` for installs, ``stop`` for upgrades and deletes (a failed health
     gate stops a rolling upgrade)."""
@@ -453,6 +495,22 @@ LOAD_SET_FIELDS = frozenset(
     {"node_id", "backend", "model_id", "replica_index", "rollout_id", "install_options"}
 )
 """Load input fields the rollout sets per slot; ``load`` may not set them."""
+ROLLOUT_INPUT_BOUNDS: dict[str, Keywords] = {
+    "backend": text_bounds(MAX_NAME_LENGTH, required=True),
+    "backend_galleries": items_bounds(MAX_GALLERIES),
+    "uri": text_bounds(MAX_URI_LENGTH),
+    "name": text_bounds(MAX_NAME_LENGTH),
+    "alias": text_bounds(MAX_NAME_LENGTH),
+    "max_in_flight": between(1, MAX_ROLLOUT_SLOTS),
+    "max_failures": between(1, MAX_ROLLOUT_SLOTS),
+    "max_unavailable": between(1, MAX_ROLLOUT_SLOTS),
+    "health_gate_seconds": between(1.0, MAX_DEADLINE_SECONDS),
+    "carried_slots": items_bounds(MAX_ROLLOUT_SLOTS),
+    "carried_runs": between(0, MAX_ROLLOUT_RUNS),
+    "carried_stopped": text_bounds(MAX_URI_LENGTH),
+}
+"""The bounds ``problems()`` checks, as JSON Schema keywords (the generated reference); the
+slots the targets name are bounded too (at most 10,000, ``MAX_ROLLOUT_SLOTS``)."""
 
 TEMPLATE_NODE = "template"
 """A valid node id for checking the shared fields once, before any target's own."""
@@ -495,24 +553,30 @@ def expand_slots(
     return list(slots.values())
 
 
-class RolloutStatus(BaseModel):
+class RolloutStatus(ContractModel):
     """The ``status`` query and the final result: every slot's outcome, counts by state."""
 
     backend: str
+    """The backend rolled out."""
     counts: dict[str, int]
+    """Slots (install) or nodes (upgrade, delete) per state."""
     slots: list[SlotStatus]
+    """Every slot with its state, address or error (install)."""
     in_flight: int = 0
+    """Slots installing right now."""
     action: RolloutAction = RolloutAction.INSTALL
+    """What the rollout does."""
     nodes: list[NodeOutcome] = Field(default_factory=list)
     """Upgrade/delete: one row per node (before/after version, outcome, the node's error)."""
     cancelled: bool = False
+    """The rollout was cancelled."""
     stopped: str = ""
     """Why the rollout stopped starting slots, if it did."""
     runs: int = 1
     """Workflow runs so far (continue-as-new starts a new run)."""
 
 
-class InstallSlotsInput(BaseModel):
+class InstallSlotsInput(ContractModel):
     """One batch of a rollout's slots for the ``install_slots`` activity.
 
     The batch travels as a rollout input whose ``targets`` are just the batch's slots, so the
@@ -521,18 +585,21 @@ class InstallSlotsInput(BaseModel):
     """
 
     rollout_id: str
+    """The rollout's workflow id, signalled with the outcomes."""
     task_queue: str
     """Where the installs run: the rollout's own task queue."""
     batch: RolloutInput
+    """The batch as a rollout input whose ``targets`` are just the batch's slots."""
 
 
-class InstallSlotsResult(BaseModel):
+class InstallSlotsResult(ContractModel):
     """The batch's outcomes the activity had not yet signalled to the rollout."""
 
     reports: list[SlotReport] = Field(default_factory=list)
+    """Outcomes not yet signalled to the rollout."""
 
 
-class InstallSlotsProgress(BaseModel):
+class InstallSlotsProgress(ContractModel):
     """Heartbeat details of ``install_slots``: what a retried attempt must not redo."""
 
     started: list[str] = Field(default_factory=list)
@@ -541,8 +608,10 @@ class InstallSlotsProgress(BaseModel):
     """Slots whose outcome the rollout already has."""
 
 
-class AddTargetsResult(BaseModel):
+class AddTargetsResult(ContractModel):
     """Answer of the ``add_targets`` update."""
 
     added: int
+    """Slots added to the rollout."""
     already_known: int
+    """Slots the rollout already had (ignored)."""

@@ -13,7 +13,8 @@ from durable_installs.protocol import nats_auth
 from durable_installs.servers import MissingBinary, PortInUse
 
 
-def parse_args(argv: Sequence[str] | None = None) -> StackConfig:
+def build_parser() -> argparse.ArgumentParser:
+    """The stack's command line (also the source of its documentation page)."""
     defaults = StackConfig()
     parser = argparse.ArgumentParser(
         prog=invoked_as("durable_installs.devstack"),
@@ -65,6 +66,11 @@ def parse_args(argv: Sequence[str] | None = None) -> StackConfig:
         help="run NATS open to anyone on loopback; by default every node and the worker get "
         "their own user with per-subject permissions (credentials in STATE_DIR/nats/)",
     )
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> StackConfig:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.nodes < 2:
         parser.error("--nodes must be at least 2 (the printed commands use node-2)")

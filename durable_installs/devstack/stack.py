@@ -210,8 +210,8 @@ class Stack:
                 config.task_queue,
             ],
             # One fixed version that takes all new work on every start, so installs left
-            # running by a previous run resume on the new code (README, "Deploying a new
-            # worker version"); the environment overrides both.
+            # running by a previous run resume on the new code (docs/operating/versioning.md,
+            # "In the dev stack"); the environment overrides both.
             env={
                 "PYTHONUNBUFFERED": "1",
                 "TEMPORAL_WORKER_BUILD_ID": os.environ.get("TEMPORAL_WORKER_BUILD_ID", "dev"),

@@ -51,30 +51,42 @@ _Text = Annotated[str, Field(max_length=MAX_TOKEN_LENGTH)]
 class AnnouncedGallery(BaseModel):
     """A gallery a node installs from, as announced: its name and index URL."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, use_attribute_docstrings=True)
 
     name: _Text
+    """The gallery's name."""
     url: Annotated[str, Field(max_length=MAX_GALLERY_URL_LENGTH)]
+    """Where its index lives."""
 
 
 class NodeAnnouncement(BaseModel):
     """One agent process: who it is, what it runs and has installed, when it said so."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, use_attribute_docstrings=True)
 
     node_id: _Text
+    """The node id the agent serves."""
     instance_id: Annotated[str, Field(max_length=MAX_INSTANCE_ID_LENGTH)]
+    """The agent process (new on every start)."""
     agent_version: _Text = ""
+    """The agent's package version."""
     capability: _Text = ""
+    """The node's capability (``nvidia``, ``amd``, ``default``, ...), which picks meta backends'
+    builds."""
     hostname: _Text = ""
+    """The machine's host name."""
     started_at: datetime
+    """When the agent process started."""
     announced_at: datetime
+    """When this entry was written."""
     backends: Annotated[list[NodeBackendInfo], Field(max_length=MAX_ANNOUNCED_BACKENDS)] = Field(
         default_factory=list
     )
+    """What ``backend.list`` shows."""
     running: Annotated[list[RunningModelInfo], Field(max_length=MAX_ANNOUNCED_RUNNING)] = Field(
         default_factory=list
     )
+    """What ``models.running`` shows, each slot with the backend it runs."""
     galleries: Annotated[list[AnnouncedGallery], Field(max_length=MAX_ANNOUNCED_GALLERIES)] = Field(
         default_factory=list
     )

@@ -32,19 +32,28 @@ class GalleryVerification(WireModel):
     """Cosign keyless policy for OCI images of one gallery."""
 
     issuer: OmitEmpty[str] = ""
+    """Expected OIDC issuer of the signing certificate."""
     issuer_regex: OmitEmpty[str] = ""
+    """Pattern the issuer must match."""
     identity: OmitEmpty[str] = ""
+    """Expected identity (subject) of the signing certificate."""
     identity_regex: OmitEmpty[str] = ""
+    """Pattern the identity must match."""
     not_before: OmitEmpty[str] = ""
+    """Signatures before this time are refused."""
 
 
 class GalleryConfig(WireModel):
     """One backend gallery: where its index lives and what it is called."""
 
     url: str
+    """Where the gallery's index lives (``file://`` or ``http(s)://``)."""
     name: str
+    """The gallery's name."""
     mirrors: OmitEmpty[list[str]] = Field(default_factory=list)
+    """Other URLs of the same index, tried in order."""
     verification: OmitEmpty[GalleryVerification | None] = None
+    """Signature policy for the gallery's OCI images."""
 
 
 _GALLERY_LIST = TypeAdapter(list[GalleryConfig])
@@ -75,43 +84,67 @@ class BackendInstallRequest(WireModel):
     """Ensure ``backend`` is installed and a process serves the slot; reply with its address."""
 
     backend: str
+    """Gallery name (concrete, meta or alias), or the name of an external install."""
     model_id: OmitEmpty[str] = ""
+    """The slot's model id; empty for an admin install."""
     backend_galleries: OmitEmpty[str] = ""
+    """The galleries as a JSON *string*; empty uses the node's own."""
     uri: OmitEmpty[str] = ""
+    """External install source."""
     name: OmitEmpty[str] = ""
+    """Name of an external install."""
     alias: OmitEmpty[str] = ""
+    """Alias of an external install."""
     replica_index: OmitEmpty[Int32] = 0
+    """The slot's replica index."""
     force: OmitEmpty[Bool] = False
+    """Legacy upgrade: stop the backend's processes, re-pull, start."""
     op_id: OmitEmpty[str] = ""
+    """Names the op for progress and cancel; the node joins an op it already works on."""
 
 
 class BackendInstallReply(WireModel):
     """``success`` means a live, health-checked process serves the slot at ``address``."""
 
     success: bool = False
+    """A live, health-checked process serves the slot."""
     address: OmitEmpty[str] = ""
+    """Routable ``host:port`` of that process."""
     error: OmitEmpty[str] = ""
+    """Why not, when ``success`` is false (classified by its text)."""
 
 
 class BackendUpgradeRequest(WireModel):
     """Force a re-pull of ``backend``; stops every process using it and starts none."""
 
     backend: str
+    """The backend to re-pull."""
     backend_galleries: OmitEmpty[str] = ""
+    """The galleries as a JSON string; empty uses the node's own."""
     uri: OmitEmpty[str] = ""
+    """External install source to re-pull from."""
     name: OmitEmpty[str] = ""
+    """Name of an external install."""
     alias: OmitEmpty[str] = ""
+    """Alias of an external install."""
     replica_index: OmitEmpty[Int32] = 0
+    """Replica of the admin slot a stock worker's force path starts."""
     op_id: OmitEmpty[str] = ""
+    """Names the op for progress and cancel."""
 
 
 class BackendUpgradeReply(WireModel):
     """Outcome of an upgrade and the process keys it stopped (even on failure)."""
 
     success: bool = False
+    """The backend was re-pulled."""
     error: OmitEmpty[str] = ""
+    """Why not."""
     stopped_process_keys: OmitEmpty[list[str] | None] = None
+    """Processes stopped for the re-pull, even on failure."""
     reports_stopped_processes: OmitEmpty[bool] = False
+    """The node fills ``stopped_process_keys``, so an empty list means nothing was stopped rather
+    than unknown."""
 
 
 # --- Extensions of the node agent: previous version kept for rollback -----------------------
@@ -126,20 +159,25 @@ class BackendRollbackRequest(WireModel):
     """
 
     backend: str
+    """The backend whose previous version to restore."""
 
 
 class BackendPreviousDropRequest(WireModel):
     """``backend.previous.drop`` (agent extension): the rollout is over; forget the kept version."""
 
     backend: str
+    """The backend whose kept previous version to drop."""
 
 
 class BackendPreviousDropReply(WireModel):
     """``success`` also when nothing was kept (dropping is idempotent)."""
 
     success: bool = False
+    """The kept version is gone (also when there was none)."""
     error: OmitEmpty[str] = ""
+    """Why not."""
     dropped: OmitEmpty[bool] = False
+    """A kept version was there and was dropped."""
 
 
 # --- Progress ----------------------------------------------------------------------------------
@@ -163,13 +201,21 @@ class BackendInstallProgressEvent(WireModel):
     """
 
     op_id: str
+    """The op this progress belongs to."""
     node_id: str
+    """The node sending it."""
     backend: str
+    """The backend being installed."""
     file_name: OmitEmpty[str] = ""
+    """The file or image reference being transferred."""
     current: OmitEmpty[str] = ""
+    """Bytes done, human-readable (``412.3 MiB``)."""
     total: OmitEmpty[str] = ""
+    """Bytes in all, human-readable."""
     percentage: float = 0.0
+    """Percent of the current file or stream; not monotonic across an install."""
     phase: OmitEmpty[str] = ""
+    """``resolving``, ``downloading``, ``extracting`` or ``starting``; free text."""
 
 
 _SIZE_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
@@ -206,28 +252,41 @@ class NodeBackendInfo(WireModel):
     """One installed backend as ``backend.list`` reports it."""
 
     name: str
+    """The installed backend's name."""
     is_system: bool = False
+    """Shipped with the node rather than installed."""
     is_meta: bool = False
+    """A meta backend (an alias for a capability-specific build)."""
     installed_at: OmitEmpty[str] = ""
+    """When it was installed."""
     gallery_url: OmitEmpty[str] = ""
+    """The gallery it came from."""
     version: OmitEmpty[str] = ""
+    """Its version, when the gallery gave one."""
     uri: OmitEmpty[str] = ""
+    """The source it was installed from."""
     digest: OmitEmpty[str] = ""
+    """OCI manifest digest or archive sha256 (node agent)."""
 
 
 class BackendListReply(WireModel):
     """Installed backends; ``backends`` is ``null`` on a node that has none."""
 
     backends: list[NodeBackendInfo] | None = None
+    """Installed backends; ``null`` on a node that has none."""
     error: OmitEmpty[str] = ""
+    """Why the list failed."""
 
 
 class RunningModelInfo(WireModel):
     """One live process. ``address`` is node-local (``127.0.0.1:<port>``), not routable."""
 
     model_id: str
+    """The slot's model id (the backend's name for an admin slot)."""
     replica_index: int = 0
+    """The slot's replica index."""
     address: OmitEmpty[str] = ""
+    """Node-local ``127.0.0.1:<port>`` of the process, not routable."""
     backend: OmitEmpty[Annotated[str, Field(max_length=256)]] = ""
     """Node agent extension: the concrete backend the process runs (stock workers omit it)."""
 
@@ -236,29 +295,39 @@ class ModelsRunningReply(WireModel):
     """Live processes of a node; stock workers send ``[]`` for none, accept ``null`` too."""
 
     models: list[RunningModelInfo] | None = Field(default_factory=list)
+    """Live processes; ``[]`` or ``null`` for none."""
     error: OmitEmpty[str] = ""
+    """Why the list failed."""
 
 
 class BackendDeleteRequest(WireModel):
     """Remove ``backend`` from the node's disk."""
 
     backend: str
+    """The backend to remove from the node's disk."""
 
 
 class BackendDeleteReply(WireModel):
     """Outcome of a delete and the process keys it stopped."""
 
     success: bool = False
+    """The backend is gone."""
     error: OmitEmpty[str] = ""
+    """Why not ("backend not found" when it was not there)."""
     stopped_process_keys: OmitEmpty[list[str] | None] = None
+    """Processes stopped to delete it."""
     reports_stopped_processes: OmitEmpty[bool] = False
+    """The node fills ``stopped_process_keys``, so an empty list means nothing was stopped rather
+    than unknown."""
 
 
 class BackendStopRequest(WireModel):
     """Stop processes by backend name, model id or exact process key; empty = all."""
 
     backend: str = ""
+    """Backend name, model id or exact process key to stop; empty stops everything."""
     force: OmitEmpty[Bool] = False
+    """Skip the backend's ``Free()`` call."""
 
 
 # --- Install status (node agent extension, preferred by the probe) -----------------------------
@@ -280,9 +349,13 @@ class InstallStatusRequest(WireModel):
     """Ask a node agent about one slot and, when given, one op."""
 
     op_id: OmitEmpty[str] = ""
+    """The op to ask about; empty asks about the slot only."""
     backend: str
+    """The backend as requested."""
     model_id: OmitEmpty[str] = ""
+    """The slot's model id."""
     replica_index: OmitEmpty[Int32] = 0
+    """The slot's replica index."""
 
 
 MAX_INSTANCE_ID_LENGTH = 128
@@ -296,10 +369,15 @@ class InstallStatusReply(WireModel):
     """
 
     state: NodeSlotState
+    """What the node knows about the slot."""
     address: OmitEmpty[str] = ""
+    """Routable address of the slot's process, when running."""
     progress: OmitEmpty[BackendInstallProgressEvent | None] = None
+    """The op's newest progress, when in flight."""
     error: OmitEmpty[str] = ""
+    """The op's failure, when it failed."""
     instance_id: OmitEmpty[Annotated[str, Field(max_length=MAX_INSTANCE_ID_LENGTH)]] = ""
+    """The agent process that answered; a new one means a restart forgot the op."""
 
 
 # --- Free space for staged files (node agent extension) ---------------------------------------
@@ -329,11 +407,17 @@ class FilesSpaceReply(WireModel):
     """
 
     available_disk: Bytes = 0
+    """Bytes an unprivileged writer may still use on the models filesystem (0: full)."""
     total_disk: Bytes = 0
+    """Size of that filesystem; 0 when the node could not tell (never ruled out)."""
     reserved_disk: OmitEmpty[Bytes] = 0
+    """Bytes the node keeps free: it refuses an upload that would leave less."""
     max_file_size: OmitEmpty[Bytes] = 0
+    """The largest single file the node accepts."""
     address: OmitEmpty[Annotated[str, Field(max_length=MAX_FILES_ADDRESS_LENGTH)]] = ""
+    """Routable ``host:port`` of the file-transfer HTTP server; empty when it is off."""
     error: OmitEmpty[Annotated[str, Field(max_length=MAX_REPLY_ERROR_LENGTH)]] = ""
+    """Why the node could not read its filesystem, when it could not."""
 
     @property
     def usable_disk(self) -> int:

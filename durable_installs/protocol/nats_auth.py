@@ -278,7 +278,8 @@ def read_env_file(path: Path) -> dict[str, str]:
     return pairs
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """``backend-nats-auth``'s command line (also the source of its documentation page)."""
     parser = argparse.ArgumentParser(
         description="Write a nats-server configuration with one user per node and one for the "
         "orchestrator (per-subject permissions, bcrypt-hashed random passwords), and an env "
@@ -292,7 +293,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tls-cert", type=Path, help="server certificate (PEM)")
     parser.add_argument("--tls-key", type=Path, help="server private key (PEM)")
     parser.add_argument("--tls-ca", type=Path, help="CA of client certificates: mutual TLS")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if (args.tls_cert is None) != (args.tls_key is None):
         print("error: --tls-cert and --tls-key go together", file=sys.stderr)
         return 2

@@ -37,9 +37,13 @@ def _is_zero(value: Any) -> bool:
 
 
 class WireModel(BaseModel):
-    """A NATS message body: unknown fields ignored, ``omitempty`` fields dropped when zero."""
+    """A NATS message body: unknown fields ignored, ``omitempty`` fields dropped when zero.
 
-    model_config = ConfigDict(extra="ignore", populate_by_name=True, frozen=True)
+    The docstring under a field is its description (the generated wire reference)."""
+
+    model_config = ConfigDict(
+        extra="ignore", populate_by_name=True, frozen=True, use_attribute_docstrings=True
+    )
 
     @model_serializer(mode="wrap")
     def _omit_empty(self, handler: Any, info: SerializationInfo) -> dict[str, Any]:

@@ -54,7 +54,7 @@ def temporal_runtime(metrics_address: str = "") -> Runtime:
     thread that runs workflow tasks. Where nobody reads that stdout (a pipe a supervisor
     read only until "ready") the pipe fills after about 64 KiB of warnings, the write blocks,
     and the worker stops running and polling workflow tasks for good: what stopped a worker
-    at 5,000 installs in flight (bench/README.md, "No cliff under load"). Forwarded, the
+    at 5,000 installs in flight (docs/operating/scale.md, "At capacity"). Forwarded, the
     lines get the process's own log format and handler like every other line.
 
     Returns a new runtime (with its own thread pool): create one per process, before

@@ -303,7 +303,7 @@ async def test_the_web_ui_tells_the_story_of_a_running_and_a_finished_install(
         await wait_for_details(page, "completed")
         await wait_for_details(page, "installed")
         await screenshot(page, "finished-current-details")
-        # The list view filters by the search attributes and, with the columns the README
+        # The list view filters by the search attributes and, with the columns docs/web-ui.md
         # adds, shows each install's node, backend and phase.
         query = 'NodeId="node-3" AND BackendName="cpu-large" AND InstallPhase="completed"'
         await page.goto(

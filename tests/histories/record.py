@@ -6,7 +6,8 @@ the same JSON that ``temporal workflow show --output json`` prints. Recorded his
 contract with executions already running in a cluster: a change to workflow code that no longer
 replays one of them would break those executions on deploy. Re-record only when you *add* a
 shape (a new workflow type or a new path through one); never re-record to make a failing replay
-pass — version the change with ``workflow.patched`` instead (README, "Changing workflow code").
+pass — version the change with ``workflow.patched`` instead (docs/contributing.md, "Changing
+workflow code").
 
 ``python -m tests.histories.record`` records the scenarios that have no history yet; naming
 scenarios (``python -m tests.histories.record warm_install rollout``) re-records them.
