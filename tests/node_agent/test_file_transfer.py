@@ -732,3 +732,22 @@ async def test_stopping_the_agent_stops_the_server_and_keeps_partials(files: Fil
     with pytest.raises(OSError):
         await asyncio.open_connection(files.host, files.port)
     assert len(files.partials()) == 2
+
+
+async def test_delete_drops_a_partial_upload_and_never_a_committed_file(files: FileNode) -> None:
+    """The extension a cancelled staging uses to leave nothing behind."""
+    data = payload(4000)
+    partial = await files.put("models/p.bin", data[:1000], sha(data), "bytes 0-999/4000")
+    assert partial.status_code == 308
+    committed = await files.put("models/c.bin", data, sha(data))
+    assert committed.status_code == 200
+
+    dropped = await files.client.delete(files.url("models/p.bin"), headers=AUTH)
+    kept = await files.client.delete(files.url("models/c.bin"), headers=AUTH)
+
+    assert dropped.status_code == 204
+    assert files.partials() == []
+    assert kept.status_code == 404
+    assert (files.models / "c.bin").read_bytes() == data
+    refused = await files.client.delete(files.url("models/c.bin"))
+    assert refused.status_code == 401

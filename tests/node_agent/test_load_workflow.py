@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import signal
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 from nats.aio.client import Client as NATS
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+from temporalio.exceptions import CancelledError
 
 from activities.sources import TrustedSources
 from activities.staging import StagingConfig
@@ -38,11 +40,11 @@ from durable_installs.contracts.load import (
 )
 from durable_installs.contracts.rollout import RolloutInput
 from durable_installs.devstack.sample_backend import Gallery, SampleBackend
-from durable_installs.node_agent.files import FilesConfig
+from durable_installs.node_agent.files import PARTIAL_DIR, FilesConfig
 from durable_installs.orchestrator.worker import create_worker
 from tests.node_agent.conftest import AgentFactory
 from tests.node_agent.helpers import ArtifactServer, NodeClient
-from tests.workflow_helpers import FAST, assert_replays
+from tests.workflow_helpers import FAST, assert_replays, wait_until
 from workflows.load_model import LoadModelWorkflow
 from workflows.rollout import RolloutBackendWorkflow
 
@@ -447,3 +449,90 @@ async def test_a_backend_that_cannot_load_the_model_fails_the_load_with_its_mess
     assert kind == LOAD_FAILED
     assert "could not load m/not-staged.gguf" in message
     assert (await handle.query(LoadModelWorkflow.progress)).phase is LoadPhase.FAILED
+
+
+@pytest.fixture
+async def slow_load_queue(
+    client: Client, nc: NATS, tmp_path: Path, sources: Path
+) -> AsyncIterator[str]:
+    """A worker that stages at 1 MiB/s: a transfer to catch in the middle."""
+    queue = f"load-slow-{uuid.uuid4().hex[:8]}"
+    staging = StagingConfig(
+        sources=TrustedSources((sources.as_uri() + "/",)),
+        files_token=TOKEN,
+        cache_dir=tmp_path / "cache",
+        max_bytes_per_second=MIB,
+    )
+    async with create_worker(client, nc, queue, staging=staging):
+        yield queue
+
+
+def partials(node: NodeClient) -> list[Path]:
+    directory = models_dir(node) / PARTIAL_DIR
+    return sorted(directory.iterdir()) if directory.exists() else []
+
+
+async def test_a_cancelled_load_stops_the_transfer_and_leaves_no_partial_on_the_node(
+    client: Client, slow_load_queue: str, loading_node: NodeClient, sources: Path
+) -> None:
+    spec = write_source(sources, "model.gguf", 30 * MIB)
+    handle = await client.start_workflow(
+        LoadModelWorkflow.run,
+        LoadModelInput.model_validate(
+            {
+                "node_id": loading_node.node_id,
+                "backend": "cpu-load",
+                "model_id": "qwen3",
+                "files": [spec],
+                "install_options": {**FAST},
+                "heartbeat_timeout_seconds": 5,
+            }
+        ),
+        id=f"load-cancel-{uuid.uuid4().hex[:8]}",
+        task_queue=slow_load_queue,
+    )
+    await wait_until(
+        lambda: _has_partial(loading_node), within=60, what="the transfer under way on the node"
+    )
+
+    await handle.cancel()
+
+    with pytest.raises(WorkflowFailureError) as caught:
+        await handle.result()
+    assert isinstance(caught.value.cause, CancelledError)
+    assert (await handle.query(LoadModelWorkflow.progress)).phase is LoadPhase.CANCELLED
+    assert partials(loading_node) == []
+    assert not (models_dir(loading_node) / "m" / "model.gguf").exists()
+
+
+async def _has_partial(node: NodeClient) -> bool:
+    return bool(partials(node))
+
+
+async def test_a_backend_that_stops_answering_while_it_loads_is_a_stalled_load(
+    start_agent: AgentFactory, gallery: Gallery, archives: Path, sources: Path, start_load: Start
+) -> None:
+    gallery.add_backend(SampleBackend("cpu-load", load_seconds=60), archives)
+    gallery.write()
+    node = await start_agent(files=FilesConfig(token=TOKEN, address="127.0.0.1:0", reserve_bytes=0))
+    handle = await start_load(
+        node, [write_source(sources, "model.gguf", MIB)], load_stall_seconds=3
+    )
+    await wait_until(
+        lambda: _phase_is(handle, LoadPhase.LOADING), within=60, what="the load under way"
+    )
+    backend = node.agent.service.supervisor.get("qwen3#0")
+    assert backend is not None
+
+    os.killpg(backend.pid, signal.SIGSTOP)  # wedged: alive, silent
+    try:
+        kind, message = await failure_type(handle)
+    finally:
+        os.killpg(backend.pid, signal.SIGCONT)
+
+    assert kind == LOAD_FAILED
+    assert "stalled" in message
+
+
+async def _phase_is(handle: WorkflowHandle[Any, Any], phase: LoadPhase) -> bool:
+    return bool((await handle.query(LoadModelWorkflow.progress)).phase is phase)

@@ -54,6 +54,9 @@ from durable_installs.node_agent.files.store import FileStore, Partial, sha256_f
 
 log = logging.getLogger(__name__)
 
+DELETE_WAIT_SECONDS = 5.0
+"""How long a DELETE waits for an upload of the same key to notice its client has gone."""
+
 T = TypeVar("T")
 
 FILES_PREFIX = "/v1/files"
@@ -267,14 +270,18 @@ class FileServer:
                 return Response.text(404, "not found")
             if not self._authorised(request):
                 return Response.text(401, "unauthorized", headers={"WWW-Authenticate": "Bearer"})
-            if request.method not in ("HEAD", "PUT", "GET"):
-                return Response.text(405, "method not allowed", headers={"Allow": "GET, HEAD, PUT"})
+            if request.method not in ("HEAD", "PUT", "GET", "DELETE"):
+                return Response.text(
+                    405, "method not allowed", headers={"Allow": "GET, HEAD, PUT, DELETE"}
+                )
             key = decode_key(path.removeprefix(FILES_PREFIX).removeprefix("/"))
             target = route(key, self.roots)
             if request.method == "HEAD":
                 return await self._head(target)
             if request.method == "GET":
                 return await self._get(exchange, target)
+            if request.method == "DELETE":
+                return await self._delete(target)
             return await self._put(exchange, target)
         except KeyRefused as err:
             return Response.text(400, str(err))
@@ -346,6 +353,30 @@ class FileServer:
             return None
         finally:
             handle.close()
+
+    # --- DELETE (extension) -----------------------------------------------------------------
+
+    async def _delete(self, target: Target) -> Response:
+        """Drop the key's partial upload: what a cancelled staging leaves behind.
+
+        An extension (LocalAI has no DELETE): committed files are never removed this way,
+        only bytes of an upload that was never finished. An upload of the key still being
+        received (the cancelled client's connection not yet seen closed) is waited for
+        briefly; 409 if it goes on.
+        """
+        lock = str(target.path)
+        for _ in range(int(DELETE_WAIT_SECONDS / 0.05)):
+            if lock not in self._uploading:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise HttpError(409, "an upload of this key is in progress")
+        partial = await self._on_disk(self.store.read_partial, target)
+        if partial is None:
+            return Response.text(404, "no partial upload")
+        await self._on_disk(self.store.discard, target)
+        log.info("file transfer: partial upload of %r dropped on request", target.relative)
+        return Response(204)
 
     # --- PUT ------------------------------------------------------------------------------
 
