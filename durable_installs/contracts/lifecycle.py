@@ -84,6 +84,21 @@ class DeleteBackendInput(BaseModel):
         return encode_galleries(self.backend_galleries or [])
 
 
+class DeletePhase(StrEnum):
+    """Where a delete stands: what its ``progress`` query answers (``backendctl delete`` prints
+    each new one). The values are the strings the query has always returned."""
+
+    STARTING = "starting"
+    CHECKING = "checking"
+    """Asking the node what it has of the backend."""
+    STOPPING = "stopping"
+    """With ``force``: stopping the slots that run it, then waiting until none does."""
+    DELETING = "deleting"
+    VERIFYING = "verifying"
+    """Asking the node again: nothing of the backend may remain."""
+    DONE = "done"
+
+
 class DeleteOutcome(StrEnum):
     """What a delete found and did."""
 
