@@ -58,6 +58,7 @@ def test_the_worker_library_has_no_command_line() -> None:
 
 PASSED_THROUGH_CORE = [
     "delete_state.py",
+    "drift_state.py",
     "inputs.py",
     "install_state.py",
     "install_steps.py",
@@ -156,6 +157,7 @@ def test_the_install_workflow_passes_its_core_through_the_sandbox() -> None:
 WORKFLOW_CORES = {
     "upgrade_backend.py": ["inputs.py", "upgrade_state.py", "upgrade_steps.py"],
     "delete_backend.py": ["inputs.py", "delete_state.py"],
+    "drift.py": ["inputs.py", "drift_state.py"],
 }
 """Each workflow module (the shell) and the pure core modules it passes through."""
 
