@@ -57,19 +57,25 @@ def test_the_worker_library_has_no_command_line() -> None:
 
 
 PASSED_THROUGH_CORE = [
+    "delete_state.py",
+    "drift_state.py",
+    "inputs.py",
     "install_state.py",
     "install_steps.py",
-    "summary.py",
-    "rollout_state.py",
-    "rollout_steps.py",
     "load_state.py",
     "load_steps.py",
+    "rollout_state.py",
+    "rollout_steps.py",
+    "summary.py",
+    "upgrade_state.py",
+    "upgrade_steps.py",
 ]
 """Workflow code the sandbox passes through (imported once per worker, not per run): it gets
 none of the sandbox's checks, so it must be deterministic by construction."""
 
 CORE_MAY_IMPORT = {
     "__future__",
+    "collections.abc",
     "durable_installs.contracts",
     "durable_installs.protocol",
     "workflows",
@@ -81,7 +87,6 @@ CORE_MAY_IMPORT = {
     "temporalio.common",
     "temporalio.exceptions",
     "collections",
-    "collections.abc",
     "urllib.parse",
 }
 
@@ -148,6 +153,38 @@ def test_every_workflow_core_is_passed_through_the_sandbox() -> None:
             ):
                 passed |= _imports(ast.Module(body=node.body, type_ignores=[]))
     assert {f"workflows.{m.removesuffix('.py')}" for m in PASSED_THROUGH_CORE} <= passed
+
+
+def _passed_through(workflow_module: str) -> set[str]:
+    """The modules ``workflow_module`` imports inside ``imports_passed_through``."""
+    tree = ast.parse((ROOT / "workflows" / workflow_module).read_text())
+    passed: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.With) and "imports_passed_through" in ast.unparse(node.items[0]):
+            passed |= _imports(ast.Module(body=node.body, type_ignores=[]))
+    return passed
+
+
+def test_the_install_workflow_passes_its_core_through_the_sandbox() -> None:
+    """Imported inside ``imports_passed_through``, so the sandbox does not re-import them."""
+    install_core = {"install_state.py", "install_steps.py", "summary.py"}
+    passed = _passed_through("install_backend.py")
+    assert {f"workflows.{m.removesuffix('.py')}" for m in install_core} <= passed
+
+
+WORKFLOW_CORES = {
+    "upgrade_backend.py": ["inputs.py", "upgrade_state.py", "upgrade_steps.py"],
+    "delete_backend.py": ["inputs.py", "delete_state.py"],
+    "drift.py": ["inputs.py", "drift_state.py"],
+}
+"""Each workflow module (the shell) and the pure core modules it passes through."""
+
+
+@pytest.mark.parametrize(("shell", "core"), WORKFLOW_CORES.items())
+def test_each_workflow_passes_its_core_through_the_sandbox(shell: str, core: list[str]) -> None:
+    """Its core is imported inside ``imports_passed_through`` and is checked as core code."""
+    assert set(core) <= set(PASSED_THROUGH_CORE)
+    assert {f"workflows.{m.removesuffix('.py')}" for m in core} <= _passed_through(shell)
 
 
 @pytest.mark.parametrize("part", ["durable_installs", "activities", "workflows", "bench"])

@@ -9,6 +9,10 @@ blindly kills serving slots, and its ``success`` says nothing about what is left
 4. with ``force``: ``backend.stop`` each slot, wait (durable timers) until none runs;
 5. ``backend.delete`` ("backend not found" counts as already gone);
 6. ask again: anything still listed or running fails with ``DeleteIncomplete``.
+
+This module is the shell: every activity and timer. What the delete knows and decides, and
+each step's input and timeouts, live in ``workflows/delete_state.py``, passed through the
+sandbox.
 """
 
 from __future__ import annotations
@@ -16,202 +20,116 @@ from __future__ import annotations
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
-from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from durable_installs.contracts.failures import (
-        DELETE_FAILED,
-        DELETE_INCOMPLETE,
-        DELETE_REFUSED,
-        INVALID_INPUT,
-    )
-    from durable_installs.contracts.install import missing_input_message
     from durable_installs.contracts.lifecycle import (
         MINIMAL_DELETE_INPUT,
-        DeleteActivityInput,
         DeleteActivityResult,
         DeleteBackendInput,
         DeleteBackendResult,
-        DeleteOutcome,
+        DeletePhase,
         NodeInventory,
-        NodeInventoryInput,
-        StopSlotsInput,
     )
     from durable_installs.contracts.names import (
         DELETE_ACTIVITY,
+        DELETE_PROGRESS_QUERY,
         DELETE_WORKFLOW,
         NODE_INVENTORY_ACTIVITY,
         STOP_BACKEND_ACTIVITY,
     )
-
-NODE_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(seconds=30),
-    maximum_attempts=5,
-    non_retryable_error_types=[DELETE_FAILED],
-)
-"""A silent or unreachable node is asked a few times, then the delete fails naming why."""
-
-MAX_LISTED_SLOTS = 20
-"""Slots named in a refusal message; the rest are counted."""
-
-
-def _slots_text(keys: list[str]) -> str:
-    shown = ", ".join(keys[:MAX_LISTED_SLOTS])
-    hidden = len(keys) - MAX_LISTED_SLOTS
-    return f"{shown} and {hidden} more" if hidden > 0 else shown
+    from workflows.delete_state import (
+        NODE_RETRY,
+        STOP_TIMEOUT,
+        DeleteState,
+        NextStep,
+        delete_activity_input,
+        delete_timeout,
+        inventory_input,
+        inventory_timeout,
+        stand_in_input,
+        stop_input,
+    )
+    from workflows.inputs import check_input
 
 
 @workflow.defn(name=DELETE_WORKFLOW)
 class DeleteBackendWorkflow:
     """One backend, one node: refuse while it serves unless forced; verify it is gone."""
 
-    def __init__(self) -> None:
-        self._phase = "starting"
+    @workflow.init
+    def __init__(self, input: DeleteBackendInput | None = None) -> None:
+        """Validate first; an invalid input fails in ``run`` with ``InvalidInput``.
 
-    @workflow.query(name="progress")
-    def progress(self) -> str:
+        ``input`` is optional so that a start with no input reaches ``run`` and fails there;
+        an invalid one is replaced by a stand-in, so the query still answers ``starting``.
+        """
+        self._checked = check_input(input, MINIMAL_DELETE_INPUT)
+        valid = self._checked.input
+        self._state = DeleteState(valid if valid is not None else stand_in_input())
+
+    @workflow.query(name=DELETE_PROGRESS_QUERY)
+    def progress(self) -> DeletePhase:
         """The current step: checking, stopping, deleting, verifying, done."""
-        return self._phase
+        return self._state.phase
 
     @workflow.run
     async def run(self, input: DeleteBackendInput | None = None) -> DeleteBackendResult:
-        if input is None:
-            raise ApplicationError(
-                missing_input_message(MINIMAL_DELETE_INPUT), type=INVALID_INPUT, non_retryable=True
-            )
-        invalid = input.describe_problems()
-        if invalid:
-            raise ApplicationError(invalid, type=INVALID_INPUT, non_retryable=True)
-        node, backend = input.node_id, input.backend
-        workflow.set_current_details(f"delete **{backend}** from **{node}**: checking")
+        """Check, refuse or stop, delete, verify; the result says what was removed."""
+        if self._checked.invalid:
+            raise self._checked.failure(with_problems=False)
+        state = self._state
+        input = state.input
+        self._enter(DeletePhase.CHECKING)
+        step = state.after_check(await self._inventory("check"))
+        if isinstance(step, DeleteBackendResult):
+            return self._finished(step)
 
-        self._phase = "checking"
-        before = await self._inventory(input, "check")
-        if not before.installed and not before.running:
-            return self._finish(
-                input,
-                DeleteOutcome.ABSENT,
-                f"{backend} is not installed on {node}; nothing to delete",
-            )
-
-        stopped: list[str] = []
-        if before.running:
-            keys = before.running_keys()
-            if not input.force:
-                raise ApplicationError(
-                    f"{backend} is serving on {node} (slots {_slots_text(keys)}); stop them "
-                    "first, or delete with --force (input force: true) to stop them and delete",
-                    keys,
-                    type=DELETE_REFUSED,
-                    non_retryable=True,
-                )
-            self._phase = "stopping"
-            workflow.set_current_details(
-                f"delete **{backend}** from **{node}**: stopping {_slots_text(keys)}"
-            )
+        if step is NextStep.STOP:
+            self._enter(DeletePhase.STOPPING)
+            keys = state.running_keys
             await workflow.execute_activity(
                 STOP_BACKEND_ACTIVITY,
-                StopSlotsInput(node_id=node, process_keys=keys),
-                start_to_close_timeout=timedelta(seconds=30),
+                stop_input(input, keys),
+                start_to_close_timeout=STOP_TIMEOUT,
                 retry_policy=NODE_RETRY,
-                summary=f"stop {len(keys)} slot(s) of {backend} on {node}",
+                summary=f"stop {len(keys)} slot(s) of {input.backend} on {input.node_id}",
             )
-            stopped = keys
-            await self._wait_stopped(input)
+            state.slots_stopped(workflow.now())
+            while not state.all_stopped(await self._inventory("wait for stop"), workflow.now()):
+                await workflow.sleep(
+                    timedelta(seconds=input.poll_interval_seconds),
+                    summary="wait for slots to stop",
+                )
 
-        self._phase = "deleting"
-        workflow.set_current_details(f"delete **{backend}** from **{node}**: deleting")
+        self._enter(DeletePhase.DELETING)
         deleted: DeleteActivityResult = await workflow.execute_activity(
             DELETE_ACTIVITY,
-            DeleteActivityInput(
-                node_id=node, backend=backend, timeout_seconds=input.request_timeout_seconds
-            ),
+            delete_activity_input(input),
             result_type=DeleteActivityResult,
-            start_to_close_timeout=timedelta(seconds=input.request_timeout_seconds + 30),
+            start_to_close_timeout=delete_timeout(input),
             retry_policy=NODE_RETRY,
-            summary=f"backend.delete {backend} on {node}",
+            summary=f"backend.delete {input.backend} on {input.node_id}",
         )
 
-        self._phase = "verifying"
-        after = await self._inventory(input, "verify")
-        if after.installed or after.running:
-            left = [*after.installed, *after.running_keys()]
-            raise ApplicationError(
-                f"{node} still has {backend} after backend.delete: {_slots_text(left)}",
-                left,
-                type=DELETE_INCOMPLETE,
-                non_retryable=True,
-            )
-        if not deleted.deleted:
-            return self._finish(
-                input,
-                DeleteOutcome.ABSENT,
-                f"{backend} was already gone from {node} when the delete arrived",
-                removed=before.installed,
-                stopped=stopped,
-            )
-        return self._finish(
-            input,
-            DeleteOutcome.DELETED,
-            f"deleted {backend} from {node}"
-            + (f" after stopping {len(stopped)} slot(s)" if stopped else ""),
-            removed=before.installed,
-            stopped=stopped,
-        )
+        self._enter(DeletePhase.VERIFYING)
+        return self._finished(state.after_verify(deleted, await self._inventory("verify")))
 
-    async def _inventory(self, input: DeleteBackendInput, why: str) -> NodeInventory:
+    async def _inventory(self, why: str) -> NodeInventory:
+        input = self._state.input
         inventory: NodeInventory = await workflow.execute_activity(
             NODE_INVENTORY_ACTIVITY,
-            NodeInventoryInput(
-                node_id=input.node_id,
-                backend=input.backend,
-                galleries_json=input.galleries_json,
-                timeout_seconds=input.request_timeout_seconds,
-            ),
+            inventory_input(input),
             result_type=NodeInventory,
-            start_to_close_timeout=timedelta(seconds=2 * input.request_timeout_seconds + 30),
+            start_to_close_timeout=inventory_timeout(input),
             retry_policy=NODE_RETRY,
             summary=f"{why}: what {input.node_id} has of {input.backend}",
         )
         return inventory
 
-    async def _wait_stopped(self, input: DeleteBackendInput) -> None:
-        """Poll until no slot runs the backend; give up after ``stop_wait_seconds``."""
-        deadline = workflow.now() + timedelta(seconds=input.stop_wait_seconds)
-        while True:
-            inventory = await self._inventory(input, "wait for stop")
-            if not inventory.running:
-                return
-            if workflow.now() >= deadline:
-                raise ApplicationError(
-                    f"slots {_slots_text(inventory.running_keys())} of {input.backend} on "
-                    f"{input.node_id} still run {input.stop_wait_seconds:g}s after backend.stop; "
-                    "nothing was deleted",
-                    type=DELETE_INCOMPLETE,
-                    non_retryable=True,
-                )
-            await workflow.sleep(
-                timedelta(seconds=input.poll_interval_seconds), summary="wait for slots to stop"
-            )
+    def _enter(self, phase: DeletePhase) -> None:
+        self._state.enter(phase)
+        workflow.set_current_details(self._state.details)
 
-    def _finish(
-        self,
-        input: DeleteBackendInput,
-        outcome: DeleteOutcome,
-        message: str,
-        removed: list[str] | None = None,
-        stopped: list[str] | None = None,
-    ) -> DeleteBackendResult:
-        self._phase = "done"
-        workflow.set_current_details(message)
-        return DeleteBackendResult(
-            node_id=input.node_id,
-            backend=input.backend,
-            outcome=outcome,
-            message=message,
-            removed=removed or [],
-            stopped_slots=stopped or [],
-        )
+    def _finished(self, result: DeleteBackendResult) -> DeleteBackendResult:
+        workflow.set_current_details(self._state.details)
+        return result

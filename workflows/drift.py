@@ -6,53 +6,48 @@ visible in the UI with its report, and upgrades start only with ``start_upgrades
 ``RolloutBackendWorkflow`` per outdated backend with ``"action": "upgrade"`` and exactly the
 nodes where it is outdated as targets (never a node that does not have it). The rollouts are
 started by type name as abandoned children: they outlive the check and are linked to it.
+
+This module is the shell: every activity and child start. What the check knows and decides,
+and each step's input and timeouts, live in ``workflows/drift_state.py``, passed through the
+sandbox.
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
-from typing import Any
-
 from temporalio import workflow
-from temporalio.common import RetryPolicy
-from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
     from durable_installs.contracts.drift import (
-        MAX_DRIFT_NODES,
         MINIMAL_DRIFT_INPUT,
-        NODES_PER_CHECK,
-        CheckDriftInput,
         CheckDriftResult,
         DriftCheckInput,
         DriftReport,
         UpgradeStarted,
     )
-    from durable_installs.contracts.failures import INVALID_INPUT
-    from durable_installs.contracts.install import missing_input_message
     from durable_installs.contracts.names import (
         CHECK_DRIFT_ACTIVITY,
+        DRIFT_REPORT_QUERY,
         DRIFT_WORKFLOW,
         LIST_NODES_ACTIVITY,
         ROLLOUT_WORKFLOW,
     )
     from durable_installs.contracts.nodes import FleetView
-
-ACTIVITY_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    maximum_interval=timedelta(seconds=30),
-    maximum_attempts=5,
-)
-
-
-def upgrade_workflow_id(backend: str) -> str:
-    """``drift-upgrade/<backend>/<UTC time of the check>-<8 hex>``: one per backend per check.
-
-    Deterministic (workflow time and ``workflow.uuid4``) and independent of the drift run's
-    own workflow id, so a recorded history replays under any id.
-    """
-    return f"drift-upgrade/{backend}/{workflow.now():%Y%m%dT%H%M%SZ}-{workflow.uuid4().hex[:8]}"
+    from workflows.drift_state import (
+        ACTIVITY_RETRY,
+        LIST_NODES_TIMEOUT,
+        DriftCheck,
+        UpgradeRollout,
+        batches,
+        check_drift_input,
+        check_timeout,
+        details_markdown,
+        nodes_to_check,
+        rollout_task_queue,
+        upgrade_workflow_id,
+    )
+    from workflows.inputs import check_input
 
 
 @workflow.defn(name=DRIFT_WORKFLOW)
@@ -62,99 +57,63 @@ class DriftCheckWorkflow:
     def __init__(self) -> None:
         self._report: DriftReport | None = None
 
-    @workflow.query(name="report")
+    @workflow.query(name=DRIFT_REPORT_QUERY)
     def report(self) -> DriftReport | None:
         """The report once the check has run (None before)."""
         return self._report
 
     @workflow.run
     async def run(self, input: DriftCheckInput | None = None) -> DriftReport:
-        if input is None:
-            raise ApplicationError(
-                missing_input_message(MINIMAL_DRIFT_INPUT), type=INVALID_INPUT, non_retryable=True
-            )
-        invalid = input.describe_problems()
-        if invalid:
-            raise ApplicationError(invalid, type=INVALID_INPUT, non_retryable=True)
+        """Read the registry, ask the nodes in batches, start the upgrades asked for."""
+        checked = check_input(input, MINIMAL_DRIFT_INPUT)
+        if checked.input is None:
+            raise checked.failure(with_problems=False)
+        input = checked.input
 
-        node_ids = list(dict.fromkeys(input.nodes))
-        duplicates: list[str] = []
+        fleet: FleetView | None = None
         if input.use_registry:
-            fleet: FleetView = await workflow.execute_activity(
+            fleet = await workflow.execute_activity(
                 LIST_NODES_ACTIVITY,
                 result_type=FleetView,
-                start_to_close_timeout=timedelta(seconds=60),
+                start_to_close_timeout=LIST_NODES_TIMEOUT,
                 retry_policy=ACTIVITY_RETRY,
                 summary="read the node registry",
             )
-            duplicates = fleet.duplicates
-            for node in fleet.node_ids():
-                if node not in node_ids:
-                    node_ids.append(node)
-        node_ids = node_ids[:MAX_DRIFT_NODES]
+        node_ids = nodes_to_check(input, fleet)
 
-        report = DriftReport(checked_at=workflow.now(), duplicates=duplicates)
-        for start in range(0, len(node_ids), NODES_PER_CHECK):
-            batch = node_ids[start : start + NODES_PER_CHECK]
+        check = DriftCheck(input, workflow.now(), fleet)
+        for batch in batches(node_ids):
             result: CheckDriftResult = await workflow.execute_activity(
                 CHECK_DRIFT_ACTIVITY,
-                CheckDriftInput(
-                    node_ids=batch,
-                    backend_galleries=input.backend_galleries,
-                    backends=input.backends,
-                    timeout_seconds=input.request_timeout_seconds,
-                ),
+                check_drift_input(input, batch),
                 result_type=CheckDriftResult,
-                start_to_close_timeout=timedelta(seconds=input.request_timeout_seconds + 120),
+                start_to_close_timeout=check_timeout(input),
                 retry_policy=ACTIVITY_RETRY,
                 summary=f"drift of {len(batch)} node(s)",
             )
-            report.nodes += result.nodes
-            for note in result.gallery_notes:
-                if note not in report.gallery_notes:
-                    report.gallery_notes.append(note)
+            check.add(result)
 
-        if input.start_upgrades:
-            for backend, targets in report.outdated().items():
-                report.upgrades.append(await self._start_upgrade(input, backend, targets))
-        self._report = report
-        workflow.set_current_details(_details(report))
-        return report
+        for rollout in check.upgrade_rollouts():
+            check.report.upgrades.append(await self._start_upgrade(input, rollout))
+        self._report = check.report
+        workflow.set_current_details(details_markdown(check.report))
+        return check.report
 
     async def _start_upgrade(
-        self, input: DriftCheckInput, backend: str, targets: list[str]
+        self, input: DriftCheckInput, rollout: UpgradeRollout
     ) -> UpgradeStarted:
-        info = workflow.info()
-        workflow_id = upgrade_workflow_id(backend)
-        rollout_input: dict[str, Any] = {
-            **input.upgrade_options,
-            "backend": backend,
-            "action": "upgrade",
-            "targets": [{"node_id": node} for node in targets],
-            "backend_galleries": [g.model_dump(mode="json") for g in input.backend_galleries],
-        }
+        """Start one upgrade rollout as an abandoned child; one already running is reported."""
+        task_queue = rollout_task_queue(input, workflow.info().task_queue)
+        workflow_id = upgrade_workflow_id(rollout.backend, workflow.now(), workflow.uuid4())
         try:
             await workflow.start_child_workflow(
                 ROLLOUT_WORKFLOW,
-                rollout_input,
+                rollout.input,
                 id=workflow_id,
-                task_queue=input.upgrade_task_queue or info.task_queue,
+                task_queue=task_queue,
                 parent_close_policy=ParentClosePolicy.ABANDON,
-                static_summary=f"drift: upgrade {backend} on {len(targets)} node(s)",
+                static_summary=rollout.summary,
             )
         except WorkflowAlreadyStartedError:
-            return UpgradeStarted(
-                backend=backend, workflow_id=workflow_id, targets=targets, already_running=True
-            )
-        return UpgradeStarted(backend=backend, workflow_id=workflow_id, targets=targets)
-
-
-def _details(report: DriftReport) -> str:
-    """The UI's current details: counts, then one line per outdated backend."""
-    counts = ", ".join(f"{state} {count}" for state, count in report.counts().items()) or "no nodes"
-    lines = [f"**drift** across {len(report.nodes)} node(s): {counts}"]
-    for backend, nodes in report.outdated().items():
-        lines.append(f"- {backend} outdated on {', '.join(nodes[:20])}")
-    for upgrade in report.upgrades:
-        lines.append(f"- upgrade started: `{upgrade.workflow_id}`")
-    return "\n".join(lines)
+            return rollout.started(workflow_id, already_running=True)
+        return rollout.started(workflow_id)

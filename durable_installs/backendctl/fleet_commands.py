@@ -44,11 +44,14 @@ from durable_installs.contracts.lifecycle import (
     DeleteBackendResult,
     delete_workflow_id,
 )
-from durable_installs.contracts.names import DELETE_WORKFLOW, DRIFT_WORKFLOW
+from durable_installs.contracts.names import (
+    DELETE_PROGRESS_QUERY,
+    DELETE_WORKFLOW,
+    DRIFT_WORKFLOW,
+)
 from durable_installs.protocol.messages import GalleryConfig
 
 DEFAULT_SCHEDULE_ID = "drift-check"
-DELETE_PROGRESS_QUERY = "progress"
 PHASE_POLL_SECONDS = 0.5
 DEFAULT_EVERY = "6h"
 _DURATION = re.compile(r"^(\d+)([smhd])$")

@@ -107,6 +107,21 @@ DELETE_INPUT_BOUNDS: dict[str, Keywords] = {
 """The bounds ``problems()`` checks, as JSON Schema keywords (the generated reference)."""
 
 
+class DeletePhase(StrEnum):
+    """Where a delete stands: what its ``progress`` query answers (``backendctl delete`` prints
+    each new one). The values are the strings the query has always returned."""
+
+    STARTING = "starting"
+    CHECKING = "checking"
+    """Asking the node what it has of the backend."""
+    STOPPING = "stopping"
+    """With ``force``: stopping the slots that run it, then waiting until none does."""
+    DELETING = "deleting"
+    VERIFYING = "verifying"
+    """Asking the node again: nothing of the backend may remain."""
+    DONE = "done"
+
+
 class DeleteOutcome(StrEnum):
     """What a delete found and did."""
 

@@ -93,8 +93,14 @@ LIST_NODES_ACTIVITY = "list_nodes"
 DELETE_WORKFLOW = "DeleteBackendWorkflow"
 """Removes one backend from one node, refusing while slots run it unless forced."""
 
+DELETE_PROGRESS_QUERY = "progress"
+"""Delete workflow: its :class:`contracts.lifecycle.DeletePhase`, as a string."""
+
 DRIFT_WORKFLOW = "DriftCheckWorkflow"
 """Compares the fleet's installed backends with the gallery; optionally starts upgrades."""
+
+DRIFT_REPORT_QUERY = "report"
+"""Drift workflow: its :class:`contracts.drift.DriftReport` once the check has run, else null."""
 
 CHECK_DRIFT_ACTIVITY = "check_drift"
 """One node's ``backend.list`` compared with the gallery's current entries."""

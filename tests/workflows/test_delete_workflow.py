@@ -14,6 +14,7 @@ from durable_installs.contracts.lifecycle import (
     DeleteBackendResult,
     DeleteOutcome,
 )
+from durable_installs.contracts.names import DELETE_PROGRESS_QUERY
 from durable_installs.contracts.rollout import RolloutAction, RolloutInput
 from durable_installs.devstack.sample_backend import Gallery, SampleBackend
 from durable_installs.node_agent import Agent
@@ -111,6 +112,17 @@ async def test_deleting_an_absent_backend_succeeds_and_says_so(
     assert second.outcome is DeleteOutcome.ABSENT
     assert "not installed" in second.message
     await assert_replays(second_handle)
+
+
+async def test_the_progress_query_answers_the_phase_as_the_string_it_always_was(
+    client: Client, task_queue: str, start_agent: AgentFactory
+) -> None:
+    """``backendctl delete`` and other clients read the phase as a plain string."""
+    node = await start_agent()
+    handle = await start_delete(client, task_queue, node.node_id, "cpu-echo")
+    await handle.result()
+
+    assert await handle.query(DELETE_PROGRESS_QUERY, result_type=str) == "done"
 
 
 async def test_delete_of_a_node_that_does_not_answer_fails_naming_the_node(

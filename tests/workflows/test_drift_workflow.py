@@ -16,6 +16,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from durable_installs.contracts.drift import DriftCheckInput, DriftReport, DriftState
+from durable_installs.contracts.names import DRIFT_REPORT_QUERY
 from durable_installs.devstack.sample_backend import Gallery, SampleBackend, build_archive
 from durable_installs.node_agent import Agent
 from durable_installs.protocol.messages import BackendInstallRequest, NodeBackendInfo
@@ -167,3 +168,18 @@ async def test_with_upgrades_enabled_drift_starts_one_upgrade_rollout_for_the_ou
     assert started["max_unavailable"] == 2
     assert started["backend_galleries"][0]["url"] == mixed_fleet.gallery.config.url
     await assert_replays(handle)
+
+
+async def test_the_report_query_answers_the_report_under_the_name_it_always_had(
+    client: Client, task_queue: str, gallery: Gallery
+) -> None:
+    handle = await client.start_workflow(
+        DriftCheckWorkflow.run,
+        DriftCheckInput(backend_galleries=[gallery.config], use_registry=False),
+        id=f"drift-test-{uuid.uuid4().hex[:8]}",
+        task_queue=task_queue,
+    )
+    report = await handle.result()
+
+    assert report.nodes == [] and report.upgrades == []
+    assert await handle.query(DRIFT_REPORT_QUERY, result_type=DriftReport) == report
