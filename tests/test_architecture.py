@@ -176,6 +176,8 @@ WORKFLOW_CORES = {
     "upgrade_backend.py": ["inputs.py", "upgrade_state.py", "upgrade_steps.py"],
     "delete_backend.py": ["inputs.py", "delete_state.py"],
     "drift.py": ["inputs.py", "drift_state.py"],
+    "rollout.py": ["inputs.py", "rollout_state.py", "rollout_steps.py"],
+    "load_model.py": ["inputs.py", "load_state.py", "load_steps.py"],
 }
 """Each workflow module (the shell) and the pure core modules it passes through."""
 

@@ -36,15 +36,12 @@ from durable_installs.contracts.failures import (
     WORKER_STILL_INSTALLING,
 )
 from durable_installs.contracts.install import (
-    MAX_PROBLEMS_SHOWN,
     MINIMAL_INSTALL_INPUT,
     InstallBackendInput,
     InstallBackendResult,
     InstallCarryOver,
     InstallPhase,
     InstallStatus,
-    describe_problems,
-    missing_input_message,
 )
 from durable_installs.contracts.rollout import SlotReport, SlotState
 from durable_installs.contracts.search_attributes import (
@@ -54,6 +51,7 @@ from durable_installs.contracts.search_attributes import (
     NODE_ID,
     ROLLOUT_ID,
 )
+from workflows import inputs
 from workflows.install_steps import (
     ROLLOUT_STATE,
     NextStep,
@@ -77,23 +75,14 @@ class CheckedInput:
 def check_input(input: InstallBackendInput | None) -> CheckedInput:
     """Validate first: nothing after this may see a value out of bounds (NaN, 1e300, ...).
 
-    An invalid input is replaced by a harmless stand-in (``stand_in_input``) so that the
-    query and the UI can still say what failed.
+    The check every workflow shares (``workflows/inputs.py``); an invalid input is replaced
+    by a harmless stand-in (``stand_in_input``) so that the query and the UI can still say
+    what failed.
     """
-    if input is None:
-        return CheckedInput(
-            stand_in_input(None),
-            missing_input_message(MINIMAL_INSTALL_INPUT),
-            [("input", "it is missing")],
-        )
-    problems = input.problems()
-    if not problems:
-        return CheckedInput(input)
-    return CheckedInput(
-        stand_in_input(input),
-        f"invalid input: {describe_problems(problems)}",
-        problems[:MAX_PROBLEMS_SHOWN],
-    )
+    checked = inputs.check_input(input, MINIMAL_INSTALL_INPUT)
+    if checked.input is not None:
+        return CheckedInput(checked.input)
+    return CheckedInput(stand_in_input(input), checked.invalid, checked.problems)
 
 
 @dataclass

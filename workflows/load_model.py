@@ -39,16 +39,12 @@ with workflow.unsafe.imports_passed_through():
     import pydantic
 
     from durable_installs.contracts.failures import (
-        INVALID_INPUT,
         LOAD_FAILED,
         root_application_error,
     )
     from durable_installs.contracts.install import (
-        MAX_PROBLEMS_SHOWN,
         InstallBackendResult,
-        describe_problems,
         install_workflow_id,
-        missing_input_message,
     )
     from durable_installs.contracts.load import (
         MINIMAL_LOAD_INPUT,
@@ -77,6 +73,7 @@ with workflow.unsafe.imports_passed_through():
         NODE_ID,
         ROLLOUT_ID,
     )
+    from workflows.inputs import check_input
     from workflows.load_state import LoadState
     from workflows.load_steps import (
         ACTIVITY_MARGIN,
@@ -100,25 +97,18 @@ class LoadModelWorkflow:
     @workflow.init
     def __init__(self, input: LoadModelInput | None = None) -> None:
         """Validate first: nothing below may see a value out of bounds."""
-        if input is None:
-            self._problems = [("input", "it is missing")]
-            self._invalid = missing_input_message(MINIMAL_LOAD_INPUT)
-        else:
-            problems = input.problems()
-            self._problems = problems[:MAX_PROBLEMS_SHOWN]
-            self._invalid = f"invalid input: {describe_problems(problems)}" if problems else ""
-        if self._invalid or input is None:
-            input = LoadModelInput(node_id="", backend="", model_id="")
+        self._checked = check_input(input, MINIMAL_LOAD_INPUT)
+        input = self._checked.input or LoadModelInput(node_id="", backend="", model_id="")
         self._input = input
         self._state = LoadState(input, workflow.now())
 
     @workflow.run
     async def run(self, input: LoadModelInput | None = None) -> LoadModelResult:
         """Install (or join), stage, load; every step bounded by the deadline."""
-        if self._invalid:
-            raise ApplicationError(
-                self._invalid, self._problems, type=INVALID_INPUT, non_retryable=True
-            )
+        if self._checked.invalid:
+            self._state.status.last_error = self._checked.invalid
+            self._state.status.phase = LoadPhase.FAILED
+            raise self._checked.failure()
         input = self._input
         attributes = [
             NODE_ID.value_set(input.node_id),

@@ -39,11 +39,6 @@ with workflow.unsafe.imports_passed_through():
     import pydantic
 
     from durable_installs.contracts.failures import INVALID_INPUT, root_message
-    from durable_installs.contracts.install import (
-        MAX_PROBLEMS_SHOWN,
-        describe_problems,
-        missing_input_message,
-    )
     from durable_installs.contracts.lifecycle import DeleteBackendInput
     from durable_installs.contracts.limits import MAX_SEARCH_ATTRIBUTE_BYTES, utf8_problem
     from durable_installs.contracts.names import (
@@ -81,6 +76,7 @@ with workflow.unsafe.imports_passed_through():
         SlotRef,
         UpgradeBackendResult,
     )
+    from workflows.inputs import check_input
     from workflows.rollout_state import NodeBook, SlotBook, counts, nodes_reporting
     from workflows.rollout_steps import (
         BATCH_HEARTBEAT_TIMEOUT,
@@ -113,15 +109,10 @@ class RolloutBackendWorkflow:
         ``input`` is optional so that a start with no input fails with ``InvalidInput``
         instead of failing every workflow task.
         """
-        if input is None:
-            self._problems = [("input", "it is missing")]
-            self._invalid = missing_input_message(MINIMAL_ROLLOUT_INPUT)
-        else:
-            problems = input.problems() + _workflow_id_problems()
-            self._problems = problems[:MAX_PROBLEMS_SHOWN]
-            self._invalid = f"invalid input: {describe_problems(problems)}" if problems else ""
-        if self._invalid or input is None:
-            input = RolloutInput(backend="")
+        checked = check_input(input, MINIMAL_ROLLOUT_INPUT, _workflow_id_problems())
+        self._problems = checked.problems
+        self._invalid = checked.invalid
+        input = checked.input or RolloutInput(backend="")
         self._input = input
         node_mode = not input.action.per_slot
         self._slots = SlotBook(input.model_copy(update={"targets": []}) if node_mode else input)
