@@ -1,4 +1,4 @@
-.PHONY: run test test-load lint docs bench bench-quick
+.PHONY: run test test-load lint docs bench bench-quick bench-load
 
 run:  ## create/reuse .venv and run the whole embedded stack in the foreground (ARGS=... for flags)
 	scripts/run.sh $(ARGS)
@@ -20,3 +20,6 @@ bench:  ## create/reuse .venv and run every benchmark (< 15 min; ARGS=--quick fo
 
 bench-quick:  ## every benchmark scaled down (< 2 min)
 	scripts/bench.sh --quick $(ARGS)
+
+bench-load:  ## thousands of installs held in flight at once (ARGS="--count 5000 --workers 2"; minutes)
+	.venv/bin/python -m bench.bench_load $(ARGS)
