@@ -18,7 +18,8 @@ from temporalio.client import (
     WorkflowExecutionStatus,
 )
 
-from durable_installs.backendctl.fleet_commands import UsageError, gallery_url
+from durable_installs.backendctl.errors import UserError
+from durable_installs.backendctl.lifecycle import gallery_url
 from durable_installs.contracts.drift import DriftReport
 from durable_installs.contracts.names import DRIFT_WORKFLOW
 from durable_installs.devstack.sample_backend import Gallery
@@ -224,5 +225,5 @@ def test_a_gallery_path_that_does_not_exist_is_refused_naming_the_flag(
 ) -> None:
     monkeypatch.chdir(tmp_path)
 
-    with pytest.raises(UsageError, match=re.escape("--gallery 'missing.yaml': no such file")):
+    with pytest.raises(UserError, match=re.escape("--gallery 'missing.yaml': no such file")):
         gallery_url("missing.yaml")
