@@ -1,4 +1,8 @@
-"""``backendctl delete``, ``drift`` and ``drift-schedule`` as a user runs them (subprocesses)."""
+"""``delete``, ``drift`` and ``drift-schedule`` as a user runs them (subprocesses).
+
+``upgrade`` itself is tested against a real node agent in
+``tests/node_agent/test_upgrade_workflow.py``, and its input errors in ``test_user_errors.py``.
+"""
 
 from __future__ import annotations
 
@@ -24,10 +28,9 @@ from durable_installs.contracts.drift import DriftReport
 from durable_installs.contracts.names import DRIFT_WORKFLOW
 from durable_installs.devstack.sample_backend import Gallery
 from durable_installs.protocol.messages import NodeBackendInfo, RunningModelInfo
+from tests.backendctl.cli import ROOT
 from tests.fake_node import FakeNode
 from tests.workflow_helpers import wait_until
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def backendctl(temporal_address: str, *args: str) -> subprocess.CompletedProcess[str]:
