@@ -1,4 +1,7 @@
-"""The Temporal worker: runs ``InstallBackendWorkflow`` and the install and probe activities.
+"""The Temporal worker: runs every workflow type and activity of :mod:`orchestrator.registry`.
+
+That is five workflow types (install, rollout, upgrade, delete, drift check) and the fifteen
+activities they schedule, which talk to nodes over NATS.
 
 Temporal settings follow Temporal's environment configuration (``TEMPORAL_ADDRESS``,
 ``TEMPORAL_NAMESPACE``, ``TEMPORAL_API_KEY``, ``TEMPORAL_TLS_*``, ``TEMPORAL_PROFILE`` and the
@@ -57,8 +60,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog=invoked_as("worker_main"),
         description=(
-            "Temporal worker for durable backend installs: runs InstallBackendWorkflow and "
-            "the install and probe activities that talk to nodes over NATS."
+            "Temporal worker for durable backend installs: runs the install, rollout, upgrade, "
+            "delete and drift-check workflows and the activities that talk to nodes over NATS "
+            "(all listed in durable_installs/orchestrator/registry.py)."
         ),
     )
     temporal = parser.add_argument_group(
@@ -96,9 +100,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--max-concurrent-activities",
         type=int,
         default=int(env("WORKER_MAX_CONCURRENT_ACTIVITIES", str(sizing.activities))),
-        help="install and probe activities this worker runs at once, and as many fast-path "
-        "requests; an install mostly waits on the node, so this is far above the SDK's 100 "
-        "(env WORKER_MAX_CONCURRENT_ACTIVITIES; default %(default)s)",
+        help="activities (installs, probes and the rest) this worker runs at once, and as many "
+        "fast-path requests; an install mostly waits on the node, so this is far above the "
+        "SDK's 100 (env WORKER_MAX_CONCURRENT_ACTIVITIES; default %(default)s)",
     )
     temporal.add_argument(
         "--max-concurrent-workflow-tasks",

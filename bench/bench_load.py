@@ -3,8 +3,8 @@
 Every install is held by the node (``hold`` seconds, a progress event every ``interval``),
 then answered. The workers run with the defaults ``backend-install-worker`` runs with
 (``durable_installs.orchestrator.sizing``). The client never holds a long poll per install:
-it counts the open installs in visibility every few seconds (bench/README.md, "Waiting on many
-installs"), and reads a sample of histories afterwards.
+it counts the open installs in visibility every few seconds (docs/operating/scale.md, "Waiting
+on many installs"), and reads a sample of histories afterwards.
 
 Reported, per run: when the last install completed against the hold; workflow-task
 schedule-to-start latency and timeouts (from a sample of histories); each worker's RSS at its

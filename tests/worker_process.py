@@ -31,7 +31,7 @@ def worker_process(
         "PYTHONUNBUFFERED": "1",
     }
     # Output to a file, not a pipe read only until "polling": an unread pipe fills and
-    # blocks every writer in the worker (bench/README.md, "No cliff under load").
+    # blocks every writer in the worker (docs/operating/scale.md, "At capacity").
     log = Path(tempfile.mkstemp(prefix="worker-", suffix=".log")[1])
     with log.open("w") as out:
         proc = subprocess.Popen(

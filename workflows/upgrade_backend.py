@@ -113,8 +113,8 @@ DETAIL_SLOTS = 20
 class UpgradeBackendWorkflow:
     """Upgrade (or roll back) one backend on one node; success is verified, never assumed.
 
-    Runs PINNED on a versioned worker (``worker_main.WORKFLOW_BEHAVIORS``) like the install:
-    a re-pull can take hours and finishes on the worker version that started it.
+    Runs PINNED on a versioned worker (``orchestrator.registry.WORKFLOW_BEHAVIORS``) like the
+    install: a re-pull can take hours and finishes on the worker version that started it.
     """
 
     @workflow.init

@@ -38,7 +38,7 @@ from durable_installs.protocol.announce import (
 from durable_installs.protocol.messages import BackendListReply, ModelsRunningReply
 
 MAX_NODES = 200
-"""Nodes asked in one run; more is a mistake or needs the announcement registry."""
+"""Stock workers asked over NATS in one run; more is a mistake (agents announce themselves)."""
 MAX_ITEMS = 500
 """Backends or slots kept from one node's reply."""
 RECENT_INSTALLS = 500
