@@ -42,6 +42,7 @@ INSTALL_FLAGS = {
 
 
 def add_watch(commands: Subcommands) -> None:
+    """``watch``: an install or a rollout, whichever the id names."""
     watch_cmd = commands.add_parser(
         "watch", help="follow an install or rollout until it ends (Ctrl-C stops watching only)"
     )
@@ -75,6 +76,7 @@ def add_install(commands: Subcommands) -> None:
 
 
 def check_install(args: argparse.Namespace, out: TextIO) -> InstallBackendInput:
+    """The input, built before connecting: a bad flag or option costs no connection."""
     return build_install_input(args)
 
 

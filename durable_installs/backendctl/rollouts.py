@@ -57,6 +57,7 @@ def add_rollout(commands: Subcommands) -> None:
 
 
 def check_rollout(args: argparse.Namespace, out: TextIO) -> RolloutInput:
+    """The input, built before connecting: a bad target or option costs no connection."""
     return build_rollout_input(args)
 
 
