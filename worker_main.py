@@ -1,4 +1,8 @@
-"""The Temporal worker: runs ``InstallBackendWorkflow`` and the install and probe activities.
+"""The Temporal worker: runs every workflow type and activity of :mod:`orchestrator.registry`.
+
+That is six workflow types (install, rollout, upgrade, delete, drift check, model load) and
+the eighteen activities they schedule, which talk to nodes over NATS and, to stage model
+files, over the nodes' file-transfer HTTP API.
 
 Temporal settings follow Temporal's environment configuration (``TEMPORAL_ADDRESS``,
 ``TEMPORAL_NAMESPACE``, ``TEMPORAL_API_KEY``, ``TEMPORAL_TLS_*``, ``TEMPORAL_PROFILE`` and the
@@ -64,8 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=invoked_as("worker_main"),
         description=(
-            "Temporal worker for durable backend installs: runs InstallBackendWorkflow and "
-            "the install and probe activities that talk to nodes over NATS."
+            "Temporal worker for durable backend installs: runs the install, rollout, upgrade, "
+            "delete, drift-check and model-load workflows and the activities that talk to "
+            "nodes (all listed in durable_installs/orchestrator/registry.py)."
         ),
     )
     temporal = parser.add_argument_group(
@@ -103,9 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-concurrent-activities",
         type=int,
         default=int(env("WORKER_MAX_CONCURRENT_ACTIVITIES", str(sizing.activities))),
-        help="install and probe activities this worker runs at once, and as many fast-path "
-        "requests; an install mostly waits on the node, so this is far above the SDK's 100 "
-        "(env WORKER_MAX_CONCURRENT_ACTIVITIES; default %(default)s)",
+        help="activities (installs, probes and the rest) this worker runs at once, and as many "
+        "fast-path requests; an install mostly waits on the node, so this is far above the "
+        "SDK's 100 (env WORKER_MAX_CONCURRENT_ACTIVITIES; default %(default)s)",
     )
     temporal.add_argument(
         "--max-concurrent-workflow-tasks",

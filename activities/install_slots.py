@@ -1,11 +1,10 @@
 """Start a batch of a rollout's installs, wait for them, and report outcomes in bulk.
 
-Why an activity and not one child workflow per slot: every child start and every child
-completion is an event in the parent's history, and Temporal processes one workflow's
-history one update at a time. A 1,000-slot rollout spent 2.4x the time of 1,000 independent
-starts serialised on its own history (bench/README.md). Here the installs are ordinary
-workflows started from the client side, exactly like independent starts, and the rollout
-hears about them in a few signals per second per batch instead of three events per slot.
+Why an activity and not one child workflow per slot: every child start and completion is an
+event in the parent's history, which Temporal updates one at a time (the measurements:
+bench/README.md, "Rollout over 1,000 slots"). Here the installs are ordinary workflows
+started from the client side, exactly like independent starts, and the rollout hears about
+them in a few signals per second per batch instead of three events per slot.
 
 The installs stay one per slot: each is started with the slot's workflow id, and a start that
 finds the id running joins that install instead (the slot is then ``shared``).

@@ -52,6 +52,8 @@ class FakeNode:
         self.backends: list[NodeBackendInfo] | None = None
         self.script: InstallScript = self.reply_running
         self.status_reply = InstallStatusReply(state="absent")
+        self.status_answers = 0
+        """Status requests answered so far (a request is recorded before its answer is sent)."""
         self.running_requests = 0
         self.log: list[str] = []
         """Every request in the order it arrived: ``install``, ``models.running``, ``backend.list``
@@ -92,6 +94,7 @@ class FakeNode:
             self.log.append("status")
             self.status_requests.append(json.loads(msg.data))
             await msg.respond(self.status_reply.to_wire())
+            self.status_answers += 1
 
         self._subs.append(
             await self.nc.subscribe(subjects.install_status(self.node_id), cb=respond)

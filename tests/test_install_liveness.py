@@ -113,8 +113,7 @@ async def test_a_reply_in_transit_is_not_taken_for_a_forgotten_op(nc: NATS, node
     async def reply_just_after_the_check(
         request: BackendInstallRequest, number: int
     ) -> BackendInstallReply:
-        await wait_for(lambda: len(node.status_requests) >= 1, what="a first status check")
-        await asyncio.sleep(0.3)
+        await wait_for(lambda: node.status_answers >= 1, what="the first status answer sent")
         return BackendInstallReply(success=True, address="10.0.0.7:50051")
 
     node.script = reply_just_after_the_check
@@ -144,7 +143,8 @@ async def test_a_stock_node_without_the_status_extension_keeps_the_wait(
     async def reply_after_a_few_seconds(
         request: BackendInstallRequest, number: int
     ) -> BackendInstallReply:
-        await asyncio.sleep(3.5)  # several liveness intervals, each asking models.running
+        # Two liveness checks, each asking models.running after start()'s own question.
+        await wait_for(lambda: node.running_requests >= 1 + 2, what="two liveness checks")
         return BackendInstallReply(success=True, address="10.0.0.7:50051")
 
     node.script = reply_after_a_few_seconds
@@ -175,6 +175,8 @@ async def test_progress_events_stand_in_for_liveness_checks(nc: NATS, node: Fake
         request: BackendInstallRequest, number: int
     ) -> BackendInstallReply:
         async def stop_soon() -> None:
+            # The span is what is tested: several liveness intervals in which progress keeps
+            # arriving and nothing is asked; no event marks its end but the clock.
             await asyncio.sleep(3.5)
             done.set()
 
@@ -195,6 +197,8 @@ async def test_a_zero_interval_turns_the_checks_off(nc: NATS, node: FakeNode) ->
     async def reply_after_a_few_seconds(
         request: BackendInstallRequest, number: int
     ) -> BackendInstallReply:
+        # The silence is what is tested: over two would-be check intervals (1 s each when
+        # on), nothing may be asked; no event marks "nothing happened" but the clock.
         await asyncio.sleep(2.5)
         return BackendInstallReply(success=True, address="10.0.0.7:50051")
 

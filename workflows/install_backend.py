@@ -91,7 +91,7 @@ async def _signal_quietly(
 class InstallBackendWorkflow:
     """Install a backend on one node and return the address of the slot's running process.
 
-    Runs PINNED on a versioned worker (``orchestrator.worker.WORKFLOW_BEHAVIORS``): an install can
+    Runs PINNED on a versioned worker (``orchestrator.registry.WORKFLOW_BEHAVIORS``): an install can
     run for hours (a large download, a node that keeps pulling) and finishes on the worker
     version that started it, so a new version never has to replay a long install's history;
     new installs go to the version that is current when they start.

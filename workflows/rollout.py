@@ -5,12 +5,11 @@ backend on many slots: every slot is an ``InstallBackendWorkflow`` whose id is d
 the slot (:func:`contracts.install.install_workflow_id`), so a re-run or an overlapping
 rollout can never install the same slot twice at once. It does not start them as children:
 it hands slots in batches to the ``install_slots`` activity, which starts (or joins) each
-install like any client would and sends the outcomes back a batch at a time. A child per slot
-put three events per slot into this one history, and Temporal updates one workflow's history
-serially: a 1,000-slot rollout took 2.4x the time of 1,000 independent starts. The installs
-carry the ``RolloutId`` search attribute instead of a parent link. Before the history grows
-too large the rollout stops starting slots, lets the batches in flight finish and continues as
-new with every slot's status.
+install like any client would and sends the outcomes back a batch at a time: a child per slot
+made this one history the bottleneck (bench/README.md, "Rollout over 1,000 slots"). The
+installs carry the ``RolloutId`` search attribute instead of a parent link. Before the history
+grows too large the rollout stops starting slots, lets the batches in flight finish and
+continues as new with every slot's status.
 
 An **upgrade** or **delete** rollout (:class:`NodeDriver`) works node by node,
 ``max_unavailable`` at a time, each node one ``UpgradeBackendWorkflow`` (or

@@ -91,7 +91,7 @@ with workflow.unsafe.imports_passed_through():
 class UpgradeBackendWorkflow:
     """Upgrade (or roll back) one backend on one node; success is verified, never assumed.
 
-    Runs PINNED on a versioned worker (``orchestrator.worker.WORKFLOW_BEHAVIORS``) like the
+    Runs PINNED on a versioned worker (``orchestrator.registry.WORKFLOW_BEHAVIORS``) like the
     install: a re-pull can take hours and finishes on the worker version that started it.
     """
 

@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from durable_installs.backendctl.errors import printable
-from durable_installs.backendctl.fleet import BackendRow, NodeReport
 from durable_installs.backendctl.listing import WorkflowRow
 from durable_installs.contracts.rollout import RolloutStatus
+
+if TYPE_CHECKING:  # the command modules print through here: import their rows for types only
+    from durable_installs.backendctl.backends import BackendRow
+    from durable_installs.backendctl.nodes import NodeReport
 
 PIPE_WIDTH = 200
 """Width of tables written to a pipe or file (a terminal uses its own width)."""

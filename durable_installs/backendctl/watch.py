@@ -23,6 +23,7 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
+from durable_installs.backendctl.command import Context
 from durable_installs.backendctl.errors import EXIT_FAILED, EXIT_OK, UserError, one_line, printable
 from durable_installs.backendctl.progress import with_heartbeat
 from durable_installs.backendctl.render import PROG, status_line, success_line
@@ -85,6 +86,18 @@ class _View:
         self.last = key
         self.out.write(line + "\n")
         self.out.flush()
+
+
+async def started(ctx: Context[Any], kind: str, workflow_id: str) -> int:
+    """Say what was started; then watch it, or with ``--no-watch`` say how to."""
+    ctx.out.write(f"{kind} {workflow_id}\n")
+    ctx.out.flush()
+    ctx.session.starting = ""
+    if ctx.args.no_watch:
+        ctx.out.write(f"watch it: {PROG} watch {workflow_id}\n")
+        return EXIT_OK
+    ctx.session.watching = workflow_id
+    return await watch(ctx.client, workflow_id, ctx.out, ctx.live)
 
 
 async def watch(

@@ -37,3 +37,11 @@ def name_problem(name: str) -> str | None:
 def strip_gallery(name: str) -> str:
     """``<gallery>@<name>`` names an entry of one gallery; the directory is just ``<name>``."""
     return name.split("@", 1)[-1]
+
+
+def invalid_name_error(name: str) -> str | None:
+    """The reply's error for a backend name the agent refuses (LocalAI's wording), or None."""
+    problem = name_problem(name)
+    if problem is None:
+        return None
+    return f'invalid request: invalid backend name "{name}": {problem}'

@@ -4,6 +4,8 @@
 Every public coroutine takes a decoded request and returns a reply model; :mod:`node_agent.agent`
 only decodes, dispatches and publishes. Rules that hold throughout:
 
+* what to install from where (gallery, archive URL, OCI image) is decided first, by
+  :mod:`node_agent.planning`, because it names the lock;
 * work for one backend is serialised on a lock keyed by the **resolved concrete name**, so a
   meta name, an alias and the concrete name of one backend never touch its directory at the
   same time (install, upgrade and delete alike);
@@ -21,25 +23,18 @@ import shutil
 import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
-
-from durable_installs.node_agent import catalog, fetch
-from durable_installs.node_agent.blocking import Abort, run_blocking
 from durable_installs.node_agent.config import AgentConfig
 from durable_installs.node_agent.errors import CANCELLED, GALLERY_PREFIX, AgentError, InstallError
-from durable_installs.node_agent.fetch import SourceKind
 from durable_installs.node_agent.flights import Flight, FlightTable, KeyedLocks
-from durable_installs.node_agent.names import name_problem, strip_gallery
-from durable_installs.node_agent.oci import reference as oci_reference
-from durable_installs.node_agent.oci.pull import OCIFILE
-from durable_installs.node_agent.pipeline import Artifact, Pipeline
+from durable_installs.node_agent.names import invalid_name_error, name_problem, strip_gallery
+from durable_installs.node_agent.pipeline import Pipeline
+from durable_installs.node_agent.planning import Plan, Planner
 from durable_installs.node_agent.ports import PortAllocator
 from durable_installs.node_agent.progress import ProgressPublisher, Tick
-from durable_installs.node_agent.store import BACKUP_SUFFIX, BackendStore, Installed, Metadata
+from durable_installs.node_agent.store import BACKUP_SUFFIX, BackendStore, Installed
 from durable_installs.node_agent.supervisor import Proc, ProcState, Supervisor
 from durable_installs.node_agent.trust import Trust
 from durable_installs.protocol import subjects
@@ -55,14 +50,12 @@ from durable_installs.protocol.messages import (
     BackendStopRequest,
     BackendUpgradeReply,
     BackendUpgradeRequest,
-    GalleryConfig,
     InstallStatusReply,
     InstallStatusRequest,
     ModelsRunningReply,
     NodeSlotState,
     ProgressPhase,
     RunningModelInfo,
-    decode_galleries,
     parse_process_key,
     process_key,
 )
@@ -70,17 +63,10 @@ from durable_installs.telemetry import NodeMetrics, phase_span
 
 log = logging.getLogger(__name__)
 
+R = TypeVar("R")
+
 Publish = Callable[[str, bytes], Awaitable[None]]
 UPGRADE_PREFIX = "upgrading backend from gallery: "
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What an install or upgrade request will put on disk, decided before taking the lock."""
-
-    lock_name: str
-    artifact: Artifact | None = None
-    meta: Metadata | None = None
 
 
 def routable(host: str, port: int) -> str:
@@ -114,6 +100,7 @@ class NodeService:
             config.telemetry.meter(), running=lambda: len(self.supervisor.running())
         )
         self._pipeline = Pipeline(self.store, config, self._executor, self.metrics)
+        self.planner = Planner(config, self.trust, self.store, self._executor)
         self._locks = KeyedLocks()
         self._installs: FlightTable[BackendInstallReply] = FlightTable()
         self._upgrades: FlightTable[BackendUpgradeReply] = FlightTable()
@@ -140,20 +127,6 @@ class NodeService:
 
     # --- helpers -----------------------------------------------------------------------------
 
-    def _galleries(self, text: str) -> list[GalleryConfig]:
-        """The request's galleries when the agent trusts every one of them, else a refusal."""
-        if not text:
-            return list(self.config.galleries)
-        try:
-            galleries = decode_galleries(text)
-        except ValidationError as err:
-            first = err.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "body"
-            raise AgentError(f"decoding backend galleries: {where}: {first['msg']}") from err
-        for gallery in galleries:
-            self.trust.check_gallery(gallery)
-        return galleries
-
     def _progress(self, flight_ops: Callable[[], dict[str, str]]) -> ProgressPublisher:
         node = self.config.node_id
 
@@ -163,6 +136,34 @@ class NodeService:
                 await self._publish(subjects.progress(node, op_id), event.to_wire())
 
         return ProgressPublisher(send, window=self.config.progress_debounce)
+
+    async def _single_flight(
+        self,
+        table: FlightTable[R],
+        key: tuple[str, ...],
+        req: BackendInstallRequest | BackendUpgradeRequest,
+        slot: str,
+        cancelled_reply: Callable[[str], R],
+        work: Callable[[Flight[R]], Awaitable[R]],
+    ) -> R:
+        """Join the work in flight under ``key`` (whose first part is its kind), or start
+        ``work`` as a new flight: duplicate requests share one piece of work and one reply."""
+        flight = table.get(key)
+        if flight is not None:
+            log.info("%s of %s joins the one in flight", key[0], slot or req.backend)
+            return await flight.join(req.op_id, req.backend)
+        ops: dict[str, str] = {}
+        flight = Flight(
+            kind=key[0],
+            slot=slot,
+            backend=req.backend,
+            cancelled_reply=cancelled_reply,
+            publisher=self._progress(lambda: ops),
+            ops=ops,
+        )
+        future = flight.join(req.op_id, req.backend)
+        table.start(key, flight, work)
+        return await future
 
     def _same_backend(self, proc: Proc, requested: str) -> bool:
         installed = self.store.lookup(requested)
@@ -178,79 +179,6 @@ class NodeService:
         ):
             return proc
         return None
-
-    async def _plan(
-        self, backend: str, uri: str, name: str, alias: str, galleries: str, force: bool
-    ) -> Plan:
-        """Decide what to install and which lock to take; gallery lookups run in a thread."""
-        if uri:
-            return await self._external_plan(uri, name, alias, galleries)
-        if not force and (installed := self.store.lookup(backend)) is not None:
-            return Plan(lock_name=installed.name)
-        return await self._gallery_plan(backend, galleries)
-
-    async def _gallery_plan(self, backend: str, galleries_text: str) -> Plan:
-        galleries = self._galleries(galleries_text)
-        config = self.config
-        resolution = await run_blocking(
-            self._executor,
-            Abort(),
-            lambda: catalog.resolve(
-                backend,
-                galleries,
-                config.capability,
-                config.index_fetch_timeout,
-                config.max_index_bytes,
-            ),
-        )
-        entry = resolution.concrete
-        sources = entry.sources()
-        self.trust.check_entry_sources(resolution.gallery, sources)
-        artifact = Artifact(
-            name=entry.name,
-            sources=sources,
-            sha256=entry.sha256,
-            alias=entry.alias,
-            version=entry.version,
-            gallery_url=resolution.gallery.url,
-        )
-        meta = None
-        if resolution.meta is not None:
-            meta = Metadata(
-                name=resolution.meta.name,
-                meta_backend_for=entry.name,
-                gallery_url=resolution.gallery.url,
-                version=resolution.meta.version,
-            )
-        return Plan(lock_name=entry.name, artifact=artifact, meta=meta)
-
-    async def _external_plan(self, uri: str, name: str, alias: str, galleries: str) -> Plan:
-        """``uri`` set on the request: a gallery name, or an external source the agent trusts.
-
-        A bare name (no ``/``, ``\\`` or scheme) is looked up in the galleries. Anything else
-        must pass the ``--allow-request-uri`` allow-list, which never admits a local path or
-        ``file://`` URL, so the filesystem is not even looked at for a request's ``uri``.
-        """
-        if _is_gallery_name(uri):
-            if name or alias:
-                raise InstallError(
-                    "specifying a name or alias is not supported for gallery backends"
-                )
-            return await self._gallery_plan(uri, galleries)
-        self.trust.check_uri(uri)
-        kind = fetch.classify(uri)
-        if kind is SourceKind.OCI:
-            return _image_plan(uri, name, alias)
-        if kind is not SourceKind.ARCHIVE_HTTP:  # the allow-list admits only http(s) and OCI
-            raise InstallError(f'source "{uri}" is not supported by this agent')
-        file_name = uri.rsplit("/", 1)[-1].split("?", 1)[0]
-        target = name or _archive_stem(file_name)
-        if (error := _invalid_name_error(target)) is not None:
-            raise AgentError(error)
-        artifact = Artifact(
-            name=target, sources=(uri,), alias=alias, check_redirect=self.trust.check_redirect
-        )
-        return Plan(lock_name=target, artifact=artifact)
 
     async def _run_pipeline(
         self,
@@ -279,25 +207,16 @@ class NodeService:
         key = process_key(req.backend, req.model_id, req.replica_index)
         if not req.force and (fast := self._reusable(self.supervisor.get(key), req.backend)):
             return self._address_reply(fast)
-        flight_key = ("install", key, req.backend, req.uri, str(req.force))
-        flight = self._installs.get(flight_key)
-        if flight is not None:
-            log.info("install of %s joins the one in flight", key)
-            return await flight.join(req.op_id, req.backend)
-        ops: dict[str, str] = {}
-        flight = Flight(
-            kind="install",
+        return await self._single_flight(
+            self._installs,
+            ("install", key, req.backend, req.uri, str(req.force)),
+            req,
             slot=key,
-            backend=req.backend,
             cancelled_reply=lambda reason: BackendInstallReply(
                 success=False, error=_cancelled_text(reason)
             ),
-            publisher=self._progress(lambda: ops),
-            ops=ops,
+            work=lambda f: self._install_work(req, key, f),
         )
-        future = flight.join(req.op_id, req.backend)
-        self._installs.start(flight_key, flight, lambda f: self._install_work(req, key, f))
-        return await future
 
     async def _install_work(
         self, req: BackendInstallRequest, key: str, flight: Flight[BackendInstallReply]
@@ -306,7 +225,7 @@ class NodeService:
         try:
             tick(Tick(ProgressPhase.RESOLVING, req.backend))
             with phase_span(self._tracer, "resolve") as resolved:
-                plan = await self._plan(
+                plan = await self.planner.plan(
                     req.backend, req.uri, req.name, req.alias, req.backend_galleries, req.force
                 )
                 resolved.set("install.concrete", plan.lock_name)
@@ -343,7 +262,7 @@ class NodeService:
         backup = None
         if installed is None:
             if plan.artifact is None:  # removed between planning and locking: pull it
-                plan = await self._plan(
+                plan = await self.planner.plan(
                     req.backend, req.uri, req.name, req.alias, req.backend_galleries, True
                 )
             backup = await self._run_pipeline(plan, tick, keep_backup=req.force)
@@ -406,24 +325,16 @@ class NodeService:
         problem = _request_problem(req.backend, req.name, req.alias, req.op_id)
         if problem is not None:
             return BackendUpgradeReply(success=False, error=problem)
-        flight_key = ("upgrade", req.backend, req.uri)
-        flight = self._upgrades.get(flight_key)
-        if flight is not None:
-            return await flight.join(req.op_id, req.backend)
-        ops: dict[str, str] = {}
-        flight = Flight(
-            kind="upgrade",
+        return await self._single_flight(
+            self._upgrades,
+            ("upgrade", req.backend, req.uri),
+            req,
             slot="",
-            backend=req.backend,
             cancelled_reply=lambda reason: BackendUpgradeReply(
                 success=False, error=_cancelled_text(reason), reports_stopped_processes=True
             ),
-            publisher=self._progress(lambda: ops),
-            ops=ops,
+            work=lambda f: self._upgrade_work(req, f),
         )
-        future = flight.join(req.op_id, req.backend)
-        self._upgrades.start(flight_key, flight, lambda f: self._upgrade_work(req, f))
-        return await future
 
     async def _upgrade_work(
         self, req: BackendUpgradeRequest, flight: Flight[BackendUpgradeReply]
@@ -431,7 +342,7 @@ class NodeService:
         stopped: list[str] = []
         try:
             flight.publisher.tick(Tick(ProgressPhase.RESOLVING, req.backend))
-            plan = await self._plan(
+            plan = await self.planner.plan(
                 req.backend, req.uri, req.name, req.alias, req.backend_galleries, True
             )
             async with self._locks.hold(plan.lock_name):
@@ -472,7 +383,7 @@ class NodeService:
         routine installs, which start them from the restored files.
         """
         name = strip_gallery(req.backend)
-        if (error := _invalid_name_error(name)) is not None:
+        if (error := invalid_name_error(name)) is not None:
             return BackendUpgradeReply(success=False, error=error)
         installed = self.store.lookup(name)
         concrete = installed.name if installed is not None else name
@@ -499,7 +410,7 @@ class NodeService:
     async def drop_previous(self, req: BackendPreviousDropRequest) -> BackendPreviousDropReply:
         """Forget the kept previous version (the rollout is over); idempotent."""
         name = strip_gallery(req.backend)
-        if (error := _invalid_name_error(name)) is not None:
+        if (error := invalid_name_error(name)) is not None:
             return BackendPreviousDropReply(success=False, error=error)
         installed = self.store.lookup(name)
         concrete = installed.name if installed is not None else name
@@ -512,7 +423,7 @@ class NodeService:
     async def delete(self, req: BackendDeleteRequest) -> BackendDeleteReply:
         """Stop the backend's processes and remove it (and meta entries pointing at it)."""
         name = strip_gallery(req.backend)
-        if (error := _invalid_name_error(name)) is not None:
+        if (error := invalid_name_error(name)) is not None:
             return BackendDeleteReply(success=False, error=error)
         installed = self.store.lookup(name)
         if installed is None and self.store.metadata(name) is None:
@@ -634,38 +545,6 @@ def _request_problem(backend: str, name: str, alias: str, op_id: str) -> str | N
     return None
 
 
-def _image_plan(uri: str, name: str, alias: str) -> Plan:
-    """An OCI image named by a request: a registry reference (``name`` required, as in LocalAI)
-    or ``ocifile://<path>`` (name defaults to the file name without its extension)."""
-    if uri.startswith(OCIFILE):
-        target = name or _archive_stem(Path(oci_reference.ocifile_path(uri)).name)
-    elif not name:
-        raise InstallError(
-            f"error installing backend {uri}: specifying a name is required for OCI images"
-        )
-    else:
-        target = name
-        try:
-            oci_reference.parse(uri)
-        except oci_reference.InvalidReference as err:
-            raise InstallError(
-                f'rejected OCI image "{uri}": invalid image reference: {err}'
-            ) from err
-    # The caller has passed the request's uri through the trust allow-list (registry and
-    # repository prefixes; an ocifile:// path from a request is never admitted).
-    if (error := _invalid_name_error(target)) is not None:
-        raise AgentError(error)
-    return Plan(lock_name=target, artifact=Artifact(name=target, sources=(uri,), alias=alias))
-
-
-def _invalid_name_error(name: str) -> str | None:
-    """The reply's error for a backend name the agent refuses (LocalAI's wording), or None."""
-    problem = name_problem(name)
-    if problem is None:
-        return None
-    return f'invalid request: invalid backend name "{name}": {problem}'
-
-
 def _upgrade_reply(stopped: list[str], error: str = "") -> BackendUpgradeReply:
     return BackendUpgradeReply(
         success=not error,
@@ -686,11 +565,6 @@ def _internal_error(err: BaseException) -> str:
     return f"internal error: {type(err).__name__} (see the node agent's log)"
 
 
-def _is_gallery_name(uri: str) -> bool:
-    """A request ``uri`` that names a gallery entry rather than a source (docs/protocol.md §4)."""
-    return "/" not in uri and "\\" not in uri and ":" not in uri
-
-
 def _cancelled_text(reason: str) -> str:
     return CANCELLED if reason in ("", CANCELLED) else f"{CANCELLED}: {reason}"
 
@@ -702,10 +576,3 @@ def _reason(err: asyncio.CancelledError) -> str:
 def _key_base(key: str) -> str:
     parsed = parse_process_key(key)
     return parsed[0] if parsed is not None else ""
-
-
-def _archive_stem(file_name: str) -> str:
-    for suffix in (".tar.gz", ".tgz", ".tar.xz", ".tar.bz2", ".tar", ".oci"):
-        if file_name.endswith(suffix):
-            return file_name[: -len(suffix)]
-    return file_name

@@ -12,7 +12,7 @@ A worker runs three kinds of work that compete for one Python thread and the SDK
 Every install in flight has a workflow run; a run that is not cached is replayed from its
 history for each task it gets, so the cache (``max_cached_workflows``) holds at least as
 many runs as the worker follows installs, with room for those waiting for an activity slot.
-The figures these defaults were measured with are in docs/operating/scale.md.
+The figures these defaults were measured with: docs/operating/scale.md ("Past one worker").
 """
 
 from __future__ import annotations

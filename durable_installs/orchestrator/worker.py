@@ -67,10 +67,10 @@ def compile_workflow_modules(workflows: Sequence[type[Any]]) -> list[str]:
 
     Temporal's sandbox imports a workflow's module afresh for every workflow run. Where
     bytecode is not written (``PYTHONDONTWRITEBYTECODE=1``, common in containers) and none was
-    shipped, every run compiled ``workflows/install_backend.py`` from source: about 9 ms of CPU
-    on the benchmark machine, half of the warm path's only workflow task (bench/README.md).
-    ``py_compile`` writes the ``.pyc`` where the import system reads it whatever that setting
-    says, once per worker start; a read-only install is left as it is, only slower.
+    shipped, every run compiled its module from source: half of a warm install's one workflow
+    task (bench/README.md, "The warm path at its limit"). ``py_compile`` writes the ``.pyc``
+    where the import system reads it whatever that setting says, once per worker start; a
+    read-only install is left as it is, only slower.
     """
     written: list[str] = []
     for workflow_class in workflows:

@@ -50,12 +50,10 @@ def temporal_runtime(metrics_address: str = "") -> Runtime:
     """The worker's runtime: the SDK core's logs go through Python logging, and its metrics
     are served on ``metrics_address`` when one is given.
 
-    By default the core writes its warnings straight to the process's stdout, from the
-    thread that runs workflow tasks. Where nobody reads that stdout (a pipe a supervisor
-    read only until "ready") the pipe fills after about 64 KiB of warnings, the write blocks,
-    and the worker stops running and polling workflow tasks for good: what stopped a worker
-    at 5,000 installs in flight (docs/operating/scale.md, "At capacity"). Forwarded, the
-    lines get the process's own log format and handler like every other line.
+    By default the core writes its warnings to the process's stdout from the thread that
+    runs workflow tasks: an unread pipe fills and the worker stops for good (how and when:
+    docs/operating/scale.md, "At capacity"). Forwarded, the lines get the process's own log
+    format and handler like every other line.
 
     Returns a new runtime (with its own thread pool): create one per process, before
     connecting the client that uses it.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -9,6 +10,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias
 
 import pexpect
+
+from tests.workflow_helpers import FAST
 
 if TYPE_CHECKING:
     Child: TypeAlias = pexpect.spawn[str]
@@ -46,6 +49,17 @@ def run_ctl(
         check=False,
         env={**os.environ, **(env or {})},
     )
+
+
+FAST_OPTIONS = [arg for key, value in FAST.items() for arg in ("--option", f"{key}={value}")]
+"""The install input fields that make a test install quick, as ``--option`` flags."""
+
+
+async def ctl(
+    *args: str, address: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """:func:`run_ctl` in a thread, so the test's own event loop (a scripted node) runs on."""
+    return await asyncio.to_thread(run_ctl, *args, address=address, env=env)
 
 
 def spawn_ctl(*args: str, address: str) -> Child:

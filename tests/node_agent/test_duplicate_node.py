@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 
 from durable_installs.devstack.sample_backend import Gallery
 from durable_installs.node_agent.cli import main
-from durable_installs.node_agent.duplicates import Instance, other_instances
+from durable_installs.node_agent.duplicates import Instance, instance_subject, other_instances
 from tests.node_agent.agent_process import agent_command, spawn_agent, wait_ready
 from tests.node_agent.conftest import AgentFactory
 from tests.node_agent.helpers import WAIT, eventually
@@ -63,12 +64,27 @@ async def test_two_agents_started_at_once_end_with_exactly_one_serving(
     command = [*agent_command(node_id, tmp_path / "b", gallery, nats_url, port_range)]
     command += ["--duplicate-check-interval", "0.5"]
     agents = await asyncio.gather(*(spawn_agent(command, log) for log in logs))
+    asks: dict[int, int] = {}  # check rounds by agent pid: each round asks the instance subject
+
+    async def count_ask(msg: Msg) -> None:
+        asker = Instance.from_wire(msg.data)
+        if asker is not None:
+            asks[asker.pid] = asks.get(asker.pid, 0) + 1
+
+    counting = None
     try:
         await eventually(
             lambda: sum(a.process.returncode is not None for a in agents) >= 1,
             "one of the two agents to stop",
         )
-        await asyncio.sleep(2)  # a few more check rounds: the survivor must keep serving
+        # A few more check rounds: the survivor must keep serving through them. Listening only
+        # now leaves the start-up checks as they were (a listener there would delay them).
+        counting = await nc.subscribe(instance_subject(node_id), cb=count_ask)
+        survivor = agents[1] if agents[0].process.returncode is not None else agents[0]
+        await eventually(
+            lambda: asks.get(survivor.pid, 0) >= 2 or survivor.process.returncode is not None,
+            "two more check rounds of the surviving agent",
+        )
         stopped = [a for a in agents if a.process.returncode is not None]
         serving = [a for a in agents if a.process.returncode is None]
         assert len(stopped) == 1 and len(serving) == 1
@@ -78,6 +94,8 @@ async def test_two_agents_started_at_once_end_with_exactly_one_serving(
         answering = await instances(nc, node_id)
         assert [i.pid for i in answering] == [serving[0].pid]
     finally:
+        if counting is not None:
+            await counting.unsubscribe()
         for agent in agents:
             await agent.kill()
 

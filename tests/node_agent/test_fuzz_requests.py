@@ -156,7 +156,7 @@ def test_any_backend_galleries_string_is_a_gallery_list_or_a_clear_refusal(
     service: NodeService, text: str
 ) -> None:
     try:
-        galleries = service._galleries(text)
+        galleries = service.planner.galleries(text)
     except InstallError as err:
         assert "request galleries are not allowed on this node: " in err.message
     except AgentError as err:

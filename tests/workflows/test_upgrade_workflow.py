@@ -14,7 +14,8 @@ from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 
 from durable_installs.backendctl.cli import build_parser
-from durable_installs.backendctl.upgrade_commands import run_upgrade
+from durable_installs.backendctl.command import Context
+from durable_installs.backendctl.lifecycle import run_upgrade
 from durable_installs.contracts.upgrade import UpgradeBackendInput, UpgradeBackendResult
 from durable_installs.devstack.sample_backend import Gallery, SampleBackend
 from durable_installs.protocol import subjects
@@ -149,13 +150,12 @@ async def test_backendctl_upgrade_prints_the_change_and_fails_in_one_line_on_a_b
     base = ["--node-id", node.node_id, "--backend", "cpu-echo", "--task-queue", task_queue]
     out, err = io.StringIO(), io.StringIO()
 
-    code = await run_upgrade(client, build_parser().parse_args(["upgrade", *base]), out, err)
-    bad = await run_upgrade(
-        client,
-        build_parser().parse_args(["upgrade", *base, "--option", "deadline_seconds=0"]),
-        out,
-        err,
-    )
+    def upgrade(*flags: str) -> Context[None]:
+        args = build_parser().parse_args(["upgrade", *base, *flags])
+        return Context(args=args, client=client, checked=None, out=out, err=err)
+
+    code = await run_upgrade(upgrade())
+    bad = await run_upgrade(upgrade("--option", "deadline_seconds=0"))
 
     assert code == 0, err.getvalue()
     printed = out.getvalue()

@@ -1,4 +1,8 @@
-"""``backendctl delete``, ``drift`` and ``drift-schedule`` as a user runs them (subprocesses)."""
+"""``delete``, ``drift`` and ``drift-schedule`` as a user runs them (subprocesses).
+
+``upgrade`` itself is tested against a real node agent in
+``tests/node_agent/test_upgrade_workflow.py``, and its input errors in ``test_user_errors.py``.
+"""
 
 from __future__ import annotations
 
@@ -18,15 +22,15 @@ from temporalio.client import (
     WorkflowExecutionStatus,
 )
 
-from durable_installs.backendctl.fleet_commands import UsageError, gallery_url
+from durable_installs.backendctl.errors import UserError
+from durable_installs.backendctl.lifecycle import gallery_url
 from durable_installs.contracts.drift import DriftReport
 from durable_installs.contracts.names import DRIFT_WORKFLOW
 from durable_installs.devstack.sample_backend import Gallery
 from durable_installs.protocol.messages import NodeBackendInfo, RunningModelInfo
+from tests.backendctl.cli import ROOT
 from tests.fake_node import FakeNode
 from tests.workflow_helpers import wait_until
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def backendctl(temporal_address: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -224,5 +228,5 @@ def test_a_gallery_path_that_does_not_exist_is_refused_naming_the_flag(
 ) -> None:
     monkeypatch.chdir(tmp_path)
 
-    with pytest.raises(UsageError, match=re.escape("--gallery 'missing.yaml': no such file")):
+    with pytest.raises(UserError, match=re.escape("--gallery 'missing.yaml': no such file")):
         gallery_url("missing.yaml")

@@ -1,4 +1,4 @@
-"""``nodes`` and ``backends``: the fleet from the node registry, and stock workers asked.
+"""``nodes``: the fleet from the node registry, and stock workers asked.
 
 Node agents announce themselves in the ``backend-nodes`` JetStream bucket (capability, agent
 version, galleries, backends, running slots, when); that is the fleet. Stock LocalAI workers
@@ -7,7 +7,7 @@ no agent announces, are asked ``models.running`` and ``backend.list`` instead. I
 installs come from Temporal (running installs per ``NodeId``).
 
 Node replies are untrusted: they are parsed through the wire models, bounded in count, and
-printed only through :func:`backendctl.errors.printable`.
+printed only through :func:`backendctl.errors.printable`. ``backends`` reads the same reports.
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from temporalio.client import Client
 
-from durable_installs.backendctl.errors import UserError, one_line, printable
+from durable_installs.backendctl import connect, tables
+from durable_installs.backendctl.command import Context, Subcommands, set_command
+from durable_installs.backendctl.errors import EXIT_OK, UserError, one_line, printable
 from durable_installs.contracts.names import INSTALL_WORKFLOW
 from durable_installs.contracts.search_attributes import NODE_ID
 from durable_installs.protocol import subjects
@@ -33,22 +35,62 @@ from durable_installs.protocol.announce import (
     open_registry,
     read_announcements,
 )
-from durable_installs.protocol.gallery import (
-    GalleryEntry,
-    GalleryIndexError,
-    parse_index,
-    read_index_source,
-)
 from durable_installs.protocol.messages import BackendListReply, ModelsRunningReply
 
 MAX_NODES = 200
-"""Nodes asked in one run; more is a mistake or needs the announcement registry."""
+"""Stock workers asked over NATS in one run; more is a mistake (agents announce themselves)."""
 MAX_ITEMS = 500
 """Backends or slots kept from one node's reply."""
 RECENT_INSTALLS = 500
 """Recent installs whose ``NodeId`` values name nodes to ask."""
-MAX_INDEX_BYTES = 8 * 1024 * 1024
-GALLERY_TIMEOUT = 20.0
+
+
+def add_nodes(commands: Subcommands) -> None:
+    nodes = commands.add_parser(
+        "nodes",
+        help="the fleet: every node announced in the node registry (capability, agent, "
+        "backends, running slots, last seen), plus stock workers named with --node or found "
+        "in recent installs, asked over NATS",
+    )
+    nodes.add_argument("--node", action="append", default=[], help="node id to ask; repeatable")
+    nodes.add_argument("--timeout", type=float, default=2.0, help="seconds per node (default 2)")
+    nodes.add_argument("--json", action="store_true", help="a JSON list, for scripts")
+    set_command(nodes, run_nodes)
+
+
+async def run_nodes(ctx: Context[None]) -> int:
+    reports, note = await fleet(ctx)
+    if not reports:
+        raise UserError(
+            "no nodes: none announced in the node registry"
+            + (f" ({note})" if note else "")
+            + ", none named with --node, none in recent installs"
+        )
+    in_flight = await installs_in_flight(ctx.client)
+    for report in reports:
+        report.in_flight = in_flight.get(report.node_id, [])
+    if ctx.args.json:
+        tables.print_json(ctx.out, [report.as_json() for report in reports])
+    else:
+        tables.console(ctx.out).print(tables.nodes_table(reports))
+    return EXIT_OK
+
+
+async def fleet(ctx: Context[Any]) -> tuple[list[NodeReport], str]:
+    """The reports of ``--node`` and every known node over NATS (``nodes`` and ``backends``),
+    and a note when the registry could not be read."""
+    nc = await connect.nats(ctx.args)
+    try:
+        return await fleet_reports(ctx.client, nc, ctx.args.node, wait_seconds(ctx.args.timeout))
+    finally:
+        await nc.close()
+
+
+def wait_seconds(value: float) -> float:
+    """``--timeout``, refused outside (0, 60]: a node that needs longer is not answering."""
+    if not 0 < value <= 60:
+        raise UserError("--timeout must be between 0 and 60 seconds")
+    return value
 
 
 @dataclass
@@ -220,62 +262,3 @@ async def fleet_reports(
     stock = [node for node in await known_node_ids(client, named) if node not in announced]
     reports += await ask_nodes(nc, stock, wait_seconds)
     return reports, note
-
-
-def announced_galleries(reports: list[NodeReport]) -> list[str]:
-    """The gallery index URLs the nodes announce, each once, in order."""
-    return list(dict.fromkeys(g["url"] for report in reports for g in report.galleries))
-
-
-def read_gallery(source: str) -> list[GalleryEntry]:
-    """Entries of a gallery index file or URL, or a :class:`UserError` saying why not."""
-    try:
-        data = read_index_source(source, timeout=GALLERY_TIMEOUT)
-        if len(data) > MAX_INDEX_BYTES:
-            raise UserError(f"--gallery {printable(source)}: the index is over 8 MiB")
-        return parse_index(data, printable(source))
-    except GalleryIndexError as err:
-        # The parser's message may quote the index; show only where and what kind of problem.
-        kind = (
-            "cannot be read"
-            if "reading" in str(err) or "fetching" in str(err)
-            else ("is not a gallery index (a YAML or JSON list of entries with names)")
-        )
-        raise UserError(f"--gallery {printable(source)}: {kind}") from err
-
-
-@dataclass(frozen=True)
-class BackendRow:
-    """One gallery entry and the nodes that list it (by its name or, for meta, a target)."""
-
-    name: str
-    alias: str
-    version: str
-    kind: str
-    description: str
-    nodes: list[str]
-
-    def as_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def backend_rows(entries: list[GalleryEntry], reports: list[NodeReport]) -> list[BackendRow]:
-    rows = []
-    for entry in entries[: MAX_ITEMS * 4]:
-        names = {entry.name.lower()} | {t.lower() for t in entry.capabilities.values()}
-        nodes = [
-            report.node_id
-            for report in reports
-            if any(b["name"].lower() in names for b in report.backends)
-        ]
-        rows.append(
-            BackendRow(
-                name=printable(entry.name[:256]),
-                alias=printable(entry.alias[:256]),
-                version=printable(entry.version[:64]),
-                kind="meta" if entry.is_meta else "concrete",
-                description=printable(entry.description[:120]),
-                nodes=nodes,
-            )
-        )
-    return rows

@@ -1,29 +1,19 @@
-"""``list``, ``nodes``, ``backends``, ``rollout`` and ``cancel`` against a real worker and NATS."""
+"""``install``, ``watch``, ``list`` and ``cancel`` against a real worker and NATS."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import subprocess
-from pathlib import Path
 
 import pytest
 from nats.aio.client import Client as NATS
 from temporalio.client import Client, WorkflowExecutionStatus
 
 from durable_installs.contracts.install import InstallPhase, install_workflow_id
-from durable_installs.protocol.messages import NodeBackendInfo, RunningModelInfo
-from tests.backendctl.cli import PROG, one_error_line, run_ctl
+from tests.backendctl.cli import FAST_OPTIONS, PROG, ctl, one_error_line, run_ctl
 from tests.fake_node import FakeNode
-from tests.workflow_helpers import FAST, wait_until
-
-FAST_OPTIONS = [arg for key, value in FAST.items() for arg in ("--option", f"{key}={value}")]
-
-
-async def ctl(
-    *args: str, address: str, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return await asyncio.to_thread(run_ctl, *args, address=address, env=env)
+from tests.workflow_helpers import wait_until
 
 
 async def install_via_ctl(
@@ -202,133 +192,6 @@ async def test_cancelling_a_finished_install_says_there_is_nothing_to_cancel(
     assert one_error_line(out.stderr) == (
         f"error: {workflow_id} is not running (completed); nothing to cancel"
     )
-
-
-async def test_nodes_shows_what_each_node_runs_and_which_do_not_answer(
-    nc: NATS, nats_url: str, node_id: str, temporal_address: str
-) -> None:
-    node = await FakeNode(nc, node_id).start()
-    node.backends = [NodeBackendInfo(name="cpu-llama-cpp", version="1.2.3")]
-    node.running = [RunningModelInfo(model_id="qwen3", replica_index=0, address="10.0.0.7:50051")]
-    missing = f"{node_id}-gone"
-
-    out = await ctl(
-        "nodes",
-        "--node",
-        node_id,
-        "--node",
-        missing,
-        "--json",
-        address=temporal_address,
-        env={"NATS_URL": nats_url},
-    )
-
-    assert out.returncode == 0, out.stderr
-    reports = {report["node_id"]: report for report in json.loads(out.stdout)}
-    assert reports[node_id]["answered"] is True
-    assert reports[node_id]["backends"] == [{"name": "cpu-llama-cpp", "version": "1.2.3"}]
-    assert reports[node_id]["running"] == [
-        {"model_id": "qwen3", "replica_index": 0, "address": "10.0.0.7:50051"}
-    ]
-    assert reports[missing]["answered"] is False
-    assert "no responders" in reports[missing]["problem"]
-
-
-async def test_nodes_table_escapes_what_a_node_sends(
-    nc: NATS, nats_url: str, node_id: str, temporal_address: str
-) -> None:
-    node = await FakeNode(nc, node_id).start()
-    node.backends = [NodeBackendInfo(name="[bold]evil\x1b[31m", version="1")]
-
-    out = await ctl(
-        "nodes", "--node", node_id, address=temporal_address, env={"NATS_URL": nats_url}
-    )
-
-    assert out.returncode == 0, out.stderr
-    assert "[bold]evil?[31m" in out.stdout
-    assert "\x1b" not in out.stdout
-
-
-async def test_nats_down_is_one_line_naming_the_url(temporal_address: str) -> None:
-    out = await ctl(
-        "nodes",
-        "--node",
-        "node-1",
-        address=temporal_address,
-        env={"NATS_URL": "nats://127.0.0.1:1"},
-    )
-
-    assert out.returncode == 2
-    assert one_error_line(out.stderr).startswith(
-        "error: cannot connect to NATS at nats://127.0.0.1:1"
-    )
-
-
-async def test_backends_lists_gallery_entries_with_the_nodes_that_have_them(
-    nc: NATS, nats_url: str, node_id: str, temporal_address: str, tmp_path: Path
-) -> None:
-    node = await FakeNode(nc, node_id).start()
-    node.backends = [NodeBackendInfo(name="cpu-llama-cpp", version="1.2.3")]
-    index = tmp_path / "index.yaml"
-    index.write_text(
-        "- name: llama-cpp\n  capabilities: {default: cpu-llama-cpp}\n"
-        "- name: cpu-llama-cpp\n  uri: https://example.invalid/a.tar\n  version: 1.2.3\n"
-        "- name: cpu-whisper\n  uri: https://example.invalid/b.tar\n"
-    )
-
-    out = await ctl(
-        "backends",
-        "--gallery",
-        str(index),
-        "--node",
-        node_id,
-        "--json",
-        address=temporal_address,
-        env={"NATS_URL": nats_url},
-    )
-
-    assert out.returncode == 0, out.stderr
-    rows = {row["name"]: row for row in json.loads(out.stdout)}
-    assert node_id in rows["llama-cpp"]["nodes"] and rows["llama-cpp"]["kind"] == "meta"
-    assert node_id in rows["cpu-llama-cpp"]["nodes"]
-    assert node_id not in rows["cpu-whisper"]["nodes"]
-
-
-async def test_rollout_starts_and_ends_with_a_per_slot_table(
-    client: Client, nc: NATS, task_queue: str, node_id: str, temporal_address: str
-) -> None:
-    await FakeNode(nc, node_id).start()
-    rollout_id = f"rollout-{node_id}"
-
-    out = await ctl(
-        "--no-live",
-        "rollout",
-        "--backend",
-        "llama-cpp",
-        "--target",
-        f"{node_id}:qwen3:0,1",
-        "--workflow-id",
-        rollout_id,
-        "--task-queue",
-        task_queue,
-        *FAST_OPTIONS,
-        address=temporal_address,
-    )
-
-    assert out.returncode == 0, out.stderr
-    lines = out.stdout.splitlines()
-    assert lines[0] == f"rollout {rollout_id}"
-    assert lines[-1] == f"rollout {rollout_id} installed 2 slot(s)"
-    table = [line for line in lines if node_id in line and "qwen3#" in line]
-    assert len(table) == 2 and all("succeeded" in line for line in table)
-    description = await client.get_workflow_handle(rollout_id).describe()
-    assert await description.static_summary() == "rollout llama-cpp to 2 slot(s)"
-    slot = install_workflow_id(node_id, "llama-cpp", "qwen3", 1)
-    install = await client.get_workflow_handle(slot).describe()
-    assert await install.static_summary() == (
-        f"install llama-cpp on {node_id} for qwen3#1 (rollout {rollout_id})"
-    )
-    assert f"requested by: rollout `{rollout_id}`" in (await install.static_details() or "")
 
 
 async def test_an_install_started_by_backendctl_carries_a_static_summary_and_details(
