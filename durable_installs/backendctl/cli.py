@@ -21,7 +21,15 @@ from typing import Any, NoReturn, TextIO
 
 from temporalio.service import RPCError
 
-from durable_installs.backendctl import backends, connect, installs, lifecycle, nodes, rollouts
+from durable_installs.backendctl import (
+    backends,
+    connect,
+    installs,
+    lifecycle,
+    loads,
+    nodes,
+    rollouts,
+)
 from durable_installs.backendctl.command import Command, Context, Finished, Session
 from durable_installs.backendctl.errors import (
     EXIT_FAILED,
@@ -59,6 +67,7 @@ exit codes: 0 done, 1 the install or rollout failed, 2 usage or connection error
 COMMANDS = (
     installs.add_watch,
     installs.add_install,
+    loads.add_load,
     installs.add_list,
     nodes.add_nodes,
     backends.add_backends,

@@ -1,4 +1,4 @@
-"""The install activity's heartbeat progress, read from ``describe``.
+"""The install and staging activities' heartbeat progress, read from ``describe``.
 
 Kept free of terminal libraries: the tests' helpers import it from modules that the workflow
 sandbox re-imports, and ``rich`` draws random numbers at import time.
@@ -6,11 +6,13 @@ sandbox re-imports, and ``rich`` draws random numbers at import time.
 
 from __future__ import annotations
 
+from pydantic import ValidationError
 from temporalio.client import Client, WorkflowExecutionDescription
 from temporalio.converter import DataConverter
 
 from durable_installs.contracts.activities import InstallProgress, progress_from_details
 from durable_installs.contracts.install import InstallStatus
+from durable_installs.contracts.load import StageProgress
 
 
 def pending_install_progress(
@@ -51,3 +53,21 @@ def with_heartbeat(
             update={"last_progress": progress.last_event, "progress_events": progress.event_count}
         )
     return status
+
+
+def staging_progress(
+    description: WorkflowExecutionDescription, converter: DataConverter
+) -> StageProgress:
+    """The staging activity's latest heartbeat (the file being sent, the bytes the node
+    has), or an empty one when no file is being sent."""
+    for pending in description.raw_description.pending_activities:
+        if not pending.heartbeat_details.payloads:
+            continue
+        try:
+            [details] = converter.payload_converter.from_payloads(
+                pending.heartbeat_details.payloads
+            )
+            return StageProgress.model_validate(details)
+        except (ValueError, TypeError, ValidationError):
+            continue
+    return StageProgress(path="")

@@ -9,9 +9,16 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from durable_installs.contracts.install import InstallBackendResult, InstallPhase, InstallStatus
+from durable_installs.contracts.load import (
+    FileState,
+    LoadModelResult,
+    LoadPhase,
+    LoadStatus,
+    StageProgress,
+)
 from durable_installs.contracts.summaries import shorten
 from durable_installs.invoked import invoked_as
-from durable_installs.protocol.messages import parse_size
+from durable_installs.protocol.messages import format_size, parse_size
 
 BAR_WIDTH = 24
 ERROR_WIDTH = 80
@@ -87,3 +94,29 @@ def bytes_done(status: InstallStatus) -> int | None:
     """Bytes transferred so far, when the node reported a parseable size."""
     event = status.last_progress
     return parse_size(event.current) if event is not None and event.current else None
+
+
+def load_line(status: LoadStatus, sending: StageProgress, workflow_id: str) -> str:
+    """One line: the phase, files done, the file being sent and how far the node has it."""
+    done = sum(f.state in (FileState.STAGED, FileState.PRESENT) for f in status.files)
+    parts = [f"load {workflow_id}: {status.phase.value}", f"files {done}/{len(status.files)}"]
+    if sending.path and status.phase is LoadPhase.STAGING:
+        size = sending.size or next((f.size for f in status.files if f.path == sending.path), 0)
+        have = format_size(sending.committed)
+        if size:
+            share = 100 * sending.committed / size
+            parts.append(f"{sending.path} {have} of {format_size(size)} ({share:.0f}%)")
+        else:
+            parts.append(f"{sending.path} {have}")
+    if status.address:
+        parts.append(f"backend {status.address}")
+    if status.last_error:
+        parts.append(f"last error: {status.last_error[:120]}")
+    return " · ".join(parts)
+
+
+def loaded_line(result: LoadModelResult) -> str:
+    """``loaded: <model> in <slot> at <address> (sent 1.2 GiB; installing 2.1s, ...)``."""
+    seconds = ", ".join(f"{phase} {s:.1f}s" for phase, s in result.phase_seconds.items())
+    how = "already loaded" if result.already_loaded else f"sent {format_size(result.bytes_sent)}"
+    return f"loaded: {result.model_id} in {result.slot} at {result.address} ({how}; {seconds})"

@@ -1,4 +1,4 @@
-"""Follow an install (``progress`` query) or a rollout (``status`` query) until it ends.
+"""Follow an install or a load (``progress`` query) or a rollout (``status``) until it ends.
 
 In a terminal the view redraws in place with ``rich.live``; otherwise every change is a new
 line, which is what logs, pipes and tests want.
@@ -25,13 +25,21 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from durable_installs.backendctl.command import Context
 from durable_installs.backendctl.errors import EXIT_FAILED, EXIT_OK, UserError, one_line, printable
-from durable_installs.backendctl.progress import with_heartbeat
-from durable_installs.backendctl.render import PROG, status_line, success_line
+from durable_installs.backendctl.progress import staging_progress, with_heartbeat
+from durable_installs.backendctl.render import (
+    PROG,
+    load_line,
+    loaded_line,
+    status_line,
+    success_line,
+)
 from durable_installs.backendctl.tables import console, rollout_table
 from durable_installs.contracts.install import InstallStatus
-from durable_installs.contracts.names import INSTALL_WORKFLOW, ROLLOUT_WORKFLOW
+from durable_installs.contracts.load import LoadStatus
+from durable_installs.contracts.names import INSTALL_WORKFLOW, LOAD_WORKFLOW, ROLLOUT_WORKFLOW
 from durable_installs.contracts.rollout import RolloutStatus, SlotState
 from workflows.install_backend import InstallBackendWorkflow
+from workflows.load_model import LoadModelWorkflow
 from workflows.rollout import RolloutBackendWorkflow
 
 POLL_SECONDS = 0.5
@@ -103,14 +111,17 @@ async def started(ctx: Context[Any], kind: str, workflow_id: str) -> int:
 async def watch(
     client: Client, workflow_id: str, out: TextIO, live: bool, poll: float = POLL_SECONDS
 ) -> int:
-    """Follow an install or a rollout; 0 when it succeeded, 1 when it failed or stopped."""
+    """Follow an install, a load or a rollout; 0 when it succeeded, 1 when it failed or
+    stopped."""
     description = await describe(client.get_workflow_handle(workflow_id), client.namespace)
     if description.workflow_type == ROLLOUT_WORKFLOW:
         return await watch_rollout(client, workflow_id, out, live, poll)
+    if description.workflow_type == LOAD_WORKFLOW:
+        return await watch_load(client, workflow_id, out, live, poll)
     if description.workflow_type != INSTALL_WORKFLOW:
         raise UserError(
             f"{printable(workflow_id)!r} is a {printable(description.workflow_type)}, "
-            "not an install or a rollout"
+            "not an install, a load or a rollout"
         )
     return await watch_install(client, workflow_id, out, live, poll)
 
@@ -144,6 +155,42 @@ async def watch_install(
         out.write(failure_line(workflow_id, err) + "\n")
         return EXIT_FAILED
     out.write(success_line(result) + "\n")
+    return EXIT_OK
+
+
+async def watch_load(
+    client: Client, workflow_id: str, out: TextIO, live: bool, poll: float = POLL_SECONDS
+) -> int:
+    """Print a load's progress until it ends; 0 when the model is loaded, 1 otherwise.
+
+    The bytes of the file being sent come from the staging activity's heartbeat (every
+    second), the phase and the files from the workflow's ``progress`` query.
+    """
+    handle = client.get_workflow_handle_for(LoadModelWorkflow.run, workflow_id)
+    view = _View(out, live)
+    with view.running():
+        while True:
+            description = await describe(handle, client.namespace)
+            try:
+                status: LoadStatus = await handle.query(LoadModelWorkflow.progress)
+                sending = staging_progress(description, client.data_converter)
+                line = load_line(status, sending, workflow_id)
+                key = status.model_dump_json(exclude={"updated_at"}) + str(sending.committed)
+            except RPCError as err:
+                if err.status is RPCStatusCode.UNAVAILABLE:
+                    raise
+                line = key = f"{workflow_id}: waiting for a worker ({one_line(err.message, 100)})"
+            line = printable(line)
+            view.show(key, Text(line), line)
+            if description.status is not WorkflowExecutionStatus.RUNNING:
+                break
+            await asyncio.sleep(poll)
+    try:
+        result = await handle.result()
+    except WorkflowFailureError as err:
+        out.write(failure_line(workflow_id, err) + "\n")
+        return EXIT_FAILED
+    out.write(loaded_line(result) + "\n")
     return EXIT_OK
 
 

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from durable_installs.backendctl.render import PROG, status_line, success_line
+from durable_installs.backendctl.render import PROG, load_line, status_line, success_line
 from durable_installs.contracts.install import InstallBackendResult, InstallPhase, InstallStatus
+from durable_installs.contracts.load import (
+    FileState,
+    FileStatus,
+    LoadPhase,
+    LoadStatus,
+    StageProgress,
+)
 from durable_installs.contracts.summaries import install_summary, shorten
 from durable_installs.protocol.messages import BackendInstallProgressEvent
 from workflows.summary import details_markdown
@@ -134,4 +141,26 @@ def test_an_install_summary_reads_as_a_sentence() -> None:
     assert summary == "install cpu-large on node-1 for demo#0"
     assert install_summary("echo", "node-2", "", 1, "rollout-1") == (
         "install echo on node-2 for echo#1 (rollout rollout-1)"
+    )
+
+
+def test_a_load_being_staged_says_which_file_and_how_far_the_node_has_it() -> None:
+    load = LoadStatus(
+        node_id="gpu-1",
+        backend="llama-cpp",
+        model_id="qwen3",
+        replica_index=0,
+        slot="qwen3#0",
+        phase=LoadPhase.STAGING,
+        files=[
+            FileStatus(path="q/a.gguf", sha256="a" * 64, size=10, state=FileState.STAGED),
+            FileStatus(path="q/b.gguf", sha256="b" * 64, size=4 * 2**30, state=FileState.SENDING),
+        ],
+    )
+    sending = StageProgress(path="q/b.gguf", committed=2**30, size=4 * 2**30)
+
+    line = load_line(load, sending, "load/gpu-1/llama-cpp/qwen3/0")
+
+    assert line == (
+        "load load/gpu-1/llama-cpp/qwen3/0: staging · files 1/2 · q/b.gguf 1.0 GiB of 4.0 GiB (25%)"
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import signal
 import uuid
@@ -42,6 +43,7 @@ from durable_installs.contracts.rollout import RolloutInput
 from durable_installs.devstack.sample_backend import Gallery, SampleBackend
 from durable_installs.node_agent.files import PARTIAL_DIR, FilesConfig
 from durable_installs.orchestrator.worker import create_worker
+from tests.backendctl.cli import ctl, one_error_line
 from tests.node_agent.conftest import AgentFactory
 from tests.node_agent.helpers import ArtifactServer, NodeClient
 from tests.workflow_helpers import FAST, assert_replays, wait_until
@@ -536,3 +538,57 @@ async def test_a_backend_that_stops_answering_while_it_loads_is_a_stalled_load(
 
 async def _phase_is(handle: WorkflowHandle[Any, Any], phase: LoadPhase) -> bool:
     return bool((await handle.query(LoadModelWorkflow.progress)).phase is phase)
+
+
+async def test_backendctl_load_follows_every_phase_to_the_loaded_model(
+    load_queue: str, loading_node: NodeClient, sources: Path, temporal_address: str
+) -> None:
+    spec = write_source(sources, "model.gguf", 2 * MIB)
+
+    run = await ctl(
+        "load",
+        "--node-id",
+        loading_node.node_id,
+        "--backend",
+        "cpu-load",
+        "--model-id",
+        "qwen3",
+        "--file",
+        spec["path"],
+        spec["uri"],
+        spec["sha256"],
+        "--task-queue",
+        load_queue,
+        "--option",
+        f"install_options={json.dumps(FAST)}",
+        address=temporal_address,
+    )
+
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    workflow_id = load_workflow_id(loading_node.node_id, "cpu-load", "qwen3", 0)
+    assert lines[0] == f"load {workflow_id}"
+    phases = [line.split(": ", 1)[1].split(" ·")[0] for line in lines[1:-1]]
+    assert phases[-1] == "ready" and "installing" in phases
+    assert lines[-1].startswith("loaded: qwen3 in qwen3#0 at ")
+    assert "(sent 2.0 MiB; installing " in lines[-1]
+
+
+async def test_backendctl_load_refuses_a_bad_hash_in_one_line_before_connecting() -> None:
+    run = await ctl(
+        "load",
+        "--node-id",
+        "node-1",
+        "--backend",
+        "cpu-load",
+        "--model-id",
+        "qwen3",
+        "--file",
+        "m.gguf",
+        "file:///srv/m.gguf",
+        "not-a-hash",
+        address="127.0.0.1:1",
+    )
+
+    assert run.returncode == 2
+    assert "sha256: must be 64 lowercase hexadecimal digits" in one_error_line(run.stderr)
