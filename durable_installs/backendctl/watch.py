@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TextIO
 
 from rich.console import RenderableType
@@ -126,36 +126,62 @@ async def watch(
     return await watch_install(client, workflow_id, out, live, poll)
 
 
-async def watch_install(
-    client: Client, workflow_id: str, out: TextIO, live: bool, poll: float = POLL_SECONDS
-) -> int:
-    """Print an install's progress until it ends; 0 on success, 1 otherwise."""
-    handle = client.get_workflow_handle_for(InstallBackendWorkflow.run, workflow_id)
+Snapshot = Callable[[WorkflowExecutionDescription], Awaitable[tuple[str, str]]]
+"""One look at a running workflow: (the state behind the view, the line that shows it)."""
+
+
+async def _follow(
+    handle: WorkflowHandle[Any, Any],
+    client: Client,
+    out: TextIO,
+    live: bool,
+    poll: float,
+    snapshot: Snapshot,
+) -> None:
+    """Show ``snapshot``'s line on every change until the workflow closes."""
     view = _View(out, live)
     with view.running():
         while True:
             description = await describe(handle, client.namespace)
             try:
-                status: InstallStatus = await handle.query(InstallBackendWorkflow.progress)
-                shown = with_heartbeat(status, description, client)
-                line = status_line(shown, workflow_id)
-                key = shown.model_dump_json(exclude={"updated_at"})
+                key, line = await snapshot(description)
             except RPCError as err:  # e.g. no worker is polling right now
                 if err.status is RPCStatusCode.UNAVAILABLE:
                     raise  # Temporal itself is gone: one line from the caller, exit 2
-                line = key = f"{workflow_id}: waiting for a worker ({one_line(err.message, 100)})"
+                line = key = f"{handle.id}: waiting for a worker ({one_line(err.message, 100)})"
             line = printable(line)
             view.show(key, Text(line), line)
             if description.status is not WorkflowExecutionStatus.RUNNING:
-                break
+                return
             await asyncio.sleep(poll)
+
+
+async def _ended(
+    handle: WorkflowHandle[Any, Any], out: TextIO, success: Callable[[Any], str]
+) -> int:
+    """The closing line: ``success(result)``, or the failure; the exit code."""
     try:
         result = await handle.result()
     except WorkflowFailureError as err:
-        out.write(failure_line(workflow_id, err) + "\n")
+        out.write(failure_line(handle.id, err) + "\n")
         return EXIT_FAILED
-    out.write(success_line(result) + "\n")
+    out.write(success(result) + "\n")
     return EXIT_OK
+
+
+async def watch_install(
+    client: Client, workflow_id: str, out: TextIO, live: bool, poll: float = POLL_SECONDS
+) -> int:
+    """Print an install's progress until it ends; 0 on success, 1 otherwise."""
+    handle = client.get_workflow_handle_for(InstallBackendWorkflow.run, workflow_id)
+
+    async def snapshot(description: WorkflowExecutionDescription) -> tuple[str, str]:
+        status: InstallStatus = await handle.query(InstallBackendWorkflow.progress)
+        shown = with_heartbeat(status, description, client)
+        return shown.model_dump_json(exclude={"updated_at"}), status_line(shown, workflow_id)
+
+    await _follow(handle, client, out, live, poll, snapshot)
+    return await _ended(handle, out, success_line)
 
 
 async def watch_load(
@@ -167,31 +193,15 @@ async def watch_load(
     second), the phase and the files from the workflow's ``progress`` query.
     """
     handle = client.get_workflow_handle_for(LoadModelWorkflow.run, workflow_id)
-    view = _View(out, live)
-    with view.running():
-        while True:
-            description = await describe(handle, client.namespace)
-            try:
-                status: LoadStatus = await handle.query(LoadModelWorkflow.progress)
-                sending = staging_progress(description, client.data_converter)
-                line = load_line(status, sending, workflow_id)
-                key = status.model_dump_json(exclude={"updated_at"}) + str(sending.committed)
-            except RPCError as err:
-                if err.status is RPCStatusCode.UNAVAILABLE:
-                    raise
-                line = key = f"{workflow_id}: waiting for a worker ({one_line(err.message, 100)})"
-            line = printable(line)
-            view.show(key, Text(line), line)
-            if description.status is not WorkflowExecutionStatus.RUNNING:
-                break
-            await asyncio.sleep(poll)
-    try:
-        result = await handle.result()
-    except WorkflowFailureError as err:
-        out.write(failure_line(workflow_id, err) + "\n")
-        return EXIT_FAILED
-    out.write(loaded_line(result) + "\n")
-    return EXIT_OK
+
+    async def snapshot(description: WorkflowExecutionDescription) -> tuple[str, str]:
+        status: LoadStatus = await handle.query(LoadModelWorkflow.progress)
+        sending = staging_progress(description, client.data_converter)
+        key = status.model_dump_json(exclude={"updated_at"}) + str(sending.committed)
+        return key, load_line(status, sending, workflow_id)
+
+    await _follow(handle, client, out, live, poll, snapshot)
+    return await _ended(handle, out, loaded_line)
 
 
 def failure_line(workflow_id: str, err: WorkflowFailureError) -> str:

@@ -96,32 +96,43 @@ async def loading_node(start_agent: AgentFactory, gallery: Gallery, archives: Pa
     return await start_agent(files=FilesConfig(token=TOKEN, address="127.0.0.1:0", reserve_bytes=0))
 
 
+def load_input(node: NodeClient, files: list[dict[str, Any]], **overrides: Any) -> LoadModelInput:
+    """A valid load of ``files`` into the node's ``cpu-load`` slot for ``qwen3``."""
+    input = LoadModelInput.model_validate(
+        {
+            "node_id": node.node_id,
+            "backend": "cpu-load",
+            "model_id": "qwen3",
+            "files": files,
+            "install_options": {**FAST},
+            "heartbeat_timeout_seconds": 5,
+            **overrides,
+        }
+    )
+    assert not input.problems(), input.problems()
+    return input
+
+
+async def start(
+    client: Client, queue: str, input: LoadModelInput
+) -> WorkflowHandle[LoadModelWorkflow, LoadModelResult]:
+    return await client.start_workflow(
+        LoadModelWorkflow.run,
+        input,
+        id=load_workflow_id(input.node_id, input.backend, input.model_id, input.replica_index)
+        + uuid.uuid4().hex[:6],
+        task_queue=queue,
+    )
+
+
 @pytest.fixture
 def start_load(client: Client, load_queue: str) -> Start:
-    async def start(
+    async def start_one(
         node: NodeClient, files: list[dict[str, Any]], **overrides: Any
     ) -> WorkflowHandle[LoadModelWorkflow, LoadModelResult]:
-        input = LoadModelInput.model_validate(
-            {
-                "node_id": node.node_id,
-                "backend": "cpu-load",
-                "model_id": "qwen3",
-                "files": files,
-                "install_options": {**FAST},
-                "heartbeat_timeout_seconds": 5,
-                **overrides,
-            }
-        )
-        assert not input.problems(), input.problems()
-        return await client.start_workflow(
-            LoadModelWorkflow.run,
-            input,
-            id=load_workflow_id(input.node_id, input.backend, input.model_id, 0)
-            + uuid.uuid4().hex[:6],
-            task_queue=load_queue,
-        )
+        return await start(client, load_queue, load_input(node, files, **overrides))
 
-    return start
+    return start_one
 
 
 def models_dir(node: NodeClient) -> Path:
@@ -250,20 +261,7 @@ async def test_a_worker_without_the_nodes_token_is_refused_by_the_node(
         sources=TrustedSources((sources.as_uri() + "/",)), cache_dir=tmp_path / "cache"
     )
     async with create_worker(client, nc, queue, staging=staging):
-        handle = await client.start_workflow(
-            LoadModelWorkflow.run,
-            LoadModelInput.model_validate(
-                {
-                    "node_id": loading_node.node_id,
-                    "backend": "cpu-load",
-                    "model_id": "qwen3",
-                    "files": [spec],
-                    "install_options": {**FAST},
-                }
-            ),
-            id=f"load-no-token-{uuid.uuid4().hex[:8]}",
-            task_queue=queue,
-        )
+        handle = await start(client, queue, load_input(loading_node, [spec]))
         kind, message = await failure_type(handle)
 
     assert kind == STAGING_REFUSED
@@ -389,22 +387,9 @@ async def test_one_download_from_an_http_source_feeds_every_slot(
 ) -> None:
     spec = publish_model(artifact_server, sources, 2 * MIB)
     for replica in (0, 1):
-        input = LoadModelInput.model_validate(
-            {
-                "node_id": loading_node.node_id,
-                "backend": "cpu-load",
-                "model_id": "qwen3",
-                "replica_index": replica,
-                "files": [{**spec, "path": f"r{replica}/model.gguf"}],
-                "install_options": {**FAST},
-            }
-        )
-        await client.execute_workflow(
-            LoadModelWorkflow.run,
-            input,
-            id=f"load-http-{uuid.uuid4().hex[:8]}",
-            task_queue=http_load_queue,
-        )
+        files = [{**spec, "path": f"r{replica}/model.gguf"}]
+        input = load_input(loading_node, files, replica_index=replica)
+        await (await start(client, http_load_queue, input)).result()
 
     assert [r.path for r in artifact_server.requests] == ["/models/model.gguf"]
 
@@ -419,20 +404,8 @@ async def test_a_cut_source_download_resumes_with_a_range(
     spec = publish_model(artifact_server, sources, 2 * MIB)
     artifact_server.truncate_once_after = MIB
 
-    result = await client.execute_workflow(
-        LoadModelWorkflow.run,
-        LoadModelInput.model_validate(
-            {
-                "node_id": loading_node.node_id,
-                "backend": "cpu-load",
-                "model_id": "qwen3",
-                "files": [spec],
-                "install_options": {**FAST},
-            }
-        ),
-        id=f"load-http-{uuid.uuid4().hex[:8]}",
-        task_queue=http_load_queue,
-    )
+    handle = await start(client, http_load_queue, load_input(loading_node, [spec]))
+    result = await handle.result()
 
     assert result.files[0].state is FileState.STAGED
     ranges = [r.range for r in artifact_server.requests]
@@ -478,21 +451,7 @@ async def test_a_cancelled_load_stops_the_transfer_and_leaves_no_partial_on_the_
     client: Client, slow_load_queue: str, loading_node: NodeClient, sources: Path
 ) -> None:
     spec = write_source(sources, "model.gguf", 30 * MIB)
-    handle = await client.start_workflow(
-        LoadModelWorkflow.run,
-        LoadModelInput.model_validate(
-            {
-                "node_id": loading_node.node_id,
-                "backend": "cpu-load",
-                "model_id": "qwen3",
-                "files": [spec],
-                "install_options": {**FAST},
-                "heartbeat_timeout_seconds": 5,
-            }
-        ),
-        id=f"load-cancel-{uuid.uuid4().hex[:8]}",
-        task_queue=slow_load_queue,
-    )
+    handle = await start(client, slow_load_queue, load_input(loading_node, [spec]))
     await wait_until(
         lambda: _has_partial(loading_node), within=60, what="the transfer under way on the node"
     )
