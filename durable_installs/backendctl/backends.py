@@ -10,6 +10,8 @@ import argparse
 from dataclasses import asdict, dataclass
 from typing import Any, TextIO
 
+from rich.table import Table
+
 from durable_installs.backendctl import tables
 from durable_installs.backendctl.command import Context, Subcommands, set_command
 from durable_installs.backendctl.errors import EXIT_OK, UserError, printable
@@ -59,7 +61,7 @@ async def run_backends(ctx: Context[list[GalleryEntry] | None]) -> int:
     if ctx.args.json:
         tables.print_json(ctx.out, [row.as_json() for row in rows])
     else:
-        tables.console(ctx.out).print(tables.backends_table(rows))
+        tables.console(ctx.out).print(backends_table(rows))
     return EXIT_OK
 
 
@@ -120,3 +122,14 @@ def backend_rows(entries: list[GalleryEntry], reports: list[NodeReport]) -> list
             )
         )
     return rows
+
+
+def backends_table(rows: list[BackendRow]) -> Table:
+    return tables.table(
+        f"{len(rows)} gallery entr{'y' if len(rows) == 1 else 'ies'}",
+        ["name", "alias", "version", "kind", "on nodes", "description"],
+        [
+            [r.name, r.alias, r.version, r.kind, ", ".join(r.nodes) or "-", r.description]
+            for r in rows
+        ],
+    )

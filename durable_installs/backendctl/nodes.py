@@ -21,6 +21,7 @@ import pydantic
 from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
+from rich.table import Table
 from temporalio.client import Client
 
 from durable_installs.backendctl import connect, tables
@@ -72,7 +73,7 @@ async def run_nodes(ctx: Context[None]) -> int:
     if ctx.args.json:
         tables.print_json(ctx.out, [report.as_json() for report in reports])
     else:
-        tables.console(ctx.out).print(tables.nodes_table(reports))
+        tables.console(ctx.out).print(nodes_table(reports))
     return EXIT_OK
 
 
@@ -262,3 +263,45 @@ async def fleet_reports(
     stock = [node for node in await known_node_ids(client, named) if node not in announced]
     reports += await ask_nodes(nc, stock, wait_seconds)
     return reports, note
+
+
+def nodes_table(reports: list[NodeReport]) -> Table:
+    rows = []
+    for r in reports:
+        backends = ", ".join(f"{b['name']} {b['version']}".strip() for b in r.backends) or "-"
+        running = (
+            ", ".join(
+                f"{m['model_id']}#{m['replica_index']} {m['address']}".strip() for m in r.running
+            )
+            or "-"
+        )
+        if r.source == "registry":
+            seen = f"announced {r.last_seen}"
+        else:
+            seen = "answered (stock worker)" if r.answered else "no answer"
+        if r.problem:
+            seen += f" ({r.problem})"
+        rows.append(
+            [
+                r.node_id,
+                seen,
+                r.capability or "-",
+                r.agent_version or "-",
+                backends,
+                running,
+                str(len(r.in_flight)),
+            ]
+        )
+    return tables.table(
+        f"{len(reports)} node(s)",
+        [
+            "node",
+            "seen",
+            "capability",
+            "agent",
+            "backends (version)",
+            "running slots",
+            "installs in flight",
+        ],
+        rows,
+    )

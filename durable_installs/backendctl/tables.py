@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
 from rich.console import Console
 from rich.table import Table
@@ -17,10 +17,6 @@ from rich.text import Text
 from durable_installs.backendctl.errors import printable
 from durable_installs.backendctl.listing import WorkflowRow
 from durable_installs.contracts.rollout import RolloutStatus
-
-if TYPE_CHECKING:  # the command modules print through here: import their rows for types only
-    from durable_installs.backendctl.backends import BackendRow
-    from durable_installs.backendctl.nodes import NodeReport
 
 PIPE_WIDTH = 200
 """Width of tables written to a pipe or file (a terminal uses its own width)."""
@@ -43,7 +39,7 @@ def print_json(out: TextIO, data: Any) -> None:
     out.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
-def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> Table:
+def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> Table:
     table = Table(title=title, title_justify="left", expand=False)
     for column in columns:
         table.add_column(column, overflow="fold")
@@ -53,7 +49,7 @@ def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]]) ->
 
 
 def workflows_table(rows: list[WorkflowRow]) -> Table:
-    return _table(
+    return table(
         f"{len(rows)} workflow(s), newest first",
         [
             "workflow id",
@@ -83,59 +79,6 @@ def workflows_table(rows: list[WorkflowRow]) -> Table:
     )
 
 
-def nodes_table(reports: list[NodeReport]) -> Table:
-    rows = []
-    for r in reports:
-        backends = ", ".join(f"{b['name']} {b['version']}".strip() for b in r.backends) or "-"
-        running = (
-            ", ".join(
-                f"{m['model_id']}#{m['replica_index']} {m['address']}".strip() for m in r.running
-            )
-            or "-"
-        )
-        if r.source == "registry":
-            seen = f"announced {r.last_seen}"
-        else:
-            seen = "answered (stock worker)" if r.answered else "no answer"
-        if r.problem:
-            seen += f" ({r.problem})"
-        rows.append(
-            [
-                r.node_id,
-                seen,
-                r.capability or "-",
-                r.agent_version or "-",
-                backends,
-                running,
-                str(len(r.in_flight)),
-            ]
-        )
-    return _table(
-        f"{len(reports)} node(s)",
-        [
-            "node",
-            "seen",
-            "capability",
-            "agent",
-            "backends (version)",
-            "running slots",
-            "installs in flight",
-        ],
-        rows,
-    )
-
-
-def backends_table(rows: list[BackendRow]) -> Table:
-    return _table(
-        f"{len(rows)} gallery entr{'y' if len(rows) == 1 else 'ies'}",
-        ["name", "alias", "version", "kind", "on nodes", "description"],
-        [
-            [r.name, r.alias, r.version, r.kind, ", ".join(r.nodes) or "-", r.description]
-            for r in rows
-        ],
-    )
-
-
 def rollout_table(workflow_id: str, status: RolloutStatus) -> Table:
     counts = " · ".join(f"{state} {n}" for state, n in status.counts.items() if n)
     title = f"rollout {workflow_id}: {status.backend} · {counts or 'no slots'}"
@@ -143,7 +86,7 @@ def rollout_table(workflow_id: str, status: RolloutStatus) -> Table:
         title += " · cancelled"
     if status.stopped:
         title += f" · stopped: {status.stopped}"
-    return _table(
+    return table(
         title,
         ["node", "slot", "state", "address / detail"],
         [
