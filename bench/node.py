@@ -6,7 +6,10 @@ install either gets its reply at once (the node's fast path) or is held: a progr
 goes out every ``event_interval`` seconds until ``hold_seconds`` have passed, then the reply.
 A second request for an op that is held joins it, and one for an op that is done is answered
 at once (the slot runs), as on a node agent: after a lost reply the workflow probes and sends
-the same op again.
+the same op again. The node answers the stock probe as a LocalAI worker does (no status
+extension): ``models.running`` lists the slots of the installs it has answered and
+``backend.list`` the backends they installed; every request and probe is logged per node, so
+a test can check that a re-send came only after a probe.
 """
 
 from __future__ import annotations
@@ -21,9 +24,18 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from durable_installs.protocol import subjects
-from durable_installs.protocol.messages import BackendInstallReply
+from durable_installs.protocol.messages import (
+    BackendInstallReply,
+    BackendListReply,
+    ModelsRunningReply,
+    NodeBackendInfo,
+    RunningModelInfo,
+)
 
 REPLY = BackendInstallReply(success=True, address="10.0.0.7:50051").to_wire()
+BACKEND = "llama-cpp"
+INSTALL = "install"
+PROBE = "probe"
 
 
 @dataclass
@@ -48,7 +60,7 @@ def progress_body(node_id: str, op_id: str, seq: int) -> bytes:
         {
             "op_id": op_id,
             "node_id": node_id,
-            "backend": "llama-cpp",
+            "backend": BACKEND,
             "file_name": "llama-cpp.tar.partial",
             "current": f"{time.time():.6f}",
             "total": "100.0 MiB",
@@ -73,12 +85,20 @@ class WildcardNode:
         self.events_published = 0
         self.done: set[tuple[str, str]] = set()
         """(node, op) of installs answered: the slot runs, a repeat is answered at once."""
+        self.running: set[str] = set()
+        """Nodes with an answered install: their slot runs."""
         self.arrived = asyncio.Event()
-        self._sub: object = None
+        self.log: dict[str, list[str]] = {}
+        """Per node, ``install`` for each request and ``probe`` for each probe, in order."""
+        self._subs: list[object] = []
         self._ticker: asyncio.Task[None] | None = None
 
     async def start(self) -> WildcardNode:
-        self._sub = await self.nc.subscribe("nodes.*.backend.install", cb=self._on_install)
+        self._subs = [
+            await self.nc.subscribe("nodes.*.backend.install", cb=self._on_install),
+            await self.nc.subscribe("nodes.*.models.running", cb=self._on_running),
+            await self.nc.subscribe("nodes.*.backend.list", cb=self._on_list),
+        ]
         await self.nc.flush()
         if self.hold_seconds > 0 and self.event_interval > 0:
             self._ticker = asyncio.create_task(self._tick())
@@ -89,22 +109,59 @@ class WildcardNode:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
-        with contextlib.suppress(Exception):
-            await self._sub.unsubscribe()  # type: ignore[attr-defined]
+        for sub in self._subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()  # type: ignore[attr-defined]
+
+    def resent_without_probe(self) -> list[str]:
+        """Nodes that got a second install request with no probe since the one before."""
+        broken = []
+        for node_id, entries in self.log.items():
+            previous = ""
+            for entry in entries:
+                if entry == INSTALL and previous == INSTALL:
+                    broken.append(node_id)
+                    break
+                previous = entry
+        return broken
+
+    def _record(self, node_id: str, entry: str) -> None:
+        entries = self.log.setdefault(node_id, [])
+        if entry == PROBE and entries and entries[-1] == PROBE:
+            return
+        entries.append(entry)
+
+    async def _on_running(self, msg: Msg) -> None:
+        node_id = msg.subject.split(".")[1]
+        self._record(node_id, PROBE)
+        models = [RunningModelInfo(model_id=BACKEND, address="127.0.0.1:50051")]
+        reply = ModelsRunningReply(models=models if node_id in self.running else [])
+        await msg.respond(reply.to_wire())
+
+    async def _on_list(self, msg: Msg) -> None:
+        node_id = msg.subject.split(".")[1]
+        self._record(node_id, PROBE)
+        backends = [NodeBackendInfo(name=BACKEND)] if node_id in self.running else None
+        await msg.respond(BackendListReply(backends=backends).to_wire())
 
     async def release_all(self) -> None:
         """Reply to every held install now."""
         for key in list(self.held):
-            for subject in self.held.pop(key).reply_subjects():
+            held = self.held.pop(key)
+            self.done.add((held.node_id, held.op_id))
+            self.running.add(held.node_id)
+            for subject in held.reply_subjects():
                 await self.nc.publish(subject, REPLY)
         await self.nc.flush()
 
     async def _on_install(self, msg: Msg) -> None:
         self.requests += 1
+        node_id = msg.subject.split(".")[1]
+        self._record(node_id, INSTALL)
         if self.hold_seconds <= 0:
+            self.running.add(node_id)
             await msg.respond(REPLY)
             return
-        node_id = msg.subject.split(".")[1]
         op_id = json.loads(msg.data).get("op_id", "")
         if (node_id, op_id) in self.done:
             await msg.respond(REPLY)
@@ -132,6 +189,7 @@ class WildcardNode:
                 if held.due <= now:
                     del self.held[key]
                     self.done.add((held.node_id, held.op_id))
+                    self.running.add(held.node_id)
                     for subject in held.reply_subjects():
                         await self.nc.publish(subject, REPLY)
                     continue

@@ -3,7 +3,10 @@
 Run apart from ``make test`` (``make test-load``; CI runs it after the test command): it
 holds 3,000 installs on the machine for minutes. The surviving worker takes over the killed
 one's activities after their heartbeat timeout (each retry listens on its op's reply subject,
-nothing is sent again) and its workflows' tasks after the sticky timeout.
+nothing is sent again) and its workflows' tasks after the sticky timeout. A reply the node sent
+while no worker listened is lost: that install's activity times out, the workflow probes (the
+node answers as a stock LocalAI worker does) and sends the op once more, which the node answers
+at once because the slot runs.
 """
 
 from __future__ import annotations
@@ -70,4 +73,5 @@ async def test_one_of_two_workers_killed_at_3000_in_flight_every_install_complet
         results.append(await handle.result())
     assert all(result.address == "10.0.0.7:50051" for result in results)
     assert len({result.op_id for result in results}) == INSTALLS, "each install completed once"
-    assert node.requests <= INSTALLS * 1.05, "a re-send only after a lost reply and a probe"
+    assert not node.resent_without_probe(), "a re-send only after a lost reply and a probe"
+    assert node.requests <= INSTALLS * 2, "at most one re-send per install"
