@@ -34,6 +34,7 @@ from durable_installs.contracts.load import (
     LoadModelResult,
     LoadPhase,
 )
+from durable_installs.contracts.names import STAGE_FILE_ACTIVITY
 from durable_installs.node_agent.files.keys import PARTIAL_DIR
 from durable_installs.servers import ByteCounter
 from tests.chaos.components import WorkerProcess
@@ -182,6 +183,23 @@ class StagedLoad:
         suffix = "/" + str(self.files[position]["path"])
         ranges = [r.content_range or "" for r in self.proxy.requests_of("PUT", suffix)]
         return any(not r.startswith("bytes 0-") for r in ranges)
+
+    async def staging_attempt_at_least(self, attempt: int) -> None:
+        """Wait until the server has scheduled that attempt of a file's staging."""
+        assert self.handle is not None
+        handle = self.handle
+
+        async def scheduled() -> bool:
+            try:
+                pending = (await handle.describe()).raw_description.pending_activities
+            except Exception:  # Temporal restarting: ask again
+                return False
+            return any(
+                a.activity_type.name == STAGE_FILE_ACTIVITY and a.attempt >= attempt
+                for a in pending
+            )
+
+        await wait_until(scheduled, within=LOAD_WITHIN, what=f"staging attempt {attempt}")
 
     def resent(self) -> int:
         """Body bytes of every PUT through the proxy, beyond the model's size."""

@@ -47,6 +47,7 @@ async def test_worker_killed_mid_file_a_new_worker_resumes_the_staging(
     result = await load.result()
 
     await load.assert_loaded(result)
+    assert load.resumed(MIDDLE), "the new worker continued the node's partial"
 
 
 async def test_agent_killed_mid_file_restarts_and_the_staging_resumes(
@@ -63,6 +64,7 @@ async def test_agent_killed_mid_file_restarts_and_the_staging_resumes(
     result = await load.result()
 
     await load.assert_loaded(result)
+    assert load.resumed(MIDDLE), "the staging continued the partial the agent kept"
 
 
 async def test_nats_server_killed_mid_file_the_staging_goes_on_and_completes(
@@ -91,31 +93,41 @@ async def test_nats_server_killed_mid_file_the_staging_goes_on_and_completes(
     await load.assert_loaded(result)
 
 
-async def test_temporal_down_longer_than_the_heartbeat_timeout_with_the_transfer_held(
+async def test_temporal_times_the_staging_attempt_out_while_it_sends_the_next_one_resumes(
     chaos: Harness, nats_url: str, tmp_path: Path
 ) -> None:
-    """The transfer is held at the proxy through the outage (a stalled network, well under
-    the stall bound) and the middle file is large, so the attempt the server timed out is
-    still sending when Temporal answers again: the worker learns it lost the attempt
-    mid-file, and the next attempt resumes where the node is."""
+    """The attempt the server times out after the outage is still sending when the worker
+    learns it lost it, so the cancel lands mid-file; the next attempt resumes the partial.
+
+    Two devices make that order certain rather than likely: the transfer is held at the
+    proxy through the outage (a stalled network, far below the stall bound), so the middle
+    file cannot finish meanwhile; and the worker is paused (SIGSTOP) while Temporal restarts
+    until the server has timed the attempt out, so no heartbeat of the worker reaches the
+    server before its overdue heartbeat timeout fires (which one comes first after a restart
+    is otherwise a race).
+    """
     temporal = TemporalServer(tmp_path)
     chaos.adopt(temporal)
     await temporal.start()
     client = await temporal.connect()
     load = await staged_load(chaos, client, nats_url, [16 * MIB, 64 * MIB, 16 * MIB])
-    await load.worker(temporal.address, nats_url, "worker")
+    worker = await load.worker(temporal.address, nats_url, "worker")
     await load.start()
     await load.node_holds_part_of(MIDDLE, 0.25)
 
     load.proxy.hold()
     temporal.kill()
     await asyncio.sleep(TEMPORAL_OUTAGE_SECONDS)  # the outage itself, not a wait for a condition
+    worker.pause()
     await temporal.start()
-    load.assert_mid_file(MIDDLE)
+    await load.staging_attempt_at_least(2)
+    worker.resume()
     load.proxy.release()
+    load.assert_mid_file(MIDDLE)
     result = await load.result()
 
     await load.assert_loaded(result)
+    assert load.resumed(MIDDLE), "the next attempt continued the node's partial"
 
 
 async def test_temporal_down_longer_than_the_heartbeat_timeout_mid_file(
