@@ -189,7 +189,8 @@ class StagingActivities:
             async with self._node_client(input) as client:
                 return await self._stage(input, source, client, sent)
         except asyncio.CancelledError:
-            await self._forget_partial(input)
+            if _load_cancelled():
+                await self._forget_partial(input)
             raise
         finally:
             beating.cancel()
@@ -361,8 +362,8 @@ class StagingActivities:
         )
 
     async def _forget_partial(self, input: StageFileInput) -> None:
-        """A cancelled load leaves no partial behind on a node that can drop one (the agent's
-        ``DELETE`` of an upload in progress; a stock worker reaps stale partials itself)."""
+        """A cancelled load leaves no partial behind on a node that can drop one (a ``DELETE``
+        of the key; a node that cannot reaps stale partials itself)."""
         with contextlib.suppress(Exception):
             async with asyncio.timeout(3), self._node_client(input) as client:
                 await client.delete(_key_url(input.files_url, input.file.path))
@@ -412,6 +413,18 @@ async def _read(
             yield block
             sent.sent += len(block)
             sent.committed += len(block)
+
+
+def _load_cancelled() -> bool:
+    """Whether this cancel is the load's own (the workflow asked), not a lost attempt.
+
+    An attempt the server timed out (its heartbeats did not arrive: Temporal or the network
+    was down), one it no longer knows, a paused one and a worker shutting down are all
+    retried, and the retry resumes from the node's partial: dropping it would send the file
+    from zero again, and could race the retry that is already resuming it.
+    """
+    details = activity.cancellation_details()
+    return details is not None and details.cancel_requested
 
 
 async def _heartbeat(sent: _Sent) -> None:

@@ -297,16 +297,24 @@ class WorkerProcess(LogReady):
     marker = "worker polling"
 
     def __init__(
-        self, name: str, workdir: Path, temporal_address: str, nats_url: str, task_queue: str
+        self,
+        name: str,
+        workdir: Path,
+        temporal_address: str,
+        nats_url: str,
+        task_queue: str,
+        args: Sequence[str] = (),
+        env: dict[str, str] | None = None,
     ) -> None:
         super().__init__(
             name,
-            worker_command("--graceful-shutdown-seconds", "1"),
+            worker_command("--graceful-shutdown-seconds", "1", *args),
             workdir / f"{name}.log",
             env={
                 "TEMPORAL_ADDRESS": temporal_address,
                 "TEMPORAL_TASK_QUEUE": task_queue,
                 "NATS_URL": nats_url,
+                **(env or {}),
             },
             cwd=ROOT,
         )
@@ -327,12 +335,18 @@ class AgentProcess(LogReady):
         gallery: GalleryConfig,
         nats_url: str,
         ports: tuple[int, int],
+        args: Sequence[str] = (),
+        env: dict[str, str] | None = None,
     ) -> None:
         self.marker = f"node agent {node_id} ready"
         self.backends_dir = backends_dir
+        command = agent_command(
+            node_id, backends_dir, gallery, nats_url, ports, readiness_timeout=30
+        )
         super().__init__(
             f"agent-{node_id}",
-            agent_command(node_id, backends_dir, gallery, nats_url, ports, readiness_timeout=30),
+            [*command, *args],
             workdir / f"agent-{node_id}.log",
+            env=env,
             cwd=ROOT,
         )

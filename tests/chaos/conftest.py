@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import shutil
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from durable_installs.servers import free_port
 from tests.chaos.components import AgentProcess, Component, WorkerProcess
 from tests.chaos.procs import kill_processes_under
 from tests.chaos.scenario import CancelWatch, SlowBackend, port_block
@@ -30,10 +31,17 @@ class ChaosNode:
     backend: SlowBackend
     agent: AgentProcess
     cancels: CancelWatch
+    files_port: int = 0
+    """The agent's file-transfer port (0: its file server is off), the same on every start."""
 
     @property
     def backends_dir(self) -> Path:
         return self.agent.backends_dir
+
+    @property
+    def models_dir(self) -> Path:
+        """Where the agent's file server puts models (``models/`` beside the backends)."""
+        return self.backends_dir.parent / "models"
 
     def partial_files(self) -> list[Path]:
         """The agent's resumable downloads (``<backends>/.downloads/*.partial``)."""
@@ -52,15 +60,26 @@ class Harness:
         self.task_queue = f"chaos-{uuid.uuid4().hex[:8]}"
         self._components: list[Component] = []
         self._nodes: list[ChaosNode] = []
+        self._closers: list[Callable[[], Awaitable[None]]] = []
 
-    async def node(self, nats_url: str, **backend: Any) -> ChaosNode:
-        """A node agent on ``nats_url`` serving a :class:`SlowBackend` (sizes as keywords)."""
+    async def node(self, nats_url: str, files_token: str = "", **backend: Any) -> ChaosNode:
+        """A node agent on ``nats_url`` serving a :class:`SlowBackend` (sizes as keywords);
+        with ``files_token``, its file-transfer server too, on a port of its own that every
+        restart keeps (the token in the environment, as operators pass it)."""
         node_id = f"node-{uuid.uuid4().hex[:10]}"
         root = self.workdir / node_id
         slow = SlowBackend(root, **backend)
-        agent = AgentProcess(node_id, root, root / "backends", slow.gallery, nats_url, port_block())
+        files_port = free_port() if files_token else 0
+        args: list[str] = []
+        env: dict[str, str] = {}
+        if files_token:
+            args = ["--files-address", f"127.0.0.1:{files_port}", "--files-reserve", "0"]
+            env = {"NODE_AGENT_FILES_TOKEN": files_token}
+        agent = AgentProcess(
+            node_id, root, root / "backends", slow.gallery, nats_url, port_block(), args, env
+        )
         cancels = CancelWatch(node_id)
-        node = ChaosNode(node_id, slow, agent, cancels)
+        node = ChaosNode(node_id, slow, agent, cancels, files_port)
         self._nodes.append(node)
         self._components.append(agent)
         await cancels.start(nats_url)
@@ -68,10 +87,18 @@ class Harness:
         return node
 
     async def worker(
-        self, temporal_address: str, nats_url: str, name: str = "worker"
+        self,
+        temporal_address: str,
+        nats_url: str,
+        name: str = "worker",
+        args: Sequence[str] = (),
+        env: dict[str, str] | None = None,
     ) -> WorkerProcess:
-        """A ``worker_main.py`` process polling this test's task queue."""
-        worker = WorkerProcess(name, self.workdir, temporal_address, nats_url, self.task_queue)
+        """A ``worker_main.py`` process polling this test's task queue (``args`` added to its
+        command line, ``env`` to its environment)."""
+        worker = WorkerProcess(
+            name, self.workdir, temporal_address, nats_url, self.task_queue, args, env
+        )
         self._components.append(worker)
         await worker.start()
         return worker
@@ -80,13 +107,20 @@ class Harness:
         """Kill ``component`` at the end of the test as well."""
         self._components.append(component)
 
+    def on_close(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """Await ``callback`` at the end of the test (before the processes are killed)."""
+        self._closers.append(callback)
+
     async def close(self) -> None:
+        for closer in reversed(self._closers):
+            await closer()
         for component in reversed(self._components):
             component.kill()
         for node in self._nodes:
             kill_processes_under(node.backends_dir)
             node.backend.stop()
             shutil.rmtree(node.backends_dir, ignore_errors=True)  # up to 256 MiB unpacked
+            shutil.rmtree(node.models_dir, ignore_errors=True)  # staged model files
             await node.cancels.stop()
 
 
