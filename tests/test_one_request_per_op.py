@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from nats.aio.client import Client as NATS
+from temporalio import activity
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
@@ -24,10 +25,13 @@ from temporalio.testing import ActivityEnvironment
 from activities.fast_path import FastPathActivities
 from activities.install import InstallActivities
 from activities.replies import OpReplies
-from durable_installs.contracts.activities import InstallActivityInput
+from durable_installs.contracts.activities import FastInstallResult, InstallActivityInput
 from durable_installs.contracts.failures import WORKER_STILL_INSTALLING
 from durable_installs.contracts.install import InstallBackendInput, install_workflow_id
+from durable_installs.contracts.names import FAST_INSTALL_ACTIVITY
 from durable_installs.contracts.rollout import RolloutInput, RolloutTarget
+from durable_installs.orchestrator.worker import create_worker
+from durable_installs.protocol import subjects
 from durable_installs.protocol.messages import BackendInstallReply, BackendInstallRequest
 from tests.fake_node import FakeNode, StockWorker
 from tests.workflow_helpers import FAST, assert_replays, install_input, start_install
@@ -209,3 +213,30 @@ async def test_a_rollout_of_10_slots_some_shared_with_other_installs_is_one_requ
         for r in node.install_requests
     )
     assert len(per_slot) == 10 and set(per_slot.values()) == {1}, per_slot
+
+
+async def test_a_fast_path_that_fails_after_sending_is_followed_by_a_probe_not_a_resend(
+    client: Client, nc: NATS, node_id: str
+) -> None:
+    """A fast path that overruns its timeout may have sent the op: the workflow asks first."""
+
+    @activity.defn(name=FAST_INSTALL_ACTIVITY)
+    async def sends_then_hangs(input: InstallActivityInput) -> FastInstallResult:
+        await nc.publish(subjects.install(input.node_id), input.request.to_wire(), reply="lost")
+        await asyncio.sleep(3600)  # past the local activity's timeout: it is cancelled
+        raise AssertionError("unreachable")
+
+    queue = f"install-{uuid.uuid4().hex[:8]}"
+    async with (
+        FakeNode(nc, node_id) as node,
+        create_worker(client, nc, queue, replace={FAST_INSTALL_ACTIVITY: sends_then_hangs}),
+    ):
+        StockWorker(node, install_seconds=4.0)
+        handle = await start_install(client, queue, cold_input(node_id, fast_path_seconds=0.5))
+        result = await handle.result()
+
+    installs = [i for i, kind in enumerate(node.log) if kind == "install"]
+    assert len(installs) == 2, node.log
+    assert any(kind in PROBE_REQUESTS for kind in node.log[installs[0] : installs[1]]), node.log
+    assert result.probes >= 1
+    await assert_replays(handle)

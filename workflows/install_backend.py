@@ -63,8 +63,10 @@ with workflow.unsafe.imports_passed_through():
         CANCEL_TELLS_THE_NODE,
         FAST_PATH,
         FAST_PATH_MARGIN,
+        FAST_PATH_ONCE,
         FAST_PATH_RETRY,
         FAST_PATH_WRITES_ATTRIBUTES_ONCE,
+        FIRST_TASK_HISTORY_LENGTH,
         INSTALL_RETRY,
         INVALID_INPUT_WRITES_NO_SEARCH_ATTRIBUTE,
         PROBE_RETRY,
@@ -201,6 +203,11 @@ class InstallBackendWorkflow:
         """
         state = self._state
         state.request_started = True
+        if self._fast_path_may_have_run():
+            state.status.last_error = (
+                "the first workflow task ran again: its fast-path request may be out"
+            )
+            return NextStep.PROBE
         remaining = state.remaining(workflow.now())
         bound = min(state.input.fast_path_seconds, remaining.total_seconds())
         activity_input = install_activity_input(state.input, state.status.op_id, remaining)
@@ -224,6 +231,11 @@ class InstallBackendWorkflow:
                 state.status.attempts += 1  # the node answered: that was request 1
                 return self._after_failure(cause, err)
             self._log_fall_through(str(cause or err))
+            if workflow.patched(FAST_PATH_ONCE):
+                # It may have failed after the request went out (its timeout cancels it while
+                # it waits): ask the node before anything is sent again.
+                state.status.last_error = f"fast path failed: {cause or err}"
+                return NextStep.PROBE
             return NextStep.INSTALL
         if not fast.answered:
             # The node got the request: the install activity waits for its one reply.
@@ -231,6 +243,19 @@ class InstallBackendWorkflow:
             self._log_fall_through(fast.reason)
             return NextStep.INSTALL
         return self._complete(state.fast_path_answered(fast))
+
+    def _fast_path_may_have_run(self) -> bool:
+        """Whether an earlier attempt of this first workflow task may have sent the request.
+
+        A local activity's result is recorded only when its workflow task completes: a worker
+        that died while the fast path waited (or a task that overran its timeout) leaves no
+        trace of the request but the longer history of the task's next attempt. Running the
+        fast path again there would send the op a second time while the node may be working on
+        it (the node agent joins by op id; a stock worker holds it behind its lock; another
+        implementation could download twice).
+        """
+        length = workflow.info().get_current_history_length()
+        return length > FIRST_TASK_HISTORY_LENGTH and workflow.patched(FAST_PATH_ONCE)
 
     def _log_fall_through(self, reason: str) -> None:
         then = (

@@ -52,6 +52,19 @@ the first phase it records (a warm install: node, backend, model and ``completed
 upsert). Executions started before upserted the identity and ``installing`` first, then
 patched ``fast-path`` (tests/histories/InstallBackendWorkflow/fast_path_*.json)."""
 
+FAST_PATH_ONCE = "fast-path-once"
+"""Patch id: the fast path's request goes out in the first attempt of the first workflow task
+only. When that task is run again (the worker running it died or overran the task timeout
+while the local activity waited) or the local activity itself failed, the request may be out
+and nobody hears its reply, so the workflow probes before anything is sent again. Executions
+started before ran the fast path again, or fell through to an install activity that sent the
+op once more: a second request with no probe, while the node may still be working."""
+
+FIRST_TASK_HISTORY_LENGTH = 3
+"""Events in a history during the first attempt of its first workflow task (started, task
+scheduled, task started); more means an earlier attempt of that task ran, or something came in
+before it (a cancel): the fast path may have sent the request already, or is pointless."""
+
 CANCEL_TELLS_THE_NODE = "cancel-tells-the-node"
 """Patch id: an install cancelled while no install activity runs (a probe, a wait, a
 back-off, after a request timed out) tells the node to stop the op with a local activity
