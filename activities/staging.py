@@ -62,7 +62,7 @@ log = logging.getLogger(__name__)
 
 FILES_PATH = "/v1/files/"
 MODELS_KEY = "models/"
-CHUNK = 1024 * 1024
+CHUNK = 4 * 1024 * 1024
 HEARTBEAT_EVERY = 1.0
 MAX_ROUNDS = 8
 """HEAD-and-PUT rounds in one attempt (a 416, a 308, a busy node); then the attempt fails
