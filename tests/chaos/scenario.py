@@ -182,11 +182,9 @@ async def start_install(
     )
 
 
-async def install_result(
-    handle: WorkflowHandle[InstallBackendWorkflow, InstallBackendResult],
-) -> InstallBackendResult:
-    """Wait for the install to close (asking the server, which may be restarting), then
-    return its result; a failed install raises its failure."""
+async def wait_closed(handle: WorkflowHandle[Any, Any], within: float, what: str) -> None:
+    """Wait for a workflow to close, asking the server (which may be restarting) twice a
+    second; on time out, fail naming the activities still pending and their last failure."""
 
     async def closed() -> bool:
         try:
@@ -196,11 +194,22 @@ async def install_result(
         return status not in (None, WorkflowExecutionStatus.RUNNING)
 
     try:
-        await wait_until(closed, within=INSTALL_WITHIN, what="the install finished", interval=0.5)
+        await wait_until(closed, within=within, what=what, interval=0.5)
     except AssertionError as err:
         pending = (await handle.describe()).raw_description.pending_activities
-        waiting = [f"{a.activity_type.name} attempt {a.attempt}" for a in pending]
+        waiting = [
+            f"{a.activity_type.name} attempt {a.attempt}: {a.last_failure.message[:200]}"
+            for a in pending
+        ]
         raise AssertionError(f"{err}; still waiting on: {waiting or 'no activity'}") from None
+
+
+async def install_result(
+    handle: WorkflowHandle[InstallBackendWorkflow, InstallBackendResult],
+) -> InstallBackendResult:
+    """Wait for the install to close, then return its result; a failed install raises its
+    failure."""
+    await wait_closed(handle, INSTALL_WITHIN, "the install finished")
     return await handle.result()
 
 

@@ -60,11 +60,14 @@ async def test_agent_killed_mid_file_restarts_and_the_staging_resumes(
 
     load.node.agent.kill()
     load.assert_mid_file(MIDDLE)
+    kept = load.partial_size(MIDDLE)  # the agent is dead: this is all it stored
     await load.node.agent.start()
     result = await load.result()
 
-    await load.assert_loaded(result)
-    assert load.resumed(MIDDLE), "the staging continued the partial the agent kept"
+    (first, cut), (resumed_at, _) = load.puts_of(MIDDLE)[:2]
+    assert first == 0
+    assert resumed_at == kept, "the staging continued exactly where the agent's partial ended"
+    await load.assert_loaded(result, lost_in_flight=cut - kept)
 
 
 async def test_nats_server_killed_mid_file_the_staging_goes_on_and_completes(

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
+from temporalio.client import Client, WorkflowHandle
 
 from durable_installs.contracts.upgrade import UpgradeBackendInput, UpgradeBackendResult
 from tests.chaos.components import TemporalServer
@@ -26,8 +26,9 @@ from tests.chaos.scenario import (
     install_input,
     install_result,
     start_install,
+    wait_closed,
 )
-from tests.workflow_helpers import wait_for, wait_until
+from tests.workflow_helpers import wait_for
 from workflows.upgrade_backend import UpgradeBackendWorkflow
 
 pytestmark = pytest.mark.timeout(300)
@@ -74,14 +75,7 @@ async def _installed_then_upgrading(
 async def _result(
     handle: WorkflowHandle[UpgradeBackendWorkflow, UpgradeBackendResult],
 ) -> UpgradeBackendResult:
-    async def closed() -> bool:
-        try:
-            status = (await handle.describe()).status
-        except Exception:  # Temporal restarting: ask again
-            return False
-        return status not in (None, WorkflowExecutionStatus.RUNNING)
-
-    await wait_until(closed, within=INSTALL_WITHIN * 2, what="the upgrade closed", interval=0.5)
+    await wait_closed(handle, INSTALL_WITHIN * 2, "the upgrade closed")
     return await handle.result()
 
 
