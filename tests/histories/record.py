@@ -45,13 +45,16 @@ from typing import Any
 
 import nats
 from nats.aio.client import Client as NATS
+from temporalio import activity
 from temporalio.client import Client, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from durable_installs.contracts.activities import FastInstallResult, InstallActivityInput
 from durable_installs.contracts.drift import DriftCheckInput
 from durable_installs.contracts.install import InstallPhase
 from durable_installs.contracts.lifecycle import DeleteBackendInput
+from durable_installs.contracts.names import FAST_INSTALL_ACTIVITY
 from durable_installs.contracts.rollout import (
     FailurePolicy,
     RolloutAction,
@@ -212,6 +215,30 @@ async def fast_path_transient_failure(stack: Stack) -> list[WorkflowHandle[Any, 
     input = install_input(node.node_id, fast_path_seconds=5.0)
     handle = await start_install(stack.client, stack.queue, input)
     await handle.result()
+    await node.stop()
+    return [handle]
+
+
+@scenario
+async def fast_path_overran_then_probed(stack: Stack) -> list[WorkflowHandle[Any, Any]]:
+    """The fast path sends and then overruns its timeout: a probe, then the op once more
+    (patch ``fast-path-once``; before it, the install activity sent the op again at once)."""
+    node = await stack.node()
+
+    @activity.defn(name=FAST_INSTALL_ACTIVITY)
+    async def sends_then_hangs(input: InstallActivityInput) -> FastInstallResult:
+        await stack.nc.publish(
+            subjects.install(input.node_id), input.request.to_wire(), reply="_INBOX.lost"
+        )
+        await asyncio.sleep(3600)  # cancelled by the local activity's timeout
+        raise AssertionError("unreachable")
+
+    queue = f"{stack.queue}-overran"
+    replace = {FAST_INSTALL_ACTIVITY: sends_then_hangs}
+    async with create_worker(stack.client, stack.nc, queue, replace=replace):
+        input = install_input(node.node_id, fast_path_seconds=0.5)
+        handle = await start_install(stack.client, queue, input)
+        await handle.result()
     await node.stop()
     return [handle]
 
