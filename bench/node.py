@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from nats.aio.client import Client as NATS
@@ -70,6 +72,13 @@ def progress_body(node_id: str, op_id: str, seq: int) -> bytes:
     ).encode()
 
 
+def resends_without_probe(log: Sequence[str]) -> int:
+    """Install requests in a node's request log that came right after another install, with no
+    probe between (every other entry of such a log is a probe: ``models.running``,
+    ``backend.list``, the status extension)."""
+    return sum(1 for before, entry in itertools.pairwise(log) if before == entry == INSTALL)
+
+
 class WildcardNode:
     """Every node at once: answers or holds ``backend.install`` requests."""
 
@@ -115,15 +124,7 @@ class WildcardNode:
 
     def resent_without_probe(self) -> list[str]:
         """Nodes that got a second install request with no probe since the one before."""
-        broken = []
-        for node_id, entries in self.log.items():
-            previous = ""
-            for entry in entries:
-                if entry == INSTALL and previous == INSTALL:
-                    broken.append(node_id)
-                    break
-                previous = entry
-        return broken
+        return [node_id for node_id, log in self.log.items() if resends_without_probe(log)]
 
     def _record(self, node_id: str, entry: str) -> None:
         entries = self.log.setdefault(node_id, [])

@@ -16,6 +16,7 @@ from temporalio.common import WorkflowIDConflictPolicy
 
 from durable_installs.backendctl.command import Context, Subcommands, set_command
 from durable_installs.backendctl.errors import UserError, printable
+from durable_installs.backendctl.installs import INSTALL_FLAGS
 from durable_installs.backendctl.options import (
     add_option_flag,
     add_task_queue,
@@ -26,13 +27,7 @@ from durable_installs.backendctl.watch import started
 from durable_installs.contracts.load import LoadModelInput, load_workflow_id
 from workflows.load_model import LoadModelWorkflow
 
-LOAD_FLAGS = {
-    "node_id": "--node-id",
-    "backend": "--backend",
-    "model_id": "--model-id",
-    "replica_index": "--replica-index",
-    "files": "--file",
-}
+LOAD_FLAGS = {**INSTALL_FLAGS, "files": "--file"}
 """Load input fields with an argument of their own, so ``--option`` may not set them."""
 
 

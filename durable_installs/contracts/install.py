@@ -88,8 +88,16 @@ def install_workflow_id(node_id: str, backend: str, model_id: str, replica_index
     itself guarantees one running install per slot. Parts are percent-encoded so that
     ``a-b`` + ``c`` and ``a`` + ``b-c`` can never collide; an admin install uses ``-``.
     """
+    return slot_workflow_id("install", node_id, backend, model_id, replica_index)
+
+
+def slot_workflow_id(
+    kind: str, node_id: str, backend: str, model_id: str, replica_index: int
+) -> str:
+    """``<kind>/<node>/<backend>/<model>/<replica>``, each part percent-encoded (``-`` for an
+    admin slot's empty model): the one id of a slot's install or load."""
     parts = (node_id, backend, model_id or "-", str(replica_index))
-    return "install/" + "/".join(urllib.parse.quote(part, safe="") for part in parts)
+    return f"{kind}/" + "/".join(urllib.parse.quote(part, safe="") for part in parts)
 
 
 class InstallPhase(StrEnum):

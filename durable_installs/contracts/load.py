@@ -25,6 +25,7 @@ from durable_installs.contracts.install import (
     InstallBackendInput,
     describe_problems,
     slot_problems,
+    slot_workflow_id,
 )
 from durable_installs.contracts.limits import (
     MAX_DEADLINE_SECONDS,
@@ -76,8 +77,7 @@ MINIMAL_LOAD_INPUT = {
 def load_workflow_id(node_id: str, backend: str, model_id: str, replica_index: int) -> str:
     """The one workflow id for a slot's load: ``load/<node>/<backend>/<model>/<replica>``,
     percent-encoded like the install's, so a slot is loaded by one workflow at a time."""
-    parts = (node_id, backend, model_id or "-", str(replica_index))
-    return "load/" + "/".join(urllib.parse.quote(part, safe="") for part in parts)
+    return slot_workflow_id("load", node_id, backend, model_id, replica_index)
 
 
 class LoadPhase(StrEnum):

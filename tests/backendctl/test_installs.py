@@ -113,9 +113,11 @@ async def test_a_filter_value_with_a_quote_is_refused() -> None:
     assert "quotes, backslashes and control characters cannot appear" in one_error_line(out.stderr)
 
 
-async def test_cancel_stops_an_install_that_backs_off_on_a_missing_node(
-    client: Client, task_queue: str, node_id: str, temporal_address: str
-) -> None:
+async def backing_off_install(
+    client: Client, task_queue: str, node_id: str, temporal_address: str, backoff_seconds: int
+) -> str:
+    """``backendctl install --no-watch`` on a node nobody answers for; its workflow id once the
+    install is backing off."""
     start = await ctl(
         "install",
         "--node-id",
@@ -125,13 +127,21 @@ async def test_cancel_stops_an_install_that_backs_off_on_a_missing_node(
         "--task-queue",
         task_queue,
         "--option",
-        "retry_backoff_seconds=600",
+        f"retry_backoff_seconds={backoff_seconds}",
         "--no-watch",
         address=temporal_address,
     )
     assert start.returncode == 0, start.stderr
-    workflow_id = install_workflow_id(node_id, "llama-cpp", "", 0)
     await listed(client, f"NodeId = '{node_id}' AND InstallPhase = 'backing_off'", 1)
+    return install_workflow_id(node_id, "llama-cpp", "", 0)
+
+
+async def test_cancel_stops_an_install_that_backs_off_on_a_missing_node(
+    client: Client, task_queue: str, node_id: str, temporal_address: str
+) -> None:
+    workflow_id = await backing_off_install(
+        client, task_queue, node_id, temporal_address, backoff_seconds=600
+    )
 
     out = await ctl("cancel", workflow_id, address=temporal_address)
 
@@ -151,22 +161,9 @@ async def test_a_piped_watch_of_a_backing_off_install_prints_on_change_only(
     client: Client, task_queue: str, node_id: str, temporal_address: str
 ) -> None:
     """The countdown to the next try changes every second; a log wants no line for it."""
-    start = await ctl(
-        "install",
-        "--node-id",
-        node_id,
-        "--backend",
-        "llama-cpp",
-        "--task-queue",
-        task_queue,
-        "--option",
-        "retry_backoff_seconds=60",
-        "--no-watch",
-        address=temporal_address,
+    workflow_id = await backing_off_install(
+        client, task_queue, node_id, temporal_address, backoff_seconds=60
     )
-    assert start.returncode == 0, start.stderr
-    workflow_id = install_workflow_id(node_id, "llama-cpp", "", 0)
-    await listed(client, f"NodeId = '{node_id}' AND InstallPhase = 'backing_off'", 1)
 
     with pytest.raises(subprocess.TimeoutExpired) as watching:
         await asyncio.to_thread(

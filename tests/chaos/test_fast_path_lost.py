@@ -14,24 +14,12 @@ import pytest
 from nats.aio.client import Client as NATS
 from temporalio.client import Client
 
+from bench.node import resends_without_probe
 from tests.chaos.conftest import Harness
 from tests.fake_node import FakeNode, StockWorker
 from tests.workflow_helpers import assert_replays, install_input, start_install, wait_for
 
 pytestmark = pytest.mark.timeout(300)
-
-PROBES = ("models.running", "backend.list")
-
-
-def installs_without_probe_between(log: list[str]) -> int:
-    """How many ``install`` requests followed another with no probe since."""
-    count, previous = 0, ""
-    for entry in log:
-        if entry == "install" and previous == "install":
-            count += 1
-        if entry == "install" or entry in PROBES:
-            previous = entry
-    return count
 
 
 async def test_worker_killed_during_the_fast_path_the_next_task_probes_before_a_resend(
@@ -56,6 +44,6 @@ async def test_worker_killed_during_the_fast_path_the_next_task_probes_before_a_
         result = await handle.result()
 
     assert result.address == "10.0.0.7:50051"
-    assert installs_without_probe_between(node.log) == 0, node.log
+    assert resends_without_probe(node.log) == 0, node.log
     assert result.probes >= 1
     await assert_replays(handle)
