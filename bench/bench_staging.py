@@ -30,9 +30,7 @@ import contextlib
 import hashlib
 import os
 import random
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,7 +45,7 @@ from bench.cli import main
 from bench.report import Report, median
 from bench.stack import ROOT, cpu_seconds, stack
 from durable_installs.contracts.load import LoadModelInput, LoadModelResult
-from durable_installs.devstack.processes import die_with_parent
+from durable_installs.devstack.processes import Child, ProcessGroup, wait_for_line
 from durable_installs.devstack.sample_backend import Gallery, SampleBackend
 from durable_installs.protocol.messages import encode_galleries
 from durable_installs.servers import ByteCounter, free_port
@@ -78,51 +76,16 @@ QUICK = Plan(size=256 * MIB, rounds=3)
 # --- processes -------------------------------------------------------------------------------
 
 
-class Child:
-    """A child process with its output in a log file (never a pipe nobody reads)."""
+async def start_child(
+    group: ProcessGroup, name: str, command: list[str], env: dict[str, str], marker: str
+) -> Child:
+    """``command`` in ``group`` (its output in ``<name>.log`` there), once it logged ``marker``."""
 
-    def __init__(self, name: str, command: list[str], log: Path, env: dict[str, str]) -> None:
-        self.name = name
-        self.log = log
-        with log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                command,
-                cwd=ROOT,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
-                preexec_fn=die_with_parent,
-            )
+    def ready(child: Child) -> None:
+        wait_for_line(child.log, marker, START_WITHIN, child.proc)
 
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    async def ready(self, marker: str) -> None:
-        deadline = time.monotonic() + START_WITHIN
-        while marker not in self.log.read_text(errors="replace"):
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited (code {self.proc.returncode}); {self.log}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.name} not ready after {START_WITHIN:g}s; {self.log}")
-            await asyncio.sleep(0.1)
-
-    def kill(self) -> None:
-        """SIGKILL, as when the machine loses power."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(timeout=30)
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL after 30 s."""
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.kill()
+    env = {"PYTHONUNBUFFERED": "1", **env}
+    return await asyncio.to_thread(group.start, name, command, env, ready)
 
 
 def backend_ports(count: int = 20) -> tuple[int, int]:
@@ -140,7 +103,7 @@ def backend_ports(count: int = 20) -> tuple[int, int]:
     raise RuntimeError("no block of free backend ports")
 
 
-async def start_agent(root: Path, nats_url: str) -> tuple[Child, int, Path]:
+async def start_agent(group: ProcessGroup, root: Path, nats_url: str) -> tuple[Child, int, Path]:
     """A node agent with its file server on a fixed port; (process, file port, models dir)."""
     gallery = Gallery(path=root / "gallery" / "index.yaml", name="bench")
     gallery.add_backend(SampleBackend(BACKEND), root / "archives")
@@ -156,12 +119,14 @@ async def start_agent(root: Path, nats_url: str) -> tuple[Child, int, Path]:
         *("--port-range", f"{low}-{high}", "--nats-url", nats_url),
         *("--files-address", f"127.0.0.1:{files_port}", "--files-reserve", "0"),
     ]
-    agent = Child(node_id, command, root / "agent.log", {"NODE_AGENT_FILES_TOKEN": TOKEN})
-    await agent.ready(f"node agent {node_id} ready")
+    env = {"NODE_AGENT_FILES_TOKEN": TOKEN}
+    agent = await start_child(group, node_id, command, env, f"node agent {node_id} ready")
     return agent, files_port, root / "models"
 
 
-async def start_worker(root: Path, temporal_address: str, nats_url: str, name: str) -> Child:
+async def start_worker(
+    group: ProcessGroup, root: Path, temporal_address: str, nats_url: str, name: str
+) -> Child:
     """``worker_main.py`` as operators run it, trusting ``root/sources``."""
     command = [
         *(sys.executable, str(ROOT / "worker_main.py"), "--graceful-shutdown-seconds", "1"),
@@ -174,9 +139,7 @@ async def start_worker(root: Path, temporal_address: str, nats_url: str, name: s
         "NATS_URL": nats_url,
         "NODE_FILES_TOKEN": TOKEN,
     }
-    worker = Child(name, command, root / f"{name}.log", env)
-    await worker.ready("worker polling")
-    return worker
+    return await start_child(group, name, command, env, "worker polling")
 
 
 def rss_kb(pid: int, key: str = "VmRSS") -> int:
@@ -310,6 +273,7 @@ class Bench:
     temporal_address: str
     nats_url: str
     root: Path
+    group: ProcessGroup
     node_id: str
     agent_pid: int
     files_port: int
@@ -335,15 +299,17 @@ async def run(quick: bool) -> Report:
             url = s.nc.connected_url
             assert url is not None
             nats_url = f"nats://{url.hostname}:{url.port}"
-            agent, files_port, models = await start_agent(root, nats_url)
-            worker = await start_worker(root, address, nats_url, "worker-1")
+            group = ProcessGroup(root)
+            agent, files_port, models = await start_agent(group, root, nats_url)
+            worker = await start_worker(group, root, address, nats_url, "worker-1")
             bench = Bench(
                 client=s.client,
                 temporal_address=address,
                 nats_url=nats_url,
                 root=root,
+                group=group,
                 node_id=agent.name,
-                agent_pid=agent.pid,
+                agent_pid=agent.proc.pid,
                 files_port=files_port,
                 models=models,
                 worker=worker,
@@ -354,9 +320,8 @@ async def run(quick: bool) -> Report:
             try:
                 await throughput(bench, plan.rounds, report)
                 await resume(bench, report)
-            finally:
-                await asyncio.to_thread(bench.worker.stop)
-                await asyncio.to_thread(agent.stop)  # stops its backends too
+            finally:  # SIGTERM: the agent stops its backends too
+                await asyncio.to_thread(group.stop, 30.0, lambda _: None)
     return report
 
 
@@ -385,11 +350,11 @@ async def throughput(bench: Bench, rounds: int, report: Report) -> None:
             else:
                 model = {**bench.spec, "path": key}
                 input = load_input(bench.node_id, f"bench-{round_index}", model)
-                worker_cpu = cpu_seconds(bench.worker.pid)
-                async with RssSampler(bench.worker.pid) as rss:
+                worker_cpu = cpu_seconds(bench.worker.proc.pid)
+                async with RssSampler(bench.worker.proc.pid) as rss:
                     result = await run_load(bench.client, input)
                 cpu["ours_agent"].append(cpu_seconds(bench.agent_pid) - agent_cpu)
-                cpu["ours_worker"].append(cpu_seconds(bench.worker.pid) - worker_cpu)
+                cpu["ours_worker"].append(cpu_seconds(bench.worker.proc.pid) - worker_cpu)
                 growth.append(rss.growth_mb)
                 staging_seconds.append(result.phase_seconds["staging"])
             placed = bench.models / key
@@ -440,11 +405,12 @@ async def resume(bench: Bench, report: Report) -> None:
                 if load.done():
                     raise RuntimeError(f"the load ended before half the file was sent: {load}")
                 await asyncio.sleep(0.005)
-        bench.worker.kill()
+        bench.worker.proc.kill()  # SIGKILL, as when the machine loses power
+        await asyncio.to_thread(bench.worker.proc.wait)
         killed_at = proxy.body_bytes("PUT")
         began = time.perf_counter()
         bench.worker = await start_worker(
-            bench.root, bench.temporal_address, bench.nats_url, "worker-2"
+            bench.group, bench.root, bench.temporal_address, bench.nats_url, "worker-2"
         )
         result = await load
         recovered = time.perf_counter() - began
